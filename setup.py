@@ -1,0 +1,26 @@
+"""reformer_jax: the Reformer (Kitaev, Kaiser, Levskaya 2020) in JAX/Flax."""
+import pathlib
+
+import setuptools
+
+_HERE = pathlib.Path(__file__).parent
+
+
+def _requirements(name):
+  lines = (_HERE / name).read_text().splitlines()
+  return [l.strip() for l in lines if l.strip() and not l.startswith("#")]
+
+
+setuptools.setup(
+    name="reformer_jax",
+    version="0.1.0",
+    description="Reformer: LSH attention, reversible layers, chunked "
+                "feed-forward and axial positions in JAX/Flax.",
+    long_description=(_HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["reformer_jax", "reformer_jax.*"]),
+    package_data={"reformer_jax": ["configs/*.gin", "data/corpus/*"]},
+    python_requires=">=3.10",
+    install_requires=_requirements("requirements.txt"),
+    extras_require={"test": _requirements("requirements-test.txt")},
+)
