@@ -1,0 +1,457 @@
+"""LSH self-attention (Reformer, Kitaev et al. 2020): shared-QK attention within hash buckets.
+
+Each hashing round assigns every position a bucket by a random rotation of its (shared)
+query/key vector; positions are stably sorted by bucket (ties by position), the sorted
+sequence of all rounds is cut into chunks of `chunk_len` and each chunk attends to itself
+and its neighbour chunks, wrapping around as in trax / Hugging Face. Per query and round
+the softmax normaliser (logsumexp) is kept, and the rounds are combined with weights
+`softmax_r(lse_r)`. Cost is O(n_hashes * L * chunk_len): no `[L, L]` array is formed; the
+per-chunk logits are `[batch, heads, n_hashes * L / chunk_len, chunk_len, window]` with
+`window = (1 + n_chunks_before + n_chunks_after) * chunk_len`.
+
+Conventions follow Hugging Face's `LSHSelfAttention`: keys are the length-normalised
+queries `q * rsqrt(mean(q^2) + 1e-6) / sqrt(d_head)`, hashing uses the unnormalised
+vectors, padding tokens go to an extra bucket after the real ones, masked logits are
+replaced by -1e9, a query's own position by -1e5, and causality is by original positions.
+"""
+import math
+import numbers
+from typing import Optional, Sequence, Tuple, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from reformer_jax.layers.chunking import (MASK_VALUE, SELF_MASK_VALUE, chunk_positions,
+                                          look_around, pad_axis, replace_masked,
+                                          split_chunks)
+from reformer_jax.layers.full_attention import (dropout, full_attention,
+                                                normalize_shared_keys, split_heads)
+
+NBuckets = Union[int, Sequence[int]]
+
+
+def _bucket_factors(n_buckets: NBuckets) -> Tuple[int, ...]:
+  """`n_buckets` (int or factor list) as a tuple of validated even factors."""
+  factors = (n_buckets,) if isinstance(n_buckets, numbers.Integral) else n_buckets
+  if (not isinstance(factors, (list, tuple)) or not factors
+      or any(isinstance(f, bool) or not isinstance(f, numbers.Integral) for f in factors)):
+    raise ValueError(f"n_buckets must be an even int or a non-empty list of even ints "
+                     f"(factorised buckets), got {n_buckets!r}")
+  factors = tuple(int(f) for f in factors)
+  if any(f < 2 or f % 2 for f in factors):
+    raise ValueError(f"every n_buckets factor must be even and >= 2 (a rotation R gives "
+                     f"buckets argmax([xR; -xR])), got {n_buckets!r}; use e.g. "
+                     f"{[max(2, f + f % 2) for f in factors]}")
+  return factors
+
+
+def resolve_n_buckets(n_buckets: Optional[NBuckets], length: int,
+                      chunk_len: int) -> Union[int, Tuple[int, ...]]:
+  """The number of buckets to use for sequences of `length` (already padded).
+
+  A given `n_buckets` is validated and returned (an int, or a tuple of factors). None gives
+  Hugging Face's default: the power of two at or below `2 * length // chunk_len` (at least
+  2), factorised into two powers of two when it exceeds `2 * max(sqrt(length // chunk_len),
+  chunk_len)`. HF computes that limit from `max_position_embeddings`; here the length
+  itself is used.
+  """
+  if n_buckets is not None:
+    factors = _bucket_factors(n_buckets)
+    return factors[0] if isinstance(n_buckets, numbers.Integral) else factors
+  if chunk_len < 1:
+    raise ValueError(f"chunk_len must be >= 1, got {chunk_len}")
+  power = max(1, (2 * (length // chunk_len)).bit_length() - 1)
+  limit = 2 * max(int((length // chunk_len) ** 0.5), chunk_len)
+  if 2 ** power > limit:
+    return (2 ** (power // 2), 2 ** (power - power // 2))
+  return 2 ** power
+
+
+def draw_rotations(rng: jax.Array, n_heads: int, d_head: int, n_hashes: int,
+                   n_buckets: NBuckets) -> jnp.ndarray:
+  """Standard-normal rotations `[n_heads, d_head, n_hashes, sum(factors) // 2]` (float32)."""
+  if n_buckets is None:
+    raise ValueError("draw_rotations needs a concrete n_buckets; resolve None first with "
+                     "resolve_n_buckets(None, padded_length, chunk_len)")
+  if n_hashes < 1:
+    raise ValueError(f"n_hashes must be >= 1, got {n_hashes}")
+  rot = sum(_bucket_factors(n_buckets)) // 2
+  return jax.random.normal(rng, (n_heads, d_head, n_hashes, rot), jnp.float32)
+
+
+def _check_rotations(rotations: jnp.ndarray, n_heads: int, d_head: int,
+                     factors: Tuple[int, ...]) -> int:
+  """Validates the rotation shape against the heads and buckets; returns n_hashes."""
+  rot = sum(factors) // 2
+  shape = tuple(rotations.shape)
+  if len(shape) != 4 or shape[0] != n_heads or shape[1] != d_head or shape[3] != rot \
+      or shape[2] < 1:
+    raise ValueError(f"rotations must be [n_heads, d_head, n_hashes, sum(n_buckets factors)"
+                     f" // 2] = [{n_heads}, {d_head}, n_hashes, {rot}], got {shape}; draw "
+                     f"them with draw_rotations(rng, n_heads, d_head, n_hashes, n_buckets)")
+  return shape[2]
+
+
+def _hash_heads(x: jnp.ndarray, rotations: jnp.ndarray,
+                factors: Tuple[int, ...]) -> jnp.ndarray:
+  """Buckets `[b, h, n_hashes, L]` in [0, prod(factors)) of `x` `[b, h, L, d]` (float32 math)."""
+  rotated = jnp.einsum("bhld,hdrk->bhrlk", jax.lax.stop_gradient(x).astype(jnp.float32),
+                       rotations.astype(jnp.float32))
+  buckets, start, scale = 0, 0, 1
+  for f in factors:
+    part = rotated[..., start:start + f // 2]
+    buckets = buckets + scale * jnp.argmax(jnp.concatenate([part, -part], -1), axis=-1)
+    start, scale = start + f // 2, scale * f
+  return buckets.astype(jnp.int32)
+
+
+def hash_vectors(qk: jnp.ndarray, rotations: jnp.ndarray, n_buckets: NBuckets) -> jnp.ndarray:
+  """LSH buckets of `qk` `[batch, length, n_heads, d_head]` -> `[batch, n_heads, n_hashes, length]`.
+
+  Per head and round, `bucket = argmax([xR; -xR])`; with factors `[b0, b1, ...]` the
+  rotation's columns are split into consecutive slices of `b_i // 2` and
+  `bucket = h0 + b0 * h1 + b0 * b1 * h2 + ...` (Hugging Face's factorisation).
+  """
+  factors = _bucket_factors(n_buckets)
+  _check_rotations(rotations, qk.shape[2], qk.shape[3], factors)
+  return _hash_heads(jnp.swapaxes(qk, 1, 2), rotations, factors)
+
+
+def _take(x: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
+  """`out[..., i, ...] = x[..., idx[..., i], ...]` along axis `idx.ndim - 1`.
+
+  The leading axes of `x` are those of `idx`; `x` may have trailing feature axes.
+  """
+  if x.shape[:idx.ndim - 1] != idx.shape[:-1]:
+    raise ValueError(f"index shape {idx.shape} must match the leading axes of {x.shape}")
+  axis = idx.ndim - 1
+  idx = idx.reshape(idx.shape + (1,) * (x.ndim - idx.ndim))
+  return jnp.take_along_axis(x, idx, axis=axis)
+
+
+@jax.custom_vjp
+def permute(x: jnp.ndarray, perm: jnp.ndarray, inv_perm: jnp.ndarray) -> jnp.ndarray:
+  """Reorders `x` by a permutation; the gradient is a gather too, not a scatter-add.
+
+  Args:
+    x: `[..., n, ...]` whose leading axes are `perm.shape`.
+    perm: int `[..., n]`, a permutation of `range(n)` along its last axis.
+    inv_perm: its inverse, `inv_perm[..., perm[..., i]] == i`.
+
+  Returns:
+    `out[..., i, ...] = x[..., perm[..., i], ...]`. The cotangent is mapped back with
+    `permute(g, inv_perm, perm)`.
+  """
+  return _take(x, perm)
+
+
+def _permute_fwd(x, perm, inv_perm):
+  return _take(x, perm), (perm, inv_perm)
+
+
+def _permute_bwd(res, g):
+  perm, inv_perm = res
+  return permute(g, inv_perm, perm), None, None
+
+
+permute.defvjp(_permute_fwd, _permute_bwd)
+
+
+def _inverse_permutation(perm: jnp.ndarray) -> jnp.ndarray:
+  """`inv` with `inv[..., perm[..., i]] = i` for permutations along the last axis."""
+  ids = jnp.broadcast_to(jnp.arange(perm.shape[-1], dtype=perm.dtype), perm.shape)
+  return jnp.put_along_axis(jnp.zeros_like(perm), perm, ids, axis=-1, inplace=False)
+
+
+def _check_settings(chunk_len: int, n_chunks_before: int, n_chunks_after: int,
+                    strict: bool) -> None:
+  if chunk_len < 1:
+    raise ValueError(f"chunk_len must be >= 1, got {chunk_len}")
+  if n_chunks_before < 0 or n_chunks_after < 0:
+    raise ValueError(f"n_chunks_before and n_chunks_after must be >= 0, got "
+                     f"{n_chunks_before} and {n_chunks_after}")
+  if strict and n_chunks_before < 1:
+    raise ValueError("strict causal LSH attention sees the n_chunks_before * chunk_len "
+                     "previous same-bucket keys, so n_chunks_before=0 leaves each query only "
+                     "itself; set n_chunks_before >= 1 (or strict_causal=False for HF's "
+                     "chunk windows)")
+
+
+def _duplicate_counts(q_off, k_off, q_bucket, k_bucket, *, chunk_len, n_chunks,
+                      n_chunks_before, n_chunks_after, strict):
+  """How many times each (query, key) pair of the windows is attended over all rounds.
+
+  Args:
+    q_off, q_bucket: `[b, h, n_chunks, chunk_len, n_hashes]`: for each query entry, the
+      sorted offset and bucket of its position in every round.
+    k_off, k_bucket: `[b, h, n_chunks, window, n_hashes]`: the same for the window keys.
+    chunk_len, n_chunks, n_chunks_before, n_chunks_after: the sorted-sequence chunking.
+    strict: count strict causal windows (same bucket, at most `n_chunks_before *
+      chunk_len` sorted offsets back) instead of chunk windows.
+
+  Returns:
+    int32 `[b, h, n_chunks, chunk_len, window]`.
+  """
+  if strict:
+    qo, ko = q_off[..., :, None, :], k_off[..., None, :, :]
+    seen = ((q_bucket[..., :, None, :] == k_bucket[..., None, :, :]) & (ko <= qo)
+            & (ko >= qo - n_chunks_before * chunk_len))
+    return jnp.sum(seen, axis=-1, dtype=jnp.int32)
+  # The key's copy in chunk kc lies in the window of the query's copy in chunk qc once for
+  # each shift s in [-before, after] with qc + s == kc (mod n_chunks); more than once when
+  # the window wraps onto itself.
+  qc = (q_off // chunk_len)[..., :, None, :, None]
+  kc = (k_off // chunk_len)[..., None, :, None, :]
+  span = n_chunks_before + n_chunks_after
+  shift = (kc - qc + n_chunks_before) % n_chunks
+  times = jnp.where(shift <= span, (span - shift) // n_chunks + 1, 0)
+  return jnp.sum(times, axis=(-2, -1), dtype=jnp.int32)
+
+
+def _attend_chunks(qk, v, pos, real, buckets, dup_tables, *, chunk_len, n_chunks_before,
+                   n_chunks_after, causal, strict, dropout_rate, dropout_rng):
+  """Chunked shared-QK attention over the sorted sequence (look-around wraps).
+
+  Args:
+    qk, v: sorted `[b, h, n, d_head]`.
+    pos, real, buckets: sorted `[b, h, n]`: original position, not-padding flag and
+      round-offset bucket of each entry.
+    dup_tables: None, or (offsets, buckets) `[b, h, n, n_hashes]` giving, for the position
+      of each entry, its sorted offset and bucket in every round (duplicate correction).
+    chunk_len, n_chunks_before, n_chunks_after, causal, strict, dropout_rate, dropout_rng:
+      as in `lsh_attention` (`strict` = causal and strict_causal).
+
+  Returns:
+    `(out [b, h, n, d_head] in v.dtype, lse [b, h, n] float32)`.
+  """
+  b, h, n, d = qk.shape
+  here = lambda t: split_chunks(t, chunk_len, axis=2)
+  around = lambda t: look_around(here(t), n_chunks_before, n_chunks_after, wrap=True)
+  as_query = lambda t: here(t)[:, :, :, :, None]  # [b, h, n_chunks, chunk_len, 1]
+  as_key = lambda t: around(t)[:, :, :, None, :]  # [b, h, n_chunks, 1, window]
+
+  logits = jnp.einsum("bhncd,bhnwd->bhncw", here(qk), around(normalize_shared_keys(qk)),
+                      preferred_element_type=jnp.float32)
+  if dup_tables is not None:
+    offsets, round_buckets = dup_tables
+    counts = _duplicate_counts(here(offsets), around(offsets), here(round_buckets),
+                               around(round_buckets), chunk_len=chunk_len,
+                               n_chunks=n // chunk_len, n_chunks_before=n_chunks_before,
+                               n_chunks_after=n_chunks_after, strict=strict)
+    logits = logits - jnp.log(jnp.maximum(counts, 1).astype(jnp.float32))
+
+  keep = as_key(real)
+  if causal:
+    keep = keep & (as_key(pos) <= as_query(pos))
+  if strict:
+    offset = jnp.arange(n, dtype=jnp.int32)[None, None]
+    q_off, k_off = as_query(offset), as_key(offset)
+    keep = (keep & (as_key(buckets) == as_query(buckets)) & (k_off <= q_off)
+            & (k_off >= q_off - n_chunks_before * chunk_len))
+  logits = replace_masked(logits, keep, MASK_VALUE)
+  logits = jnp.where(as_key(pos) == as_query(pos), jnp.float32(SELF_MASK_VALUE), logits)
+  # Normalise by the sum, not by exp(-lse): lse is rounded at the -1e5 self-mask scale.
+  top = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  unnormalised = jnp.exp(logits - top)
+  total = jnp.sum(unnormalised, axis=-1, keepdims=True)
+  lse = (top + jnp.log(total))[..., 0]
+  probs = dropout(unnormalised / total, dropout_rate, dropout_rng)
+  out = jnp.einsum("bhncw,bhnwd->bhncd", probs.astype(v.dtype), around(v))
+  return out.reshape(b, h, n, d), lse.reshape(b, h, n)
+
+
+def lsh_attention(qk: jnp.ndarray, v: jnp.ndarray, rotations: jnp.ndarray, *,
+                  n_buckets: Optional[NBuckets], chunk_len: int, n_chunks_before: int = 1,
+                  n_chunks_after: int = 0, causal: bool = False, strict_causal: bool = True,
+                  mask: Optional[jnp.ndarray] = None, correct_duplicates: bool = False,
+                  dropout_rate: float = 0., dropout_rng: Optional[jax.Array] = None
+                  ) -> jnp.ndarray:
+  """Multi-round LSH shared-QK attention (always hashes; no short-sequence fallback).
+
+  The sequence is padded internally to a multiple of `chunk_len` (padding masked, in the
+  extra bucket) and sliced back. For round r, positions are stably sorted by bucket
+  (offset by `r * (prod(factors) + 1)`, the +1 being the padding bucket), the rounds are
+  concatenated, cut into chunks, and each query attends to its chunk and
+  `n_chunks_before` / `n_chunks_after` neighbours, wrapping around the concatenation.
+
+  Args:
+    qk: shared queries/keys `[batch, length, n_heads, d_head]` (unnormalised; keys are
+      `qk * rsqrt(mean(qk^2) + 1e-6) / sqrt(d_head)`, hashing uses `qk`).
+    v: values `[batch, length, n_heads, d_head]`.
+    rotations: `[n_heads, d_head, n_hashes, sum(factors) // 2]` (see `draw_rotations`);
+      n_hashes is read from its shape.
+    n_buckets: even int or list of even factors; None = `resolve_n_buckets` default.
+    chunk_len: sorted entries per chunk (>= 1).
+    n_chunks_before: chunks looked back at (>= 0; >= 1 for strict causal).
+    n_chunks_after: chunks looked ahead at (>= 0).
+    causal: key j is visible to query i only if j <= i (original positions).
+    strict_causal: with `causal`, a query sees only keys of its own bucket at most
+      `n_chunks_before * chunk_len` sorted entries back, so what it sees depends only on
+      positions <= i. False gives HF/trax's chunk windows, which leak the future (see
+      `LSHSelfAttention`).
+    mask: `[batch, length]` bool, False = padding. None = all real.
+    correct_duplicates: subtract log(number of times the key is attended by this query over
+      all rounds' windows) from each logit (the paper's correction), so that the combined
+      result is softmax attention over the union of the windows. Its index arithmetic
+      costs n_hashes^2 (n_hashes if strict) times the size of the logits.
+    dropout_rate: dropout on the attention probabilities.
+    dropout_rng: rng for that dropout; None disables it.
+
+  Returns:
+    `[batch, length, n_heads, d_head]` in `v.dtype`.
+  """
+  strict = causal and strict_causal
+  _check_settings(chunk_len, n_chunks_before, n_chunks_after, strict)
+  if qk.ndim != 4 or qk.shape != v.shape:
+    raise ValueError(f"qk and v must both be [batch, length, n_heads, d_head], got "
+                     f"{qk.shape} and {v.shape}")
+  batch, length, n_heads, d_head = qk.shape
+  if mask is not None and mask.shape != (batch, length):
+    raise ValueError(f"mask must be [batch, length] = {(batch, length)}, got {mask.shape}")
+  padded, _ = chunk_positions(length, chunk_len)
+  factors = _bucket_factors(resolve_n_buckets(n_buckets, padded, chunk_len))
+  n_hashes = _check_rotations(rotations, n_heads, d_head, factors)
+  n_sorted = n_hashes * padded
+
+  real = jnp.ones((batch, length), bool) if mask is None else mask.astype(bool)
+  real = pad_axis(real, padded, axis=1, value=False)
+  qk, v = (pad_axis(jnp.swapaxes(t, 1, 2), padded, axis=2) for t in (qk, v))  # [b, h, Lp, d]
+
+  n_total = math.prod(factors)
+  buckets = jnp.where(real[:, None, None, :], _hash_heads(qk, rotations, factors), n_total)
+  buckets = buckets + (n_total + 1) * jnp.arange(n_hashes, dtype=jnp.int32)[None, None, :, None]
+  # Stably sorting a round's position-ordered buckets sorts by (bucket, position). Sorting
+  # each round alone avoids bucket * length keys, which overflow int32 at 0.5M tokens.
+  order = jnp.argsort(buckets, axis=-1, stable=True)  # [b, h, n_hashes, Lp] positions
+  rounds = padded * jnp.arange(n_hashes, dtype=order.dtype)[None, None, :, None]
+  sort_idx = (order + rounds).reshape(batch, n_heads, n_sorted)
+  undo_idx = _inverse_permutation(sort_idx)
+
+  tile = lambda t: jnp.tile(t, (1, 1, n_hashes, 1))  # the rounds' concatenation
+  qk_s = permute(tile(qk), sort_idx, undo_idx)
+  v_s = permute(tile(v), sort_idx, undo_idx)
+  pos_s = order.reshape(batch, n_heads, n_sorted)
+  real_s = _take(jnp.broadcast_to(real[:, None], (batch, n_heads, padded)), pos_s)
+  bucket_s = _take(buckets.reshape(batch, n_heads, n_sorted), sort_idx)
+  dup_tables = None
+  if correct_duplicates:
+    by_position = lambda t: _take(jnp.swapaxes(t, 2, 3), pos_s)  # [b, h, n_sorted, n_hashes]
+    dup_tables = (by_position(undo_idx.reshape(buckets.shape)), by_position(buckets))
+
+  out, lse = _attend_chunks(qk_s, v_s, pos_s, real_s, bucket_s, dup_tables,
+                            chunk_len=chunk_len, n_chunks_before=n_chunks_before,
+                            n_chunks_after=n_chunks_after, causal=causal, strict=strict,
+                            dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+  out = permute(out, undo_idx, sort_idx).reshape(batch, n_heads, n_hashes, padded, d_head)
+  lse = permute(lse, undo_idx, sort_idx).reshape(batch, n_heads, n_hashes, padded)
+  weights = jax.nn.softmax(lse, axis=2)[..., None]
+  out = jnp.sum(out.astype(jnp.float32) * weights, axis=2).astype(v.dtype)
+  return jnp.swapaxes(out[:, :, :length], 1, 2)
+
+
+class LSHSelfAttention(nn.Module):
+  """Multi-head LSH self-attention with shared query/key projection and no biases.
+
+  Parameters `query_key`, `value` (`[d_model, n_heads * d_head]`) and `out`
+  (`[n_heads * d_head, d_model]`), as Hugging Face's `LSHSelfAttention` + output dense (and
+  `FullSelfAttention(shared_qk=True)`, its exact O(L^2) counterpart). When the padded
+  length is <= `chunk_len` it computes plain shared-QK attention (no hashing, no 'hash'
+  rng needed), as HF does.
+
+  Rotations are drawn from the 'hash' rng stream on every call (`rngs={'hash': key}`;
+  required even when deterministic). The same rng gives the same buckets, which is what a
+  recomputing backward pass needs. `rotations=` replaces the draw (the replay hook):
+  `[n_heads, d_head, n_hashes, sum(factors) // 2]`, float. To replay Hugging Face with
+  `config.hash_seed = s`, pass `torch.manual_seed(s); torch.randn(shape)` as an array: HF
+  reseeds before every hashing, so every layer and call uses those same rotations.
+
+  Strict causality: in HF and trax, causal LSH attention leaks the future. A token's
+  sorted offset, hence the chunk boundaries and which earlier keys share a query's
+  window, depends on the buckets of later tokens. With `causal=True` and
+  `strict_causal=True` (default) a query attends only to keys of its own bucket (same
+  round) at most `n_chunks_before * chunk_len` sorted entries before it (and itself). Those
+  are its bucket's latest earlier tokens, contiguous right before it in sorted order, so
+  what it sees depends only on positions <= its own; the window fits in the gathered
+  look-back chunks, so the cost is unchanged. `strict_causal=False` reproduces HF/trax
+  exactly (for parity and imported checkpoints).
+
+  Attributes:
+    n_heads: number of heads.
+    d_head: size of each head.
+    n_hashes: hashing rounds.
+    n_buckets: even int or list of even factors (e.g. `[64, 128]`); None = HF's default
+      for the padded length (`resolve_n_buckets`).
+    chunk_len: sorted entries per chunk.
+    n_chunks_before: chunks looked back at.
+    n_chunks_after: chunks looked ahead at.
+    causal: mask future keys (by original position).
+    strict_causal: see above; only used when `causal`.
+    attention_dropout: dropout rate on attention probabilities ('dropout' rng).
+    correct_duplicates: the paper's correction for keys seen in several rounds.
+    deterministic: disables dropout; merged with the call argument.
+    dtype: computation dtype (parameters stay float32).
+  """
+  n_heads: int
+  d_head: int
+  n_hashes: int = 1
+  n_buckets: Optional[NBuckets] = None
+  chunk_len: int = 64
+  n_chunks_before: int = 1
+  n_chunks_after: int = 0
+  causal: bool = False
+  strict_causal: bool = True
+  attention_dropout: float = 0.
+  correct_duplicates: bool = False
+  deterministic: Optional[bool] = None
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, mask: Optional[jnp.ndarray] = None,
+               deterministic: Optional[bool] = None,
+               rotations: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+    """`x`: `[batch, length, d_model]`, `mask`: `[batch, length]` -> `[batch, length, d_model]`.
+
+    `rotations`: optional `[n_heads, d_head, n_hashes, sum(factors) // 2]` used instead of
+    drawing from the 'hash' rng (ignored when the plain-attention fallback applies).
+    """
+    deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+    _check_settings(self.chunk_len, self.n_chunks_before, self.n_chunks_after,
+                    self.causal and self.strict_causal)
+    if self.n_hashes < 1:
+      raise ValueError(f"n_hashes must be >= 1, got {self.n_hashes}")
+    d_model = x.shape[-1]
+    x = x.astype(self.dtype)
+    dense = lambda name: nn.Dense(self.n_heads * self.d_head, use_bias=False, dtype=self.dtype,
+                                  name=name)
+    qk = split_heads(dense("query_key")(x), self.n_heads, self.d_head)
+    v = split_heads(dense("value")(x), self.n_heads, self.d_head)
+    rng = None
+    if not deterministic and self.attention_dropout > 0.:
+      rng = self.make_rng("dropout")
+
+    padded, _ = chunk_positions(x.shape[1], self.chunk_len)
+    if padded <= self.chunk_len:
+      out = full_attention(qk, normalize_shared_keys(qk), v, causal=self.causal, mask=mask,
+                           self_mask=True, dropout_rate=self.attention_dropout,
+                           dropout_rng=rng)
+    else:
+      n_buckets = resolve_n_buckets(self.n_buckets, padded, self.chunk_len)
+      if rotations is None:
+        if not self.has_rng("hash"):
+          raise ValueError("LSHSelfAttention draws its hash rotations from the 'hash' rng: "
+                           "call apply/init with rngs={'hash': key} (also when "
+                           "deterministic), or pass rotations=")
+        rotations = draw_rotations(self.make_rng("hash"), self.n_heads, self.d_head,
+                                   self.n_hashes, n_buckets)
+      elif rotations.ndim != 4 or rotations.shape[2] != self.n_hashes:
+        raise ValueError(f"rotations must be [n_heads, d_head, n_hashes={self.n_hashes}, "
+                         f"sum(n_buckets factors) // 2], got {tuple(rotations.shape)}")
+      out = lsh_attention(qk, v, rotations, n_buckets=n_buckets, chunk_len=self.chunk_len,
+                          n_chunks_before=self.n_chunks_before,
+                          n_chunks_after=self.n_chunks_after, causal=self.causal,
+                          strict_causal=self.strict_causal, mask=mask,
+                          correct_duplicates=self.correct_duplicates,
+                          dropout_rate=self.attention_dropout, dropout_rng=rng)
+    out = out.reshape(out.shape[:2] + (self.n_heads * self.d_head,))
+    return nn.Dense(d_model, use_bias=False, dtype=self.dtype, name="out")(out)
