@@ -1,0 +1,289 @@
+"""Reversible residual layers (RevNet; Gomez et al. 2017) as used by the Reformer.
+
+Each layer maps two streams `(x1, x2)` to
+
+  y1 = x1 + F(x2)
+  y2 = x2 + G(y1)
+
+and is inverted exactly by `x2 = y2 - G(y1)`, `x1 = y1 - F(x2)`. The backward pass of
+`reversible_layers` rebuilds every layer's inputs from its outputs instead of storing them,
+so the activation memory of a stack does not grow with its depth: only the final outputs
+(plus parameters, rng keys and `aux`) are kept for the backward pass, and one layer's
+intermediates exist at a time.
+
+Randomness is replayed: F and G receive the same rng keys in the backward recomputation as
+in the forward pass, so dropout masks and LSH random rotations are identical.
+
+Layers that repeat with a period (e.g. attention types cycling local, lsh, local, lsh ...)
+run as a `lax.scan` over the cycles, forward and backward: the compiled program holds one
+cycle, whatever the depth, so compile time and buffer use do not grow with it.
+"""
+import dataclasses
+import functools
+from typing import Any, Callable, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# F(params, x, aux, rng) -> y with y.shape == x.shape.
+BlockFn = Callable[[Any, jnp.ndarray, Any, Any], jnp.ndarray]
+
+
+# XLA schedules by data dependencies only, and `optimization_barrier` does not constrain it
+# on CPU (barriers are removed before CSE and scheduling). Values computed from parameters
+# or rng keys alone (dropout masks, LSH rotations, broadcast LayerNorm scales, ...) would be
+# computed for all unrolled layers up front and merged (CSE) between the forward pass and
+# the backward recomputation, keeping an activation-sized array per layer alive. `_tie`
+# makes each layer's parameters and keys depend on its input, without changing any value.
+
+
+def _tie(tree, ref: jnp.ndarray):
+  """`tree` (arrays and PRNG keys) unchanged in value, but computed after `ref`.
+
+  Uses `isnan(ref[0])`, False unless `ref` is already NaN (and with it the result): keys
+  are XORed with it and float arrays replaced by NaN where it holds.
+  """
+  first = ref.reshape(-1)[0]
+  flag = first != first
+
+  def tie(x):
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      data = jax.random.key_data(x) ^ flag.astype(jnp.uint32)
+      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    if jnp.issubdtype(x.dtype, jnp.unsignedinteger):
+      return x ^ flag.astype(x.dtype)
+    if jnp.issubdtype(x.dtype, jnp.floating):
+      return jnp.where(flag, jnp.asarray(jnp.nan, x.dtype), x)
+    return x
+
+  return jax.tree_util.tree_map(tie, tree)
+
+
+def _layer_forward(fns, params, rngs, x1, x2, aux):
+  (f, g), (pf, pg), (rf, rg) = fns, params, rngs
+  pf, rf = _tie((pf, rf), x2)
+  x1 = x1 + f(pf, x2, aux, rf)
+  pg, rg = _tie((pg, rg), x1)
+  x2 = x2 + g(pg, x1, aux, rg)
+  return x1, x2
+
+
+def _layer_backward(fns, params, rngs, y1, y2, dy1, dy2, aux):
+  """Rebuilds one layer's inputs from its outputs and back-propagates through it."""
+  (f, g), (pf, pg), (rf, rg) = fns, params, rngs
+  pg, rg = _tie((pg, rg), y1)
+  g_out, g_vjp = jax.vjp(lambda p, x: g(p, x, aux, rg), pg, y1)
+  x2 = y2 - g_out
+  dpg, dx = g_vjp(dy2.astype(g_out.dtype))
+  dy1 = dy1 + dx
+  pf, rf = _tie((pf, rf), x2)
+  f_out, f_vjp = jax.vjp(lambda p, x: f(p, x, aux, rf), pf, x2)
+  x1 = y1 - f_out
+  dpf, dx = f_vjp(dy1.astype(f_out.dtype))
+  dy2 = dy2 + dx
+  return x1, x2, dy1, dy2, (dpf, dpg)
+
+
+def _signature(tree):
+  return jax.tree_util.tree_structure(tree), [(x.shape, x.dtype)
+                                             for x in jax.tree_util.tree_leaves(tree)]
+
+
+def _period(fns, params, rngs) -> int:
+  """Smallest p such that layer i equals layer i - p (functions, shapes) for all i >= p."""
+  n = len(fns)
+  signatures = [_signature((p, r)) for p, r in zip(params, rngs)]
+  for p in range(1, n + 1):
+    if all(fns[i] == fns[i - p] and signatures[i] == signatures[i - p] for i in range(p, n)):
+      return p
+  return n
+
+
+def _stack(trees):
+  return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _plan(fns, params, rngs):
+  """Splits the layers into `n_cycles` scanned cycles of `period` layers plus the rest."""
+  period = _period(fns, params, rngs)
+  n_cycles = len(fns) // period
+  if n_cycles < 2:
+    return 0, 0
+  return period, n_cycles
+
+
+def _cycle_inputs(params, rngs, period, n_cycles):
+  """Per position in the cycle, the layers' params and rngs stacked over the cycles."""
+  return tuple((_stack([params[c * period + j] for c in range(n_cycles)]),
+                _stack([rngs[c * period + j] for c in range(n_cycles)]))
+               for j in range(period))
+
+
+def _forward(fns, params, rngs, x1, x2, aux):
+  period, n_cycles = _plan(fns, params, rngs)
+  start = period * n_cycles
+  if n_cycles:
+    def cycle(carry, xs):
+      x1, x2 = carry
+      for j in range(period):
+        x1, x2 = _layer_forward(fns[j], xs[j][0], xs[j][1], x1, x2, aux)
+      return (x1, x2), None
+
+    (x1, x2), _ = jax.lax.scan(cycle, (x1, x2),
+                               _cycle_inputs(params, rngs, period, n_cycles))
+  for i in range(start, len(fns)):
+    x1, x2 = _layer_forward(fns[i], params[i], rngs[i], x1, x2, aux)
+  return x1, x2
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def reversible_layers(fns: Sequence[Tuple[BlockFn, BlockFn]], params: Sequence[Tuple[Any, Any]],
+                      rngs: Sequence[Tuple[Any, Any]], x1: jnp.ndarray, x2: jnp.ndarray,
+                      aux: Any) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """Applies reversible layers `y1 = x1 + F(x2); y2 = x2 + G(y1)` in sequence.
+
+  Layers repeating with a period (equal functions, same parameter and rng shapes) are run
+  as a `lax.scan` over the cycles; the others are unrolled.
+
+  Args:
+    fns: static tuple with one `(F, G)` pair of pure functions per layer, each called as
+      `F(params, x, aux, rng) -> y` with `y` shaped like `x`. Equal (`==`) functions at
+      the same position of a cycle allow scanning.
+    params: tuple with one `(params_F, params_G)` pair of pytrees per layer (differentiated).
+    rngs: tuple with one `(rng_F, rng_G)` pair per layer: PRNG keys, or pytrees of keys and
+      other per-layer inputs that are not differentiated (None allowed). The backward pass
+      calls F and G with the same values as the forward pass.
+    x1: first stream `[..., d]`.
+    x2: second stream, same shape as `x1`.
+    aux: pytree of inputs that are not differentiated (padding mask, ...), passed to every
+      F and G.
+
+  Returns:
+    `(y1, y2)`, the two output streams. The gradient wrt `rngs` and `aux` is zero.
+  """
+  return _forward(fns, params, rngs, x1, x2, aux)
+
+
+def _reversible_fwd(fns, params, rngs, x1, x2, aux):
+  y1, y2 = _forward(fns, params, rngs, x1, x2, aux)
+  return (y1, y2), (params, rngs, y1, y2, aux)
+
+
+def _reversible_bwd(fns, residuals, cotangents):
+  params, rngs, y1, y2, aux = residuals
+  dy1, dy2 = cotangents
+  period, n_cycles = _plan(fns, params, rngs)
+  start = period * n_cycles
+  dparams = [None] * len(fns)
+  for i in reversed(range(start, len(fns))):
+    y1, y2, dy1, dy2, dparams[i] = _layer_backward(fns[i], params[i], rngs[i], y1, y2, dy1,
+                                                   dy2, aux)
+  if n_cycles:
+    def cycle(carry, xs):
+      y1, y2, dy1, dy2 = carry
+      grads = [None] * period
+      for j in reversed(range(period)):
+        y1, y2, dy1, dy2, grads[j] = _layer_backward(fns[j], xs[j][0], xs[j][1], y1, y2, dy1,
+                                                     dy2, aux)
+      return (y1, y2, dy1, dy2), tuple(grads)
+
+    (y1, y2, dy1, dy2), grads = jax.lax.scan(
+        cycle, (y1, y2, dy1, dy2), _cycle_inputs(params, rngs, period, n_cycles),
+        reverse=True)
+    for c in range(n_cycles):
+      for j in range(period):
+        dparams[c * period + j] = jax.tree_util.tree_map(lambda g, c=c: g[c], grads[j])
+  return tuple(dparams), None, dy1, dy2, None
+
+
+reversible_layers.defvjp(_reversible_fwd, _reversible_bwd)
+
+
+@dataclasses.dataclass(frozen=True)
+class _BlockFn:
+  """A block definition as a pure `F(params, x, aux, rng)`; equal blocks give equal fns.
+
+  `rng` is `{'rngs': {stream: key}, 'layer_aux': per-layer input}`.
+  """
+  block: nn.Module
+  deterministic: bool
+
+  def __call__(self, params, x, aux, rng):
+    return self.block.apply({"params": params}, x, aux, rng["layer_aux"],
+                            deterministic=self.deterministic, rngs=rng["rngs"])
+
+
+class ReversibleStack(nn.Module):
+  """A stack of reversible layers built from flax block definitions.
+
+  Attributes:
+    blocks: one `(F, G)` pair of *unbound* module definitions per layer, e.g.
+      `(AttentionBlock(...), FeedForwardBlock(...))`. Every block is called as
+      `block(x [..., d], aux, layer_aux, deterministic=bool) -> [..., d]` and may use the
+      rng streams 'dropout' (only drawn when not deterministic) and 'hash'. Layers whose
+      definitions repeat with a period are scanned (see `reversible_layers`).
+    names: names of the F and G parameter subtrees inside each layer.
+    reversible: if False, the same layers are run as plain residual code under ordinary
+      autodiff (stores every layer's activations); for debugging and memory comparisons.
+    deterministic: disables dropout; merged with the `__call__` argument.
+
+  Parameter tree: `{'layer_0': {names[0]: <F params>, names[1]: <G params>}, 'layer_1': ...}`,
+  each layer one parameter holding the nested dicts of its two blocks.
+  """
+  blocks: Sequence[Tuple[nn.Module, nn.Module]]
+  names: Tuple[str, str] = ("attention", "feed_forward")
+  reversible: bool = True
+  deterministic: Optional[bool] = None
+
+  @nn.compact
+  def __call__(self, x1: jnp.ndarray, x2: jnp.ndarray, aux: Any = None,
+               deterministic: Optional[bool] = None,
+               layer_aux: Optional[Sequence[Any]] = None) -> Tuple[jnp.ndarray, jnp.ndarray]:
+    """Runs the layers on the streams `x1`, `x2` (`[..., d]`) and returns `(y1, y2)`.
+
+    `aux` is passed to every block; `layer_aux[i]` (e.g. LSH rotations) to the blocks of
+    layer i only (None when not given).
+    """
+    deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+    if x1.shape != x2.shape:
+      raise ValueError(f"the two streams must have the same shape; got {x1.shape} and "
+                       f"{x2.shape} (start both from the embeddings: x1 = x2 = x)")
+    if len(self.names) != 2 or self.names[0] == self.names[1]:
+      raise ValueError(f"names must be two distinct strings, got {self.names}")
+    n_layers = len(self.blocks)
+    if layer_aux is None:
+      layer_aux = (None,) * n_layers
+    if len(layer_aux) != n_layers:
+      raise ValueError(f"layer_aux has {len(layer_aux)} entries for {n_layers} layers; give "
+                       "one per layer (None for layers that need none)")
+    fns, params, rngs = [], [], []
+    for i, pair in enumerate(self.blocks):
+      f_block, g_block = (b.clone(parent=None, name=None) for b in pair)
+      layer = self.param(f"layer_{i}", self._init_layer, f_block, g_block, x2, aux,
+                         layer_aux[i])
+      fns.append((_BlockFn(f_block, deterministic), _BlockFn(g_block, deterministic)))
+      params.append((layer[self.names[0]], layer[self.names[1]]))
+      rngs.append(tuple({"rngs": self._block_rngs(deterministic), "layer_aux": layer_aux[i]}
+                        for _ in range(2)))
+    fns, params, rngs = tuple(fns), tuple(params), tuple(rngs)
+    if self.reversible:
+      return reversible_layers(fns, params, rngs, x1, x2, aux)
+    return _forward(fns, params, rngs, x1, x2, aux)
+
+  def _init_layer(self, rng, f_block, g_block, x, aux, layer_aux):
+    keys = jax.random.split(rng, 4)
+    init_rngs = {"dropout": keys[2], "hash": keys[3]}
+    pf = f_block.init({"params": keys[0], **init_rngs}, x, aux, layer_aux,
+                      deterministic=True)["params"]
+    pg = g_block.init({"params": keys[1], **init_rngs}, x, aux, layer_aux,
+                      deterministic=True)["params"]
+    return {self.names[0]: pf, self.names[1]: pg}
+
+  def _block_rngs(self, deterministic):
+    rngs = {}
+    if not deterministic and self.has_rng("dropout"):
+      rngs["dropout"] = self.make_rng("dropout")
+    if self.has_rng("hash"):
+      rngs["hash"] = self.make_rng("hash")
+    return rngs

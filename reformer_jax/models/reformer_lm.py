@@ -1,0 +1,219 @@
+"""The Reformer language model (Hugging Face `ReformerModelWithLMHead` / trax `ReformerLM` layout).
+
+tokens -> `token_embed` -> dropout -> + `positional` -> streams (x, x) -> `encoder`
+(reversible layers: x1 += Attention(LayerNorm(x2)); x2 += FeedForward(LayerNorm(x1)))
+-> concat(x1, x2) -> `final_norm` (width 2 * d_model) -> dropout -> `lm_head` (to vocab).
+
+Parameter tree (`params[...]`):
+  token_embed/embedding                   [vocab, d_model]
+  positional/axis_{i}                     [s_i, d_i]         (positional="axial")
+  positional/embedding                    [max_len, d_model] (positional="learned")
+  encoder/layer_{i}/attention/norm/{scale, bias}             [d_model]
+  encoder/layer_{i}/attention/attention/...  "lsh", "shared_qk_full": query_key, value, out;
+                                             "local", "full": query, key, value, out
+                                             ({kernel}, no biases)
+  encoder/layer_{i}/feed_forward/norm/{scale, bias}          [d_model]
+  encoder/layer_{i}/feed_forward/feed_forward/{wi, wo}/{kernel, bias}
+  final_norm/{scale, bias}                [2 * d_model]
+  lm_head/kernel                          [2 * d_model, vocab]
+  lm_head/bias                            [vocab]            (config.lm_head_bias)
+"""
+from typing import Any, Dict, Optional, Sequence, Union
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from reformer_jax.layers.feed_forward import ChunkedFeedForward
+from reformer_jax.layers.full_attention import FullSelfAttention
+from reformer_jax.layers.local_attention import LocalSelfAttention
+from reformer_jax.layers.lsh_attention import LSHSelfAttention
+from reformer_jax.layers.positional import (AxialPositionalEmbedding,
+                                            LearnedPositionalEmbedding, sinusoidal_positions)
+from reformer_jax.layers.reversible import ReversibleStack
+from reformer_jax.models.config import ReformerConfig
+from reformer_jax.models.loss import chunked_cross_entropy
+
+
+class AttentionBlock(nn.Module):
+  """F of a reversible layer: LayerNorm `norm` -> self-attention `attention` -> dropout.
+
+  Attributes:
+    config: model settings.
+    attention_type: "local", "lsh", "full" or "shared_qk_full".
+  """
+  config: ReformerConfig
+  attention_type: str
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, aux: Dict[str, Any], rotations: Optional[jnp.ndarray],
+               deterministic: bool) -> jnp.ndarray:
+    """`x` `[batch, length, d_model]` -> `[batch, length, d_model]`.
+
+    `aux['mask']`: `[batch, length]` padding mask or None; `rotations`: this layer's LSH
+    rotations or None (drawn from the 'hash' rng).
+    """
+    cfg = self.config
+    h = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=cfg.dtype, name="norm")(x)
+    mask = aux["mask"]
+    common = dict(n_heads=cfg.n_heads, d_head=cfg.d_head, causal=cfg.causal, dtype=cfg.dtype,
+                  name="attention")
+    if self.attention_type == "lsh":
+      attention = LSHSelfAttention(
+          n_hashes=cfg.n_hashes, n_buckets=cfg.n_buckets, chunk_len=cfg.lsh_chunk_len,
+          n_chunks_before=cfg.lsh_n_chunks_before, n_chunks_after=cfg.lsh_n_chunks_after,
+          strict_causal=cfg.strict_causal, attention_dropout=cfg.lsh_attention_dropout,
+          correct_duplicates=cfg.correct_duplicates, **common)
+      h = attention(h, mask, deterministic=deterministic, rotations=rotations)
+    elif self.attention_type == "local":
+      attention = LocalSelfAttention(
+          chunk_len=cfg.local_chunk_len, n_chunks_before=cfg.local_n_chunks_before,
+          n_chunks_after=cfg.local_n_chunks_after, attention_dropout=cfg.attention_dropout,
+          **common)
+      h = attention(h, mask, deterministic=deterministic)
+    elif self.attention_type == "full":
+      h = FullSelfAttention(attention_dropout=cfg.attention_dropout, **common)(
+          h, mask, deterministic=deterministic)
+    elif self.attention_type == "shared_qk_full":
+      h = FullSelfAttention(shared_qk=True, attention_dropout=cfg.lsh_attention_dropout,
+                            **common)(h, mask, deterministic=deterministic)
+    else:
+      raise ValueError(f"unknown attention type {self.attention_type!r}")
+    return nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+
+
+class FeedForwardBlock(nn.Module):
+  """G of a reversible layer: LayerNorm `norm` -> ChunkedFeedForward `feed_forward`."""
+  config: ReformerConfig
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, aux: Dict[str, Any], layer_aux: Any,
+               deterministic: bool) -> jnp.ndarray:
+    """`x` `[batch, length, d_model]` -> `[batch, length, d_model]`; `aux`, `layer_aux` unused."""
+    del aux, layer_aux
+    cfg = self.config
+    h = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=cfg.dtype, name="norm")(x)
+    return ChunkedFeedForward(d_ff=cfg.d_ff, chunk_size=cfg.ff_chunk_size,
+                              activation=cfg.ff_activation, dropout_rate=cfg.dropout_rate,
+                              dtype=cfg.dtype, name="feed_forward")(h, deterministic=deterministic)
+
+
+class LMHead(nn.Module):
+  """Output projection `kernel [2d, vocab]` (+ `bias [vocab]`), optionally fused with the loss."""
+  vocab_size: int
+  use_bias: bool = True
+  loss_chunk_len: int = 4096
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, hidden: jnp.ndarray, targets: Optional[jnp.ndarray] = None,
+               weights: Optional[jnp.ndarray] = None):
+    """Logits `[batch, length, vocab]`, or with `targets` the chunked loss sums."""
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (hidden.shape[-1], self.vocab_size))
+    bias = self.param("bias", nn.initializers.zeros, (self.vocab_size,)) if self.use_bias else None
+    hidden = hidden.astype(self.dtype)
+    if targets is not None:
+      return chunked_cross_entropy(hidden, kernel, bias, targets, weights, self.loss_chunk_len)
+    logits = jnp.einsum("bld,dv->blv", hidden, kernel.astype(self.dtype))
+    if bias is not None:
+      logits = logits + bias.astype(self.dtype)[None, None, :]
+    return logits
+
+
+class ReformerLM(nn.Module):
+  """Reformer language model; see the module docstring for the layout and parameter tree.
+
+  Randomness: rng stream 'dropout' (unless deterministic) and 'hash' (LSH rotations; not
+  needed when `lsh_rotations` are given or no layer is "lsh").
+  """
+  config: ReformerConfig
+
+  @nn.compact
+  def __call__(self, tokens: jnp.ndarray, mask: Optional[jnp.ndarray] = None, *,
+               targets: Optional[jnp.ndarray] = None, weights: Optional[jnp.ndarray] = None,
+               positions: Optional[jnp.ndarray] = None,
+               lsh_rotations: Optional[Union[jnp.ndarray, Sequence[jnp.ndarray]]] = None,
+               deterministic: Optional[bool] = None):
+    """Runs the model.
+
+    Args:
+      tokens: `[batch, length]` int token ids.
+      mask: `[batch, length]` bool, False = padding (never attended to). None = all real.
+      targets: `[batch, length]` int; if given, returns the loss sums instead of logits.
+      weights: `[batch, length]` loss weights; default `mask` (or ones).
+      positions: `[batch, length]` int positions; default `0 .. length - 1`.
+      lsh_rotations: one `[n_heads, d_head, n_hashes, n_buckets // 2]` array used by every
+        "lsh" layer, or a sequence with one array per "lsh" layer; None draws them from
+        the 'hash' rng.
+      deterministic: overrides `config.deterministic` (True disables dropout).
+
+    Returns:
+      Logits `[batch, length, vocab]` (float32 unless config.dtype), or with `targets` a
+      dict of float32 sums {'loss': weighted cross-entropy, 'weight': weights,
+      'correct': weighted count of argmax == target}.
+    """
+    cfg = self.config
+    deterministic = cfg.deterministic if deterministic is None else deterministic
+    if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+      raise ValueError(f"tokens must be [batch, length] integers, got {tokens.shape} "
+                       f"{tokens.dtype}")
+    batch, length = tokens.shape
+    for name, value in (("mask", mask), ("targets", targets), ("weights", weights),
+                        ("positions", positions)):
+      if value is not None and value.shape != tokens.shape:
+        raise ValueError(f"{name} must be [batch, length] = {tokens.shape}, got {value.shape}")
+    if weights is not None and targets is None:
+      raise ValueError("weights are only used with targets; pass targets too")
+    if mask is not None:
+      mask = mask.astype(bool)
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(length)[None, :], (batch, length))
+
+    types = cfg.layer_attention_types()
+    rotations = self._layer_rotations(lsh_rotations, types)
+
+    x = nn.Embed(cfg.vocab_size, cfg.d_model, name="token_embed")(tokens)
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    if cfg.positional != "none":
+      x = x + self._positions(positions)
+    blocks = tuple((AttentionBlock(cfg, t, parent=None), FeedForwardBlock(cfg, parent=None))
+                   for t in types)
+    x1, x2 = ReversibleStack(blocks, name="encoder")(
+        x, x, {"mask": mask}, deterministic=deterministic, layer_aux=rotations)
+    h = jnp.concatenate([x1, x2], axis=-1)
+    h = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=cfg.dtype, name="final_norm")(h)
+    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    head = LMHead(cfg.vocab_size, cfg.lm_head_bias, cfg.loss_chunk_len, cfg.dtype,
+                  name="lm_head")
+    if targets is None:
+      return head(h)
+    if weights is None:
+      weights = jnp.ones(tokens.shape, jnp.float32) if mask is None else mask
+    loss, weight, correct = head(h, targets, weights)
+    return {"loss": loss, "weight": weight, "correct": correct}
+
+  def _positions(self, positions: jnp.ndarray) -> jnp.ndarray:
+    """Position encodings `[batch, length, d_model]` (float32) of `positions` `[batch, length]`."""
+    cfg = self.config
+    if cfg.positional == "axial":
+      return AxialPositionalEmbedding(cfg.resolved_axial_shape, cfg.resolved_axial_dims,
+                                      cfg.d_model, name="positional")(positions)
+    if cfg.positional == "learned":
+      return LearnedPositionalEmbedding(cfg.max_len, cfg.d_model, name="positional")(positions)
+    return sinusoidal_positions(positions, cfg.d_model)
+
+  def _layer_rotations(self, lsh_rotations, types):
+    """`lsh_rotations` as one entry per layer (None for non-LSH layers), or None."""
+    if lsh_rotations is None:
+      return None
+    n_lsh = types.count("lsh")
+    if n_lsh == 0:
+      raise ValueError("lsh_rotations were given but no layer has attention type 'lsh'")
+    if isinstance(lsh_rotations, (list, tuple)):
+      if len(lsh_rotations) != n_lsh:
+        raise ValueError(f"lsh_rotations has {len(lsh_rotations)} arrays but the model has "
+                         f"{n_lsh} 'lsh' layers; pass one per LSH layer or a single array")
+      per_lsh = iter(lsh_rotations)
+    else:
+      per_lsh = iter([lsh_rotations] * n_lsh)
+    return tuple(next(per_lsh) if t == "lsh" else None for t in types)

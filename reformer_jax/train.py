@@ -1,0 +1,209 @@
+r"""Trains a Reformer language model described by gin configs.
+
+  python -m reformer_jax.train --gin_file=configs/quickstart.gin \
+      --workdir=workdirs/quickstart [--gin_bindings='TRAIN_STEPS=100'] [--dry_run]
+
+The workdir receives `config.gin` (the operative config), `checkpoints/`,
+TensorBoard event files and `metrics.jsonl`. A run on a workdir holding
+checkpoints resumes from the latest one. The last line printed is a JSON
+summary.
+"""
+import os
+import time
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import tqdm
+from absl import app, flags
+
+from reformer_jax.trainer import checkpointing, cli, gin_setup, optim
+from reformer_jax.trainer import sampling, sharding
+from reformer_jax.trainer import experiment as experiment_lib
+from reformer_jax.trainer import metrics as metrics_lib
+from reformer_jax.trainer import steps
+
+
+def console(message: str):
+  tqdm.tqdm.write(message)
+
+
+def run(gin_files: Sequence[str], gin_bindings: Sequence[str], workdir: str,
+        dry_run: bool = False) -> dict:
+  """Parses the configs, writes `workdir/config.gin`, trains (or dry-runs)."""
+  gin_setup.parse(gin_files, gin_bindings)
+  exp = gin_setup.make_experiment()
+  os.makedirs(workdir, exist_ok=True)
+  gin_setup.write_config(workdir)
+  return train_and_evaluate(exp, workdir, dry_run=dry_run)
+
+
+def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
+                       dry_run: bool = False) -> dict:
+  """Trains `exp` in `workdir` (resuming from its checkpoints) and evaluates.
+
+  Returns:
+    The summary printed as the run's last line: step, train_loss, eval_loss,
+    eval_accuracy, eval_bits_per_byte, tokens_per_second, ... or, for a dry
+    run, params, peak_bytes and flops_per_step.
+  """
+  mesh = sharding.make_mesh()
+  sharding.check_batch(exp.micro_batch_size, mesh,
+                       "BATCH_SIZE / grad_accum_steps")
+  eval_batch_size = exp.eval_batch_size or exp.batch_size
+  sharding.check_batch(eval_batch_size, mesh, "Experiment.eval_batch_size")
+  data = None if dry_run else exp.make_data()
+  note = experiment_lib.padding_note(exp.model, exp.seq_len)
+  if note:
+    console(note)
+  tx, schedule = optim.make_optimizer(exp.optimizer, exp.train_steps)
+  init_state = steps.make_init_state(exp.model, tx, exp.seed, exp.seq_len, mesh)
+  state_shapes = steps.abstract_state(init_state, mesh)
+  train_fn = steps.compile_train_step(exp.model, tx, mesh)
+  if dry_run:
+    shape = (exp.grad_accum_steps, exp.micro_batch_size, exp.seq_len)
+    batch = {"inputs": jax.ShapeDtypeStruct(shape, jnp.int32),
+             "targets": jax.ShapeDtypeStruct(shape, jnp.int32),
+             "weights": jax.ShapeDtypeStruct(shape, jnp.float32)}
+    return steps.dry_run_report(train_fn, state_shapes, batch)
+
+  unigram = metrics_lib.unigram_bits(data)
+  if unigram is not None:
+    console(f"unigram entropy of the training split: {unigram:.3f} bits/byte "
+            "(the loss of a model that ignores context)")
+  checkpointer = checkpointing.Checkpointer(
+      workdir, every=exp.checkpoint_every, keep=exp.keep_checkpoints)
+  state = checkpointer.restore(state_shapes)
+  if state is None:
+    state = init_state()
+    console(f"starting at step 0; checkpoints go to {checkpointer.directory}")
+  else:
+    console(f"resuming from the checkpoint at step {int(state.step)} in "
+            f"{checkpointer.directory}")
+  start = int(state.step)
+  if start >= exp.train_steps:
+    console(f"already trained to step {start} (TRAIN_STEPS={exp.train_steps}); "
+            "evaluating only")
+
+  eval_fn = steps.compile_eval_step(exp.model, mesh)
+
+  def evaluate(params):
+    return steps.evaluate(eval_fn, params, data, batch_size=eval_batch_size,
+                          seq_len=exp.seq_len, n_batches=exp.eval_batches,
+                          seed=exp.seed, mesh=mesh)
+
+  writer = metrics_lib.MetricWriter(workdir)
+  batch_sharding = sharding.batch_sharding(mesh, 1)
+  tokens_per_step = exp.batch_size * exp.seq_len
+  train_metrics, eval_metrics, sums = {}, None, None
+  bar = tqdm.tqdm(total=exp.train_steps, initial=start, unit="step",
+                  desc="train", dynamic_ncols=True, mininterval=1.0)
+  timer = _Timer()
+  for step in range(start, exp.train_steps):
+    batch = steps.split_micro(data.train_batch(step, exp.batch_size,
+                                               exp.seq_len),
+                              exp.grad_accum_steps)
+    state, out = train_fn(state, sharding.put(batch, batch_sharding))
+    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    done = step + 1
+    bar.update(1)
+    if done == start + 1:
+      jax.block_until_ready(state)
+      timer.start(done)
+    last = done == exp.train_steps
+    if done % exp.log_every == 0 or last:
+      host = jax.device_get(sums)
+      sums = None
+      train_metrics = metrics_lib.summarize(host)
+      train_metrics["grad_norm"] = float(host["grad_norm"])
+      train_metrics["learning_rate"] = float(schedule(done - 1))
+      rate = timer.stop(done)
+      timer.start(done)
+      if rate is not None:
+        train_metrics["steps_per_second"] = rate
+        train_metrics["tokens_per_second"] = rate * tokens_per_step
+      writer.write(done, "train", train_metrics)
+      bar.set_postfix(loss=f"{train_metrics['loss']:.3f}")
+    if done % exp.eval_every == 0 or last:
+      jax.block_until_ready(state)
+      timer.stop(done)
+      eval_metrics = evaluate(state.params)
+      writer.write(done, "eval", eval_metrics)
+      timer.start(done)
+    checkpointer.save(state, force=last)
+  bar.close()
+  if eval_metrics is None:
+    eval_metrics = evaluate(state.params)
+    writer.write(int(state.step), "eval", eval_metrics)
+  checkpointer.close()
+  writer.close()
+  if exp.sample_length:
+    text = sampling.generate(exp.model, state.params, data, exp.sample_prompt,
+                           length=exp.sample_length, seed=exp.seed)
+    console(f"sample ({exp.sample_length} tokens after the prompt):\n"
+            f"{exp.sample_prompt}{text}\n")
+  return {
+      "step": int(state.step),
+      "train_loss": train_metrics.get("loss"),
+      "eval_loss": eval_metrics["loss"],
+      "eval_accuracy": eval_metrics["accuracy"],
+      "eval_bits_per_byte": eval_metrics["bits_per_byte"],
+      "tokens_per_second": (timer.steps_per_second() or 0.0) * tokens_per_step,
+      "unigram_bits_per_byte": unigram,
+  }
+
+
+class _Timer:
+  """Training throughput, excluding compilation (the first step) and evaluations."""
+
+  def __init__(self):
+    self._mark = None
+    self._steps, self._seconds = 0, 0.0
+
+  def start(self, step: int):
+    self._mark = (step, time.perf_counter())
+
+  def stop(self, step: int) -> Optional[float]:
+    """Ends the interval at `step` (the device must be done with it): steps/s."""
+    if self._mark is None or step <= self._mark[0]:
+      return None
+    steps, seconds = step - self._mark[0], time.perf_counter() - self._mark[1]
+    self._mark = None
+    self._steps += steps
+    self._seconds += seconds
+    return steps / seconds
+
+  def steps_per_second(self) -> Optional[float]:
+    return self._steps / self._seconds if self._seconds else None
+
+
+def define_flags():
+  """The command line's flags (defined only when run as a program)."""
+  flags.DEFINE_multi_string(
+      "gin_file", [], "Gin config file (repeatable; later files override "
+      "earlier). Looked up as given, then in configs/.")
+  flags.DEFINE_multi_string(
+      "gin_bindings", [], "Gin binding, e.g. 'SEQ_LEN=4096' (repeatable; "
+      "applied after the files).")
+  flags.DEFINE_string(
+      "workdir", None, "Directory for config.gin, checkpoints and metrics.")
+  flags.DEFINE_bool(
+      "dry_run", False, "Compile the train step without running it; print "
+      "params, peak_bytes and flops_per_step.")
+
+
+def main():
+  args = flags.FLAGS
+  if not args.workdir:
+    raise ValueError("--workdir is required (where checkpoints, metrics and "
+                     "config.gin go).")
+  if not args.gin_file:
+    raise ValueError("give at least one --gin_file, e.g. "
+                     "--gin_file=configs/quickstart.gin.")
+  cli.print_json(run(args.gin_file, args.gin_bindings, args.workdir,
+                     args.dry_run))
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(cli.guarded(main))

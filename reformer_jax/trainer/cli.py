@@ -1,0 +1,71 @@
+"""The command-line edge: JAX settings, logging, and clean errors for user mistakes."""
+import json
+import os
+import sys
+import tokenize
+from typing import Sequence
+
+import jax
+from absl import logging
+
+from reformer_jax.trainer import checkpointing, gin_setup, sharding, steps
+
+# A user's mistake (bad binding, length, path, config syntax): no traceback.
+USER_ERRORS = (ValueError, OSError, SyntaxError, tokenize.TokenError)
+
+
+def configure():
+  """Explicit JAX settings and quiet library logging for the entry points."""
+  # Random bits independent of how arrays are sharded: the same dropout and
+  # hashes on 1 or 8 devices.
+  jax.config.update("jax_threefry_partitionable", True)
+  logging.set_verbosity(logging.WARNING)
+
+
+def guarded(main):
+  """Wraps an absl main: USER_ERRORS print `error: ...` and exit with status 1."""
+
+  def wrapper(argv):
+    if len(argv) > 1:
+      raise SystemExit(f"error: unexpected arguments {argv[1:]}; use flags.")
+    configure()
+    try:
+      main()
+    except USER_ERRORS as e:
+      # gin appends the chain of configurable calls: noise for the user.
+      lines = [l for l in str(e).splitlines()
+               if not l.startswith("  In call to configurable")]
+      print("error: " + "\n".join(lines), file=sys.stderr)
+      raise SystemExit(1) from None
+
+  return wrapper
+
+
+def print_json(record: dict):
+  """Prints `record` as the last line of stdout."""
+  print(json.dumps(record), flush=True)
+
+
+def load_workdir(workdir: str, gin_bindings: Sequence[str]):
+  """Reads `workdir/config.gin` (+ bindings) and its latest checkpoint's params.
+
+  Returns:
+    (experiment, step, params, mesh), params replicated over `mesh`.
+  """
+  config = os.path.join(workdir, "config.gin")
+  if not os.path.isfile(config):
+    raise FileNotFoundError(
+        f"no {config}: --workdir must be a directory written by "
+        "`python -m reformer_jax.train`.")
+  gin_setup.parse([config], gin_bindings)
+  exp = gin_setup.make_experiment()
+  mesh = sharding.make_mesh()
+  checkpointer = checkpointing.Checkpointer(workdir)
+  found = checkpointer.restore_params(
+      steps.abstract_params(exp.model, exp.seq_len, mesh))
+  checkpointer.close()
+  if found is None:
+    raise FileNotFoundError(
+        f"no checkpoint in {checkpointer.directory}; train first with "
+        f"`python -m reformer_jax.train --workdir={workdir} ...`.")
+  return (exp, *found, mesh)

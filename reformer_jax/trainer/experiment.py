@@ -1,0 +1,119 @@
+"""What a run is: model, data, optimiser and loop settings, checked up front."""
+import dataclasses
+import math
+from typing import Any, Callable, Optional
+
+from reformer_jax.models.config import ReformerConfig
+from reformer_jax.trainer.optim import OptimizerConfig
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Experiment:
+  """One training run (gin: `Experiment.*`).
+
+  Attributes:
+    model: the ReformerConfig.
+    data: a () -> data source callable (gin: `@shipped_corpus`, no
+      parentheses), built by `make_data()` only when batches are needed (not
+      by a dry run). A source (`reformer_jax.data`) has vocab_size,
+      train_batch(step, batch_size, seq_len), eval_batches(batch_size,
+      seq_len, n_batches), encode(str) and decode(tokens).
+    optimizer: the OptimizerConfig.
+    seq_len: tokens per example.
+    batch_size: examples per update (split into `grad_accum_steps` micro-batches).
+    train_steps: number of updates.
+    grad_accum_steps: micro-batches whose gradients are summed per update.
+    seed: seed of the parameters, dropout and hashing (the data has its own).
+    log_every: steps between train-metric lines.
+    eval_every: steps between evaluations (and one at the end).
+    eval_batches: batches per evaluation; None scores the whole eval split.
+    eval_batch_size: examples per eval batch; None = batch_size.
+    checkpoint_every: steps between checkpoints (and one at the end).
+    keep_checkpoints: how many recent checkpoints to keep.
+    sample_prompt: printed with a continuation of `sample_length` tokens at the
+      end of training (`sample_length` 0: no sample).
+    sample_length: tokens to sample at the end of training.
+  """
+  model: ReformerConfig
+  data: Callable[[], Any]
+  optimizer: OptimizerConfig = OptimizerConfig()
+  seq_len: int = 1024
+  batch_size: int = 8
+  train_steps: int = 1000
+  grad_accum_steps: int = 1
+  seed: int = 0
+  log_every: int = 50
+  eval_every: int = 500
+  eval_batches: Optional[int] = 8
+  eval_batch_size: Optional[int] = None
+  checkpoint_every: int = 500
+  keep_checkpoints: int = 3
+  sample_prompt: str = ""
+  sample_length: int = 0
+
+  def __post_init__(self):
+    for name in ("seq_len", "batch_size", "train_steps", "grad_accum_steps",
+                 "log_every", "eval_every", "checkpoint_every",
+                 "keep_checkpoints"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value < 1:
+        raise ValueError(f"Experiment.{name} must be a positive int, got "
+                         f"{value!r}.")
+    if self.batch_size % self.grad_accum_steps:
+      raise ValueError(
+          f"BATCH_SIZE={self.batch_size} must be a multiple of "
+          f"Experiment.grad_accum_steps={self.grad_accum_steps}.")
+    check_length(self.model, self.seq_len)
+
+  def make_data(self):
+    """Builds the data source and checks its vocabulary fits the model's."""
+    data = self.data()
+    if data.vocab_size > self.model.vocab_size:
+      raise ValueError(
+          f"the data has {data.vocab_size} token ids but the model's "
+          f"vocab_size is {self.model.vocab_size}; set ReformerConfig."
+          f"vocab_size >= {data.vocab_size}.")
+    return data
+
+  @property
+  def micro_batch_size(self) -> int:
+    return self.batch_size // self.grad_accum_steps
+
+  @property
+  def eval_config(self) -> ReformerConfig:
+    return self.model.replace(deterministic=True)
+
+
+def check_length(config: ReformerConfig, seq_len: int, what: str = "SEQ_LEN"):
+  """Rejects a length (`what`) beyond the position table, naming valid lengths."""
+  if config.positional == "axial":
+    shape = config.resolved_axial_shape
+    limit = math.prod(shape)
+    if seq_len > limit:
+      bits = math.ceil(math.log2(seq_len))
+      fit = (2 ** (bits // 2), 2 ** (bits - bits // 2))
+      raise ValueError(
+          f"{what}={seq_len} does not fit the axial position table "
+          f"{shape}: valid lengths are 1..{limit}. Use {what} <= {limit}, or "
+          f"bind ReformerConfig.axial_shape=(...) with a product >= {seq_len}"
+          f", e.g. {fit} (or None with ReformerConfig.max_len={seq_len}).")
+  elif config.positional == "learned" and seq_len > config.max_len:
+    raise ValueError(
+        f"{what}={seq_len} exceeds the learned position table: valid lengths "
+        f"are 1..{config.max_len}; use {what} <= {config.max_len} or bind "
+        f"ReformerConfig.max_len={seq_len}.")
+
+
+def padding_note(config: ReformerConfig, seq_len: int) -> Optional[str]:
+  """Says how the attention layers pad SEQ_LEN, when it is not a chunk multiple."""
+  chunks = {}
+  for kind in set(config.layer_attention_types()):
+    if kind in ("local", "lsh"):
+      chunks[kind] = getattr(config, f"{kind}_chunk_len")
+  notes = [f"{kind} attention pads it to {-(-seq_len // c) * c} "
+           f"(chunk {c})" for kind, c in sorted(chunks.items())
+           if seq_len > c and seq_len % c]
+  if not notes:
+    return None
+  return (f"note: SEQ_LEN={seq_len} is not a multiple of the chunk length; "
+          + "; ".join(notes) + " and masks the padding.")

@@ -1,0 +1,132 @@
+"""Gin at the edge: registers the configurables, finds config files, parses.
+
+Registered names (the math stays gin-free): ReformerConfig, OptimizerConfig,
+Experiment and the data sources shipped_corpus, local_file, tfds_text,
+duplication. Config files are looked up as given, then in the repository's
+`configs/` directory and in `./configs`, so `include 'models/x.gin'` works from
+any working directory.
+"""
+import dataclasses
+import difflib
+import inspect
+import logging
+import os
+import pathlib
+from typing import Sequence
+
+import gin
+from gin import config_parser
+
+from reformer_jax import data
+from reformer_jax.models import ReformerConfig
+from reformer_jax.trainer.experiment import Experiment
+from reformer_jax.trainer.optim import OptimizerConfig
+
+CONFIG_DIRS = (pathlib.Path(__file__).resolve().parents[2] / "configs",
+               pathlib.Path.cwd() / "configs")
+
+REGISTERED = {
+    "ReformerConfig": ReformerConfig,
+    "OptimizerConfig": OptimizerConfig,
+    "Experiment": Experiment,
+    "shipped_corpus": data.shipped_corpus,
+    "local_file": data.local_file,
+    "tfds_text": data.tfds_text,
+    "duplication": data.duplication,
+}
+CONFIGURABLES = {name: gin.external_configurable(fn, name)
+                 for name, fn in REGISTERED.items()}
+
+
+def config_dirs() -> list[pathlib.Path]:
+  return [d for d in dict.fromkeys(CONFIG_DIRS) if d.is_dir()]
+
+
+for _directory in config_dirs():
+  gin.add_config_file_search_path(str(_directory))
+
+
+def resolve_file(name: str) -> str:
+  """The path of gin file `name`: as given, or under a configs directory."""
+  candidates = [pathlib.Path(name)] + [d / name for d in config_dirs()]
+  for path in candidates:
+    if path.is_file():
+      return str(path)
+  known = sorted({p.relative_to(d).as_posix() for d in config_dirs()
+                  for p in d.rglob("*.gin")})
+  raise FileNotFoundError(
+      f"gin file {name!r} not found (looked in ., "
+      f"{', '.join(str(d) for d in config_dirs())}); available: "
+      f"{', '.join(known)}.")
+
+
+def parse(gin_files: Sequence[str], gin_bindings: Sequence[str] = ()):
+  """Clears gin, then parses `gin_files` (later override earlier) and bindings.
+
+  Bindings are checked before parsing: an unknown macro, configurable or
+  parameter raises ValueError naming it and the closest valid name.
+  """
+  gin.clear_config()
+  # gin's package-resource reader logs an error for each search-path miss of
+  # an `include`; the misses are expected.
+  logging.disable(logging.ERROR)
+  try:
+    for name in gin_files:
+      gin.parse_config_file(resolve_file(name))
+  finally:
+    logging.disable(logging.NOTSET)
+  macros = _defined_macros()
+  for binding in gin_bindings:
+    for statement in config_parser.ConfigParser(
+        binding, gin.config.ParserDelegate(skip_unknown=True)):
+      if isinstance(statement, config_parser.BindingStatement):
+        _check_binding(statement, binding, macros)
+  gin.parse_config(list(gin_bindings))
+
+
+def make_experiment() -> Experiment:
+  """The Experiment the parsed config describes."""
+  return CONFIGURABLES["Experiment"]()
+
+
+def write_config(workdir: str):
+  """Writes the operative config (macros kept) to `workdir/config.gin`."""
+  with open(os.path.join(workdir, "config.gin"), "w") as f:
+    f.write(gin.operative_config_str())
+
+
+def _defined_macros() -> set[str]:
+  statements = config_parser.ConfigParser(
+      gin.config_str(), gin.config.ParserDelegate(skip_unknown=True))
+  return {s.selector for s in statements
+          if isinstance(s, config_parser.BindingStatement) and not s.arg_name}
+
+
+def _check_binding(statement, binding: str, macros: set[str]):
+  """Raises ValueError for a binding whose macro/configurable/parameter is unknown."""
+  name, arg = statement.selector, statement.arg_name
+  if not arg:
+    if name not in macros:
+      raise ValueError(f"unknown gin binding {binding!r}: no macro {name!r} in "
+                       f"the config{_suggest(name, macros)}. Macros: "
+                       f"{', '.join(sorted(macros)) or 'none'}.")
+    return
+  configurable = name.rsplit(".", 1)[-1]
+  if configurable not in REGISTERED:
+    raise ValueError(f"unknown gin binding {binding!r}: no configurable "
+                     f"{name!r}{_suggest(configurable, REGISTERED)}.")
+  params = _parameters(REGISTERED[configurable])
+  if arg not in params:
+    raise ValueError(f"unknown gin binding {binding!r}: {configurable} has no "
+                     f"parameter {arg!r}{_suggest(arg, params)}.")
+
+
+def _parameters(fn) -> list[str]:
+  if dataclasses.is_dataclass(fn):
+    return [f.name for f in dataclasses.fields(fn)]
+  return list(inspect.signature(fn).parameters)
+
+
+def _suggest(name: str, options) -> str:
+  close = difflib.get_close_matches(name, list(options), n=1)
+  return f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,0 +1,71 @@
+"""Sampling text from a Reformer LM without a cache.
+
+Each new token re-runs the model over a fixed-length buffer (the prompt and
+the tokens so far, the rest masked), so generation compiles once.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reformer_jax.models import ReformerConfig, ReformerLM
+from reformer_jax.trainer.experiment import check_length
+
+
+def generate(config: ReformerConfig, params, data, prompt: str, *,
+             length: int, temperature: float = 0.8, top_k: int = 40,
+             seed: int = 0) -> str:
+  """The text of `length` tokens sampled after `prompt`.
+
+  Args:
+    config: the model's config (made deterministic here).
+    params: its parameters.
+    data: the data source (its encode / decode / vocab_size).
+    prompt: non-empty text to continue.
+    length: tokens to generate.
+    temperature: softmax temperature; 0 picks the likeliest token.
+    top_k: sample among the k likeliest tokens (0: all).
+    seed: seed of sampling and LSH hashing.
+  """
+  tokens = np.asarray(data.encode(prompt), np.int32)
+  if not tokens.size:
+    raise ValueError("the prompt is empty; give at least one character, e.g. "
+                     "--prompt='\\n'.")
+  if length < 1 or temperature < 0 or top_k < 0:
+    raise ValueError(f"need length >= 1, temperature >= 0, top_k >= 0; got "
+                     f"{length}, {temperature}, {top_k}.")
+  total = tokens.size + length
+  check_length(config, total, "prompt tokens + --length")
+  buffer = np.zeros((1, total), np.int32)
+  buffer[0, :tokens.size] = tokens
+  out = _sample(params, jnp.asarray(buffer), tokens.size,
+                jax.random.PRNGKey(seed), model=ReformerLM(
+                    config.replace(deterministic=True)),
+                temperature=float(temperature),
+                top_k=min(top_k, data.vocab_size), vocab=data.vocab_size)
+  return data.decode(np.asarray(out)[0, tokens.size:])
+
+
+@functools.partial(jax.jit, static_argnames=("model", "temperature", "top_k",
+                                              "vocab"))
+def _sample(params, buffer, start, key, *, model, temperature, top_k, vocab):
+  """Fills buffer[0, start:] token by token; positions not yet written are masked."""
+  positions = jnp.arange(buffer.shape[1])[None, :]
+
+  def body(i, carry):
+    buffer, key = carry
+    key, hash_key, sample_key = jax.random.split(key, 3)
+    logits = model.apply({"params": params}, buffer, positions < i,
+                         rngs={"hash": hash_key})
+    logits = logits[0, i - 1, :vocab].astype(jnp.float32)
+    if temperature == 0:
+      token = jnp.argmax(logits)
+    else:
+      if top_k:
+        kth = jax.lax.top_k(logits, top_k)[0][-1]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+      token = jax.random.categorical(sample_key, logits / temperature)
+    return buffer.at[0, i].set(token.astype(buffer.dtype)), key
+
+  return jax.lax.fori_loop(start, buffer.shape[1], body, (buffer, key))[0]

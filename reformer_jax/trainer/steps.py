@@ -1,0 +1,184 @@
+"""Train state, the jit-compiled train and eval steps, evaluation loop and dry run.
+
+Steps are compiled over a 1-D device mesh: the batch is sharded along 'data',
+the train state is replicated and donated. Random bits come from
+`fold_in(state.rng, step)`, so they do not depend on the device count.
+"""
+import functools
+from typing import Any, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from reformer_jax.models import ReformerConfig, ReformerLM
+from reformer_jax.trainer import metrics as metrics_lib
+from reformer_jax.trainer import sharding
+
+_SUMS = ("loss", "weight", "correct")
+
+
+@flax.struct.dataclass
+class TrainState:
+  """step: int32 []; params; opt_state; rng: uint32 [2], the run's base key."""
+  step: jnp.ndarray
+  params: Any
+  opt_state: Any
+  rng: jnp.ndarray
+
+
+def run_keys(seed: int):
+  """(init, train, eval) PRNG keys of a run."""
+  return tuple(jax.random.split(jax.random.PRNGKey(seed), 3))
+
+
+def init_params(config: ReformerConfig, key, length: int):
+  """Parameters of `ReformerLM(config)` (they do not depend on the length)."""
+  init_len = min(length, 2 * max(config.local_chunk_len, config.lsh_chunk_len))
+  params_key, hash_key = jax.random.split(key)
+  tokens = jnp.zeros((1, init_len), jnp.int32)
+  model = ReformerLM(config.replace(deterministic=True))
+  return model.init({"params": params_key, "hash": hash_key}, tokens)["params"]
+
+
+def make_init_state(config: ReformerConfig, tx, seed: int, length: int, mesh: Mesh):
+  """A jitted () -> TrainState, replicated over `mesh`."""
+  init_key, train_key, _ = run_keys(seed)
+
+  def init():
+    params = init_params(config, init_key, length)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params), rng=train_key)
+
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))
+
+
+def abstract_state(init_state, mesh: Mesh):
+  """The TrainState's ShapeDtypeStructs, replicated over `mesh`."""
+  return _replicated_shapes(jax.eval_shape(init_state), mesh)
+
+
+def abstract_params(config: ReformerConfig, length: int, mesh: Mesh):
+  """The parameters' ShapeDtypeStructs, replicated over `mesh`."""
+  key = jax.random.PRNGKey(0)
+  return _replicated_shapes(
+      jax.eval_shape(lambda: init_params(config, key, length)), mesh)
+
+
+def _replicated_shapes(shapes, mesh: Mesh):
+  replicated = sharding.replicated(mesh)
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+      shapes)
+
+
+def train_step(state: TrainState, batch, *, model: ReformerLM,
+               tx: optax.GradientTransformation):
+  """One update from `batch` {'inputs', 'targets', 'weights'}: [accum, micro, L].
+
+  Gradients of the summed loss are accumulated over the `accum` micro-batches
+  (lax.scan) and divided by the total weight. Every micro-batch uses the
+  step's LSH rotations, so without dropout the update equals that of one
+  batch of accum * micro examples.
+
+  Returns:
+    (new state, {'loss', 'weight', 'correct' sums, 'grad_norm'}).
+  """
+  hash_key, dropout_key = jax.random.split(
+      jax.random.fold_in(state.rng, state.step))
+
+  def micro_step(carry, xs):
+    index, micro = xs
+
+    def loss_fn(params):
+      sums = model.apply({"params": params}, micro["inputs"], micro.get("mask"),
+                         targets=micro["targets"], weights=micro["weights"],
+                         rngs={"dropout": jax.random.fold_in(dropout_key, index),
+                               "hash": hash_key})
+      return sums["loss"], sums
+
+    grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)
+    return jax.tree.map(jnp.add, carry, (grads, sums)), None
+
+  zeros = (jax.tree.map(jnp.zeros_like, state.params),
+           {k: jnp.zeros((), jnp.float32) for k in _SUMS})
+  accum = batch["inputs"].shape[0]
+  (grads, sums), _ = jax.lax.scan(micro_step, zeros, (jnp.arange(accum), batch))
+  grads = jax.tree.map(lambda g: g / jnp.maximum(sums["weight"], 1.0), grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(step=state.step + 1,
+                            params=optax.apply_updates(state.params, updates),
+                            opt_state=opt_state)
+  return new_state, dict(sums, grad_norm=optax.global_norm(grads))
+
+
+def eval_step(params, batch, key, *, model: ReformerLM):
+  """Loss sums of one [batch, L] batch with a deterministic model."""
+  return model.apply({"params": params}, batch["inputs"], batch.get("mask"),
+                     targets=batch["targets"], weights=batch["weights"],
+                     rngs={"hash": key})
+
+
+def compile_train_step(config: ReformerConfig, tx, mesh: Mesh):
+  """jit(train_step): state replicated and donated, batch sharded on axis 1."""
+  replicated = sharding.replicated(mesh)
+  return jax.jit(functools.partial(train_step, model=ReformerLM(config), tx=tx),
+                 in_shardings=(replicated, sharding.batch_sharding(mesh, 1)),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def compile_eval_step(config: ReformerConfig, mesh: Mesh):
+  """jit(eval_step) for `config` made deterministic; batch sharded on axis 0."""
+  replicated = sharding.replicated(mesh)
+  model = ReformerLM(config.replace(deterministic=True))
+  return jax.jit(functools.partial(eval_step, model=model),
+                 in_shardings=(replicated, sharding.batch_sharding(mesh, 0),
+                               replicated),
+                 out_shardings=replicated)
+
+
+def split_micro(batch, accum: int):
+  """[B, L] host arrays -> [accum, B // accum, L]."""
+  return {k: np.reshape(v, (accum, -1) + v.shape[1:]) for k, v in batch.items()}
+
+
+def evaluate(eval_fn, params, data, *, batch_size: int, seq_len: int,
+             n_batches: Optional[int], seed: int, mesh: Mesh,
+             split: str = "eval") -> dict:
+  """Mean loss, accuracy and bits per byte over `data.eval_batches(...)`.
+
+  The hash key of batch i is fold_in(eval key of `seed`, i): evaluations are
+  reproducible.
+  """
+  eval_key = run_keys(seed)[2]
+  batch_sharding = sharding.batch_sharding(mesh, 0)
+  sums = {}
+  batches = data.eval_batches(batch_size, seq_len, n_batches, split=split)
+  for i, batch in enumerate(batches):
+    out = eval_fn(params, sharding.put(batch, batch_sharding),
+                  jax.random.fold_in(eval_key, i))
+    sums = metrics_lib.add_sums(sums, jax.device_get(out))
+  return metrics_lib.summarize(sums)
+
+
+def dry_run_report(train_fn, state_shapes, batch_shapes) -> dict:
+  """Compiles `train_fn` for the given shapes without running it.
+
+  Returns:
+    {'params': parameter count, 'peak_bytes': argument + temp + output - alias
+    bytes per device, 'flops_per_step': XLA's flop estimate}.
+  """
+  compiled = train_fn.lower(state_shapes, batch_shapes).compile()
+  memory = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  n_params = sum(int(np.prod(x.shape)) for x in
+                 jax.tree.leaves(state_shapes.params))
+  peak = (memory.argument_size_in_bytes + memory.temp_size_in_bytes +
+          memory.output_size_in_bytes - memory.alias_size_in_bytes)
+  return {"params": n_params, "peak_bytes": int(peak),
+          "flops_per_step": float(cost.get("flops", float("nan")))}

@@ -1,0 +1,174 @@
+"""Tests for reformer_jax.models.reformer_lm and reformer_jax.models.config."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from reformer_jax.layers.lsh_attention import draw_rotations
+from reformer_jax.models import ReformerConfig, ReformerLM
+
+BATCH, LENGTH = 2, 32
+CONFIG = ReformerConfig(vocab_size=16, d_model=16, d_ff=32, n_heads=2, d_head=4, n_layers=2,
+                        attention_types=("local", "lsh"), max_len=LENGTH, n_buckets=4,
+                        lsh_chunk_len=8, local_chunk_len=8, ff_chunk_size=8, loss_chunk_len=8,
+                        dropout_rate=0.1, attention_dropout=0.1, lsh_attention_dropout=0.1)
+EVAL = CONFIG.replace(deterministic=True)
+
+
+def _tokens(seed, shape=(BATCH, LENGTH)):
+  return jax.random.randint(jax.random.PRNGKey(seed), shape, 0, CONFIG.vocab_size)
+
+
+@pytest.fixture(scope="module")
+def setup():
+  """Parameters, fixed LSH rotations and jitted eval functions (compiled once)."""
+  model = ReformerLM(EVAL)
+  tokens = _tokens(0)
+  rngs = {"params": jax.random.PRNGKey(1), "hash": jax.random.PRNGKey(2)}
+  params = jax.jit(model.init)(rngs, tokens)["params"]
+  rotations = draw_rotations(jax.random.PRNGKey(3), EVAL.n_heads, EVAL.d_head, EVAL.n_hashes,
+                             EVAL.n_buckets)
+  logits_fn = jax.jit(lambda p, t, m: model.apply({"params": p}, t, m, lsh_rotations=rotations))
+  loss_fn = jax.jit(lambda p, t, m, y: model.apply({"params": p}, t, m, targets=y,
+                                                   lsh_rotations=rotations))
+  return params, logits_fn, loss_fn
+
+
+def test_param_tree_and_shapes():
+  model = ReformerLM(CONFIG)
+  tokens = _tokens(0)
+  rngs = {"params": jax.random.PRNGKey(1), "dropout": jax.random.PRNGKey(2),
+          "hash": jax.random.PRNGKey(3)}
+  variables = jax.eval_shape(model.init, rngs, tokens)
+  shapes = jax.tree_util.tree_map(lambda x: x.shape, variables["params"])
+  d, vocab = CONFIG.d_model, CONFIG.vocab_size
+  inner = CONFIG.n_heads * CONFIG.d_head
+  assert shapes["token_embed"] == {"embedding": (vocab, d)}
+  assert shapes["positional"] == {"axis_0": (4, 4), "axis_1": (8, 12)}
+  local = shapes["encoder"]["layer_0"]["attention"]
+  assert local["norm"] == {"scale": (d,), "bias": (d,)}
+  assert local["attention"] == {name: {"kernel": (d, inner)} for name in ("query", "key", "value")
+                                } | {"out": {"kernel": (inner, d)}}
+  lsh = shapes["encoder"]["layer_1"]["attention"]["attention"]
+  assert lsh == {"query_key": {"kernel": (d, inner)}, "value": {"kernel": (d, inner)},
+                 "out": {"kernel": (inner, d)}}
+  ff = shapes["encoder"]["layer_1"]["feed_forward"]
+  assert ff["feed_forward"]["wi"] == {"kernel": (d, CONFIG.d_ff), "bias": (CONFIG.d_ff,)}
+  assert ff["feed_forward"]["wo"] == {"kernel": (CONFIG.d_ff, d), "bias": (d,)}
+  assert shapes["final_norm"] == {"scale": (2 * d,), "bias": (2 * d,)}
+  assert shapes["lm_head"] == {"kernel": (2 * d, vocab), "bias": (vocab,)}
+  logits = jax.eval_shape(lambda v: model.apply(v, tokens, rngs=rngs), variables)
+  assert logits.shape == (BATCH, LENGTH, vocab)
+  no_bias = ReformerLM(CONFIG.replace(lm_head_bias=False, positional="sinusoidal"))
+  shapes = jax.tree_util.tree_map(lambda x: x.shape,
+                                  jax.eval_shape(no_bias.init, rngs, tokens)["params"])
+  assert shapes["lm_head"] == {"kernel": (2 * d, vocab)} and "positional" not in shapes
+
+
+def test_causal(setup):
+  """Changing tokens after position i leaves logits at positions <= i unchanged."""
+  params, logits_fn, _ = setup
+  tokens = _tokens(4)
+  mask = jnp.ones(tokens.shape, bool)
+  base = logits_fn(params, tokens, mask)
+  for i in (5, 17, 24):
+    changed = tokens.at[:, i + 1:].set((tokens[:, i + 1:] + 1 + i) % CONFIG.vocab_size)
+    out = logits_fn(params, changed, mask)
+    np.testing.assert_allclose(out[:, :i + 1], base[:, :i + 1], atol=1e-5)
+    assert not np.allclose(out[:, i + 1:], base[:, i + 1:], atol=1e-3)
+
+
+def test_padding_invariance(setup):
+  """Tokens at padded positions (anywhere) do not affect the logits of real positions."""
+  params, logits_fn, _ = setup
+  tokens = _tokens(5)
+  mask = jax.random.bernoulli(jax.random.PRNGKey(6), 0.75, tokens.shape).at[:, 0].set(True)
+  base = logits_fn(params, tokens, mask)
+  changed = jnp.where(mask, tokens, (tokens + 3) % CONFIG.vocab_size)
+  out = logits_fn(params, changed, mask)
+  real = np.asarray(mask)
+  np.testing.assert_allclose(np.asarray(out)[real], np.asarray(base)[real], atol=1e-5)
+  # Without the mask the padded tokens are attended to and the real logits change.
+  no_mask = jnp.ones(tokens.shape, bool)
+  assert not np.allclose(np.asarray(logits_fn(params, changed, no_mask))[real],
+                         np.asarray(logits_fn(params, tokens, no_mask))[real], atol=1e-3)
+
+
+def test_targets_path_matches_logits(setup):
+  params, logits_fn, loss_fn = setup
+  tokens, targets = _tokens(7), _tokens(8)
+  mask = jnp.arange(LENGTH)[None, :] < jnp.array([LENGTH, 21])[:, None]
+  logits = logits_fn(params, tokens, mask)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  weights = mask.astype(jnp.float32)
+  out = loss_fn(params, tokens, mask, targets)
+  np.testing.assert_allclose(out["loss"], jnp.sum(nll * weights), rtol=1e-5)
+  np.testing.assert_allclose(out["weight"], jnp.sum(weights))
+  correct = jnp.sum((jnp.argmax(logits, -1) == targets) * weights)
+  np.testing.assert_allclose(out["correct"], correct)
+
+
+def test_dropout_follows_rng_and_eval_ignores_it(setup):
+  """Train config: output depends on the 'dropout' rng; eval config (deterministic): not."""
+  params = setup[0]
+  tokens = _tokens(9)
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def run(config, dropout_seed):
+    rngs = {"dropout": jax.random.PRNGKey(dropout_seed), "hash": jax.random.PRNGKey(1)}
+    return ReformerLM(config).apply({"params": params}, tokens, rngs=rngs)
+
+  train_a, train_b = run(CONFIG, 1), run(CONFIG, 2)
+  np.testing.assert_array_equal(train_a, run(CONFIG, 1))
+  assert not np.allclose(train_a, train_b, atol=1e-3)
+  eval_a, eval_b = run(EVAL, 1), run(EVAL, 2)
+  np.testing.assert_array_equal(eval_a, eval_b)
+  assert not np.allclose(eval_a, train_a, atol=1e-3)
+
+
+@pytest.mark.parametrize("changes", [
+    dict(axial_dims=(4, 8)),
+    dict(axial_shape=(2, 2), max_len=32),
+    dict(attention_types=("local", "global")),
+    dict(attention_types=()),
+    dict(positional="learned", max_len=None),
+    dict(positional="rotary"),
+    dict(n_buckets=5),
+    dict(lsh_n_chunks_before=0),
+    dict(dropout_rate=1.0),
+    dict(d_model=0),
+    dict(local_chunk_len=0),
+    dict(ff_chunk_size=0),
+])
+def test_bad_config_raises(changes):
+  with pytest.raises(ValueError):
+    CONFIG.replace(**changes)
+
+
+def test_config_defaults_are_valid_and_hashable():
+  config = ReformerConfig()
+  assert config.layer_attention_types() == ("local", "lsh") * 3
+  assert config.resolved_axial_dims == (64, 192)
+  assert hash(config) == hash(ReformerConfig())
+  assert ReformerConfig(attention_types=["lsh"]).attention_types == ("lsh",)
+  assert ReformerConfig(max_len=1000).resolved_axial_shape == (32, 32)
+
+
+def test_bad_inputs_raise():
+  model = ReformerLM(EVAL)
+  tokens = _tokens(0)
+  rngs = {"params": jax.random.PRNGKey(0), "hash": jax.random.PRNGKey(0)}
+  init = lambda *args, **kwargs: jax.eval_shape(
+      lambda: model.init(rngs, *args, **kwargs))
+  with pytest.raises(ValueError, match="tokens"):
+    init(tokens.astype(jnp.float32))
+  with pytest.raises(ValueError, match="mask"):
+    init(tokens, jnp.ones((BATCH, LENGTH - 1), bool))
+  with pytest.raises(ValueError, match="targets"):
+    init(tokens, targets=tokens[:, 1:])
+  rotations = jnp.zeros((EVAL.n_heads, EVAL.d_head, 1, 2))
+  with pytest.raises(ValueError, match="lsh_rotations"):
+    init(tokens, lsh_rotations=[rotations, rotations])

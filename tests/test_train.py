@@ -1,0 +1,328 @@
+"""End-to-end tests of `reformer_jax.train`, `.evaluate` and `.sample`.
+
+Tiny shapes and a few steps on CPU. Training runs in-process through
+`train.run`; the command lines, and the 8-device check (the device count is
+fixed when JAX starts), run in subprocesses.
+"""
+import json
+import math
+import os
+import pathlib
+import shutil
+import struct
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from reformer_jax import evaluate, train
+from reformer_jax.data import DuplicationTask, LMData
+from reformer_jax.trainer import cli, gin_setup, sharding, steps
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+QUICKSTART = ["configs/quickstart.gin"]
+# The quickstart model shrunk: 2 layers (local, LSH) of width 32, length 32.
+TINY = ["SEQ_LEN=32", "BATCH_SIZE=8", "D_MODEL=32", "N_LAYERS=2",
+        "ReformerConfig.d_ff=64", "ReformerConfig.d_head=16",
+        "ReformerConfig.lsh_chunk_len=8", "ReformerConfig.local_chunk_len=8",
+        "Experiment.log_every=1", "Experiment.eval_every=100",
+        "Experiment.eval_batches=1", "Experiment.checkpoint_every=2",
+        "Experiment.keep_checkpoints=5", "Experiment.sample_length=0"]
+# One local-attention layer: the cheapest model to compile.
+LOCAL = ["N_LAYERS=1", "ReformerConfig.attention_types=('local',)"]
+MACROS = ("SEQ_LEN", "BATCH_SIZE", "N_LAYERS", "D_MODEL", "N_HASHES", "TRAIN_STEPS")
+
+
+@pytest.fixture(scope="module")
+def subprocess_env(tmp_path_factory):
+  """CPU, and a compilation cache the command-line runs share."""
+  return dict(os.environ, JAX_PLATFORMS="cpu",
+              JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")))
+
+
+def _cli(env, module, *args):
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=300)
+
+
+def _bindings(bindings):
+  return [f"--gin_bindings={b}" for b in bindings]
+
+
+def _last_json(stdout):
+  return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _logged(workdir, split="train", key="loss"):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return {r["step"]: r[key] for r in rows if r["split"] == split}
+
+
+def _event_tags(workdir):
+  """Scalar tags of the TensorBoard event files (TFRecord framing, read by hand)."""
+  from tensorboardX.proto import event_pb2
+  tags = set()
+  for name in os.listdir(workdir):
+    if not name.startswith("events.out.tfevents"):
+      continue
+    with open(os.path.join(workdir, name), "rb") as f:
+      data = f.read()
+    offset = 0
+    while offset < len(data):
+      (length,) = struct.unpack("<Q", data[offset:offset + 8])
+      record = data[offset + 12:offset + 12 + length]
+      offset += 12 + length + 4
+      tags.update(v.tag for v in event_pb2.Event.FromString(record).summary.value)
+  return tags
+
+
+# 1, 7, 8: the command line, its files, metrics, progress bar and JSON line.
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory, subprocess_env):
+  """The reference run: 4 steps of TINY from the command line.
+
+  Returns:
+    (workdir, process, gin files, bindings) — the files and bindings rerun it
+    in-process.
+  """
+  workdir = tmp_path_factory.mktemp("cli")
+  override = workdir.parent / "override.gin"
+  override.write_text("TRAIN_STEPS = 4\n")
+  files = QUICKSTART + [str(override)]
+  proc = _cli(subprocess_env, "reformer_jax.train",
+              *[f"--gin_file={f}" for f in files],
+              *_bindings(TINY), "--gin_bindings=Experiment.sample_length=8",
+              f"--workdir={workdir}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir, proc, files, TINY
+
+
+def test_cli_trains_and_ends_with_a_json_line(cli_run):
+  workdir, proc, _, _ = cli_run
+  summary = _last_json(proc.stdout)
+  assert summary["step"] == 4      # the second --gin_file overrode TRAIN_STEPS
+  for key in ("train_loss", "eval_loss", "eval_accuracy", "eval_bits_per_byte",
+              "tokens_per_second"):
+    assert math.isfinite(summary[key]), key
+  assert summary["eval_bits_per_byte"] == pytest.approx(
+      summary["eval_loss"] / math.log(2))
+  assert summary["tokens_per_second"] > 0
+  assert "unigram entropy of the training split" in proc.stdout
+  assert "HAMLET:" in proc.stdout.split("sample (8 tokens")[1]
+
+
+def test_cli_writes_config_metrics_events_and_a_progress_bar(cli_run):
+  workdir, proc, _, _ = cli_run
+  config = (workdir / "config.gin").read_text()
+  assert "SEQ_LEN = 32" in config and "TRAIN_STEPS = 4" in config
+  assert "Experiment.seq_len = %SEQ_LEN" in config
+  assert sorted(_logged(workdir)) == [1, 2, 3, 4]
+  assert sorted(_logged(workdir, "eval")) == [4]
+  assert {"train/loss", "train/accuracy", "train/bits_per_byte",
+          "train/learning_rate", "train/steps_per_second",
+          "train/tokens_per_second", "eval/loss", "eval/accuracy",
+          "eval/bits_per_byte"} <= _event_tags(workdir)
+  assert "[train] step 4: loss" in proc.stdout
+  assert "4/4" in proc.stderr and "step/s" in proc.stderr   # tqdm, with ETA
+  assert os.path.isdir(workdir / "checkpoints" / "4")
+
+
+# 9: evaluate and sample from the checkpoint.
+def test_evaluate_reproduces_the_final_eval_and_takes_bindings(cli_run, subprocess_env):
+  workdir, proc, _, _ = cli_run
+  metrics = evaluate.evaluate(str(workdir))
+  assert metrics["step"] == 4 and metrics["n_hashes"] == 2
+  assert metrics["eval_loss"] == pytest.approx(_last_json(proc.stdout)["eval_loss"],
+                                               rel=1e-5)
+  more = _cli(subprocess_env, "reformer_jax.evaluate", f"--workdir={workdir}",
+              "--gin_bindings=N_HASHES=4")
+  assert more.returncode == 0, more.stderr[-3000:]
+  metrics = _last_json(more.stdout)
+  assert metrics["n_hashes"] == 4 and math.isfinite(metrics["eval_loss"])
+
+
+def test_sample_cli_reproduces_the_end_of_training_sample(cli_run, subprocess_env):
+  workdir, trained, _, _ = cli_run
+  proc = _cli(subprocess_env, "reformer_jax.sample", f"--workdir={workdir}",
+              "--prompt=HAMLET:\n", "--length=8")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  text = proc.stdout[:-1]    # print's newline
+  assert text.startswith("HAMLET:\n") and len(text) > len("HAMLET:\n")
+  assert text in trained.stdout.split("sample (8 tokens after the prompt):\n")[1]
+
+
+# 2: the configs and their macros.
+@pytest.mark.parametrize("name", ["quickstart", "crime_and_punishment",
+                                  "enwik8", "duplication"])
+def test_config_exposes_the_macros(name):
+  gin_setup.parse([f"{name}.gin"])
+  exp = gin_setup.make_experiment()
+  values = {m: gin_setup.gin.query_parameter(f"%{m}") for m in MACROS}
+  assert (exp.seq_len, exp.batch_size, exp.train_steps) == (
+      values["SEQ_LEN"], values["BATCH_SIZE"], values["TRAIN_STEPS"])
+  assert (exp.model.n_layers, exp.model.d_model, exp.model.n_hashes) == (
+      values["N_LAYERS"], values["D_MODEL"], values["N_HASHES"])
+  gin_setup.parse([f"{name}.gin"], ["N_LAYERS=1", "N_HASHES=3"])
+  exp = gin_setup.make_experiment()
+  assert (exp.model.n_layers, exp.model.n_hashes) == (1, 3)
+
+
+def test_crime_and_punishment_is_the_524288_token_model():
+  gin_setup.parse(["crime_and_punishment.gin"], ["ReformerConfig.vocab_size=320"])
+  exp = gin_setup.make_experiment()
+  m = exp.model
+  assert exp.seq_len == 524288 == math.prod(m.axial_shape) and exp.batch_size == 1
+  assert (m.n_layers, m.d_model, m.d_ff, m.n_heads, m.d_head) == (6, 256, 512, 2, 64)
+  assert m.layer_attention_types() == ("local", "lsh") * 3
+  assert (m.axial_shape, m.axial_dims, m.n_buckets) == ((512, 1024), (64, 192), (64, 128))
+  assert (m.lsh_chunk_len, m.local_chunk_len, m.n_hashes) == (64, 64, 1)
+  assert (exp.optimizer.learning_rate, exp.optimizer.warmup_steps) == (1e-3, 500)
+  params = steps.abstract_params(m, exp.seq_len, sharding.make_mesh())
+  n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+  head = 2 * 256 * 320 + 320
+  assert n_params - head == 2584064     # the published count (no LM head)
+
+
+def test_enwik8_and_duplication_are_the_papers_models():
+  gin_setup.parse(["enwik8.gin"])
+  m = gin_setup.make_experiment().model
+  assert (m.n_layers, m.d_model, m.d_ff, m.n_heads) == (12, 1024, 4096, 8)
+  assert m.layer_attention_types()[:4] == ("local", "local", "lsh", "local")
+  assert (m.local_chunk_len, m.lsh_chunk_len, m.n_buckets, m.n_hashes,
+          m.dropout_rate) == (128, 256, 512, 2, 0.2)
+  gin_setup.parse(["duplication.gin"])
+  exp = gin_setup.make_experiment()
+  m = exp.model
+  assert (m.n_layers, m.d_model, m.d_ff, m.n_heads, exp.seq_len) == (1, 256, 256, 4, 1024)
+  assert m.attention_types == ("lsh",)
+  data = exp.make_data()
+  assert isinstance(data, DuplicationTask) and data.n_symbols == 511
+
+
+# 3: data is gin-selectable and its order a function of (seed, step).
+def test_data_source_is_selectable_by_binding(tmp_path):
+  text = tmp_path / "mine.txt"
+  text.write_bytes(bytes(range(256)) * 40)
+  gin_setup.parse(QUICKSTART, ["Experiment.data=@local_file",
+                               f"local_file.path='{text}'", "local_file.seed=5"])
+  data = gin_setup.make_experiment().make_data()
+  assert isinstance(data, LMData) and data.seed == 5
+  np.testing.assert_array_equal(data.train_batch(7, 2, 16)["inputs"],
+                                data.train_batch(7, 2, 16)["inputs"])
+
+
+# 6: resume equals an uninterrupted run, also after a save killed midway.
+def test_resume_after_an_interrupted_save_matches_an_uninterrupted_run(
+    cli_run, tmp_path, capsys):
+  workdir, proc, files, bindings = cli_run
+  # Turn a copy into a run killed while saving step 4: orbax's temporary
+  # directory of step 4 and a half-copied step 3, no finished step 4,
+  # metrics up to step 2.
+  killed = tmp_path / "killed"
+  shutil.copytree(workdir, killed)
+  checkpoints = killed / "checkpoints"
+  shutil.rmtree(checkpoints / "4")
+  (checkpoints / "4.orbax-checkpoint-tmp-1700000000" / "params").mkdir(parents=True)
+  (checkpoints / "3" / "params").mkdir(parents=True)
+  lines = (killed / "metrics.jsonl").read_text().splitlines()
+  (killed / "metrics.jsonl").write_text(
+      "".join(l + "\n" for l in lines if json.loads(l)["step"] <= 2))
+  capsys.readouterr()
+  resumed = train.run(files, bindings, str(killed))
+  out = capsys.readouterr().out
+  assert "checkpoint step 3" in out and "incomplete" in out
+  assert "resuming from the checkpoint at step 2" in out
+  want, got = _logged(workdir), _logged(killed)
+  assert sorted(got) == [1, 2, 3, 4]
+  for step in (3, 4):
+    assert got[step] == pytest.approx(want[step], abs=1e-6), step
+  assert resumed["eval_loss"] == pytest.approx(_last_json(proc.stdout)["eval_loss"],
+                                               abs=1e-6)
+
+
+# 8: dry run.
+def test_dry_run_compiles_without_training(tmp_path):
+  report = train.run(QUICKSTART, TINY + LOCAL, str(tmp_path), dry_run=True)
+  params = steps.abstract_params(gin_setup.make_experiment().model, 32,
+                                 sharding.make_mesh())
+  assert report["params"] == sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+  assert report["peak_bytes"] > 4 * report["params"]     # at least the params
+  assert report["flops_per_step"] > 0
+  assert not (tmp_path / "checkpoints").exists()
+  assert (tmp_path / "config.gin").exists()
+
+
+# 5: 8 devices give the losses of 1.
+_EIGHT_DEVICES = """
+import json, sys
+import jax
+from reformer_jax import evaluate, train
+assert jax.device_count() == 8, jax.devices()
+files, bindings, workdir = json.loads(sys.argv[1])
+train.run(files, bindings, workdir)
+try:
+  train.run(files, bindings + ["BATCH_SIZE=4"], workdir + "_bad")
+except ValueError as e:
+  print("error:", e)
+"""
+
+
+def test_eight_devices_give_the_losses_of_one(cli_run, tmp_path, subprocess_env):
+  workdir, _, files, bindings = cli_run
+  eight = str(tmp_path / "eight")
+  proc = subprocess.run(
+      [sys.executable, "-c", _EIGHT_DEVICES, json.dumps([files, bindings, eight])],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(subprocess_env,
+               XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "BATCH_SIZE / grad_accum_steps=4 must be a multiple of the 8 devices" in proc.stdout
+  one, eight = _logged(workdir), _logged(eight)
+  assert sorted(eight) == [1, 2, 3, 4]
+  for step in eight:
+    assert eight[step] == pytest.approx(one[step], rel=1e-5, abs=1e-5)
+
+
+# 4: gradient accumulation and bf16 activations.
+def test_gradient_accumulation_equals_one_big_batch(cli_run, tmp_path):
+  workdir, _, files, bindings = cli_run
+  train.run(files, bindings + ["Experiment.grad_accum_steps=2"], str(tmp_path))
+  big, accumulated = _logged(workdir), _logged(tmp_path)
+  assert accumulated[1] == pytest.approx(big[1], rel=1e-6)
+  for step in (2, 3, 4):
+    assert accumulated[step] == pytest.approx(big[step], rel=1e-5), step
+
+
+def test_bfloat16_activations_train(tmp_path):
+  summary = train.run(QUICKSTART, TINY + LOCAL + [
+      "TRAIN_STEPS=2", "ReformerConfig.dtype='bfloat16'"], str(tmp_path))
+  assert math.isfinite(summary["train_loss"]) and math.isfinite(summary["eval_loss"])
+
+
+# 10: a user's mistakes end in one clean line, before any training.
+def test_cli_unknown_binding_prints_one_line_without_traceback(tmp_path, subprocess_env):
+  proc = _cli(subprocess_env, "reformer_jax.train", "--gin_file=configs/quickstart.gin",
+              "--gin_bindings=SEQ_LENN=64", f"--workdir={tmp_path}")
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown gin binding")
+  assert "did you mean 'SEQ_LEN'?" in proc.stderr
+  assert not (tmp_path / "config.gin").exists()
+
+
+@pytest.mark.parametrize("files, bindings, message", [
+    (["enwik8.gin"], ["DATA_PATH='/no/such/enwik8'"], "no file at '/no/such/enwik8'"),
+    (["crime_and_punishment.gin"], ["SEQ_LEN=1048576"], "valid lengths are 1..524288"),
+    (["quickstart.gin"], ["BATCH_SIZE=6", "Experiment.grad_accum_steps=4"],
+     "BATCH_SIZE=6 must be a multiple of Experiment.grad_accum_steps=4"),
+])
+def test_user_errors_are_reported_cleanly(tmp_path, capsys, files, bindings, message):
+  with pytest.raises(SystemExit) as info:
+    cli.guarded(lambda: train.run(files, bindings, str(tmp_path)))(["train"])
+  assert info.value.code == 1
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and message in err
+  assert "In call to configurable" not in err
+  assert not (tmp_path / "checkpoints").exists()

@@ -1,0 +1,49 @@
+"""Gin parsing: search paths, override order, binding checks, operative config."""
+import pytest
+
+from reformer_jax.trainer import gin_setup
+
+
+def test_include_resolves_from_any_working_directory(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  gin_setup.parse(["quickstart.gin"])
+  assert gin_setup.make_experiment().model.n_layers == 2
+
+
+def test_later_files_and_then_bindings_override(tmp_path):
+  first, second = tmp_path / "a.gin", tmp_path / "b.gin"
+  first.write_text("include 'quickstart.gin'\nTRAIN_STEPS = 7\nBATCH_SIZE = 2\n")
+  second.write_text("TRAIN_STEPS = 9\n")
+  gin_setup.parse([str(first), str(second)], ["BATCH_SIZE = 4"])
+  exp = gin_setup.make_experiment()
+  assert (exp.train_steps, exp.batch_size) == (9, 4)
+
+
+@pytest.mark.parametrize("binding, fragment", [
+    ("SEQ_LENN=64", "no macro 'SEQ_LENN' in the config (did you mean 'SEQ_LEN'?)"),
+    ("ReformerConfg.n_hashes=2", "(did you mean 'ReformerConfig'?)"),
+    ("ReformerConfig.n_hashs=2", "has no parameter 'n_hashs' (did you mean 'n_hashes'?)"),
+    ("Experiment.seq_length=64", "(did you mean 'seq_len'?)"),
+])
+def test_unknown_binding_is_named_with_the_closest_valid_name(binding, fragment):
+  with pytest.raises(ValueError, match="unknown gin binding") as info:
+    gin_setup.parse(["quickstart.gin"], [binding])
+  assert fragment in str(info.value)
+
+
+def test_missing_gin_file_lists_the_available_configs():
+  with pytest.raises(FileNotFoundError) as info:
+    gin_setup.parse(["quikstart.gin"])
+  assert "'quikstart.gin' not found" in str(info.value)
+  assert "quickstart.gin" in str(info.value).split("available:")[1]
+
+
+def test_operative_config_keeps_macros_so_bindings_can_change_them(tmp_path):
+  gin_setup.parse(["quickstart.gin"], ["N_HASHES=1"])
+  gin_setup.make_experiment()
+  gin_setup.write_config(str(tmp_path))
+  written = (tmp_path / "config.gin").read_text()
+  assert "N_HASHES = 1" in written and "ReformerConfig.n_hashes = %N_HASHES" in written
+  gin_setup.parse([str(tmp_path / "config.gin")], ["N_HASHES=4"])
+  exp = gin_setup.make_experiment()
+  assert exp.model.n_hashes == 4 and exp.seq_len == 256
