@@ -16,7 +16,9 @@ in the forward pass, so dropout masks and LSH random rotations are identical.
 
 Layers that repeat with a period (e.g. attention types cycling local, lsh, local, lsh ...)
 run as a `lax.scan` over the cycles, forward and backward: the compiled program holds one
-cycle, whatever the depth, so compile time and buffer use do not grow with it.
+cycle, whatever the depth, so compile time and buffer use do not grow with it. (The price:
+each step stacks the per-layer parameters for the scan and slices the stacked gradients,
+about two parameter-sized temporaries.)
 """
 import dataclasses
 import functools

@@ -11,6 +11,9 @@ from reformer_jax.layers.feed_forward import ChunkedFeedForward
 from reformer_jax.layers.lsh_attention import LSHSelfAttention
 from reformer_jax.layers.reversible import ReversibleStack, _period, reversible_layers
 
+# 'rbg' keys replay like threefry keys but XLA compiles them much faster.
+RBG = functools.partial(jax.random.key, impl="rbg")
+
 
 def plain_layers(fns, params, rngs, x1, x2, aux):
   """Reference: the same layers as ordinary residual code under ordinary autodiff."""
@@ -69,8 +72,8 @@ def dense_dropout_sin(params, x, aux, rng):
   return jnp.sin(dense_dropout(params, x, aux, rng))
 
 
-@pytest.mark.parametrize("layout, typed_keys", [("cycles", False), ("unrolled", True)])
-def test_dense_dropout_matches_plain_residual(layout, typed_keys):
+@pytest.mark.parametrize("layout, make_key", [("cycles", RBG), ("unrolled", jax.random.PRNGKey)])
+def test_dense_dropout_matches_plain_residual(layout, make_key):
   """'cycles': 5 layers alternating two blocks (2 scanned cycles + 1 unrolled layer);
   'unrolled': 3 layers of distinct functions (nothing to scan)."""
   if layout == "cycles":
@@ -85,8 +88,7 @@ def test_dense_dropout_matches_plain_residual(layout, typed_keys):
   keys = jax.random.split(jax.random.PRNGKey(0), 4 * n_layers + 3)
   params = tuple((_dense_params(keys[4 * i], d, 10), _dense_params(keys[4 * i + 1], d, 10))
                  for i in range(n_layers))
-  make = jax.random.key if typed_keys else jax.random.PRNGKey
-  rngs = tuple((make(10 * i), make(10 * i + 1)) for i in range(n_layers))
+  rngs = tuple((make_key(10 * i), make_key(10 * i + 1)) for i in range(n_layers))
   x1 = jax.random.normal(keys[-3], (2, 5, d))
   x2 = jax.random.normal(keys[-2], (2, 5, d))
   aux = jax.random.uniform(keys[-1], (2, 5))
@@ -135,9 +137,7 @@ def test_lsh_and_feed_forward_blocks_with_dropout_match_plain_residual():
           / (np.sqrt(leaf.shape[0]) if len(leaf.shape) == 2 else 10.)
           for j, leaf in enumerate(leaves)])
       for i in range(n_layers))
-  # 'rbg' keys: the same replay logic as threefry keys, but XLA compiles them much faster.
-  key = lambda seed: jax.random.key(seed, impl="rbg")
-  rngs = tuple(({"hash": key(20 + i), "dropout": key(30 + i)}, {"dropout": key(40 + i)})
+  rngs = tuple(({"hash": RBG(20 + i), "dropout": RBG(30 + i)}, {"dropout": RBG(40 + i)})
                for i in range(n_layers))
   fns = ((f, g),) * n_layers
   _check_against_plain(fns, params, rngs, x1, x2, mask)
@@ -214,8 +214,7 @@ def _temp_bytes(core, n_layers, length=8192, d=16):
   key = jax.random.PRNGKey(0)
   params = tuple((_dense_params(key, d, 4 * d), _dense_params(key, d, 4 * d))
                  for _ in range(n_layers))
-  rngs = tuple((jax.random.PRNGKey(2 * i), jax.random.PRNGKey(2 * i + 1))
-               for i in range(n_layers))
+  rngs = tuple((RBG(2 * i), RBG(2 * i + 1)) for i in range(n_layers))
   x = jnp.zeros((1, length, d))
   aux = jnp.ones((1, length))
   grad_fn = jax.jit(jax.grad(_loss(core, fns, x, x), argnums=(0, 1, 2)))

@@ -172,3 +172,12 @@ def test_bad_inputs_raise():
   rotations = jnp.zeros((EVAL.n_heads, EVAL.d_head, 1, 2))
   with pytest.raises(ValueError, match="lsh_rotations"):
     init(tokens, lsh_rotations=[rotations, rotations])
+
+
+def test_lsh_rotations_map_to_lsh_layers():
+  model = ReformerLM(CONFIG.replace(n_layers=4))
+  types = model.config.layer_attention_types()
+  a, b = jnp.zeros((2, 4, 1, 2)), jnp.ones((2, 4, 1, 2))
+  assert model._layer_rotations([a, b], types) == (None, a, None, b)
+  assert model._layer_rotations(a, types) == (None, a, None, a)
+  assert model._layer_rotations(None, types) is None
