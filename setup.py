@@ -18,8 +18,14 @@ setuptools.setup(
                 "feed-forward and axial positions in JAX/Flax.",
     long_description=(_HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
-    packages=setuptools.find_packages(include=["reformer_jax", "reformer_jax.*"]),
-    package_data={"reformer_jax": ["configs/*.gin", "data/corpus/*"]},
+    # The repo's configs/ ships inside the package as reformer_jax/configs, so gin finds
+    # `--gin_file=quickstart.gin` and its includes after a non-editable install too.
+    packages=setuptools.find_packages(include=["reformer_jax", "reformer_jax.*"])
+    + ["reformer_jax.configs", "reformer_jax.configs.models"],
+    package_dir={"reformer_jax.configs": "configs"},
+    package_data={"reformer_jax": ["data/corpus/*"],
+                  "reformer_jax.configs": ["*.gin"],
+                  "reformer_jax.configs.models": ["*.gin"]},
     python_requires=">=3.10",
     install_requires=_requirements("requirements.txt"),
     extras_require={"test": _requirements("requirements-test.txt")},

@@ -11,18 +11,19 @@ from typing import Sequence
 
 from absl import app, flags
 
-from reformer_jax.trainer import cli, steps
+from reformer_jax.trainer import cli, sharding, steps
 
 
 def evaluate(workdir: str, gin_bindings: Sequence[str] = (),
              split: str = "eval") -> dict:
   """Metrics of the latest checkpoint in `workdir` on `split`."""
   exp, step, params, mesh = cli.load_workdir(workdir, gin_bindings)
-  data = exp.make_data()
+  batch_size = exp.eval_batch_size or exp.batch_size
+  sharding.check_batch(batch_size, mesh, "Experiment.eval_batch_size")
   metrics = steps.evaluate(
-      steps.compile_eval_step(exp.model, mesh), params, data,
-      batch_size=exp.eval_batch_size or exp.batch_size, seq_len=exp.seq_len,
-      n_batches=exp.eval_batches, seed=exp.seed, mesh=mesh, split=split)
+      steps.compile_eval_step(exp.model, mesh), params, exp.make_data(),
+      batch_size=batch_size, seq_len=exp.seq_len, n_batches=exp.eval_batches,
+      seed=exp.seed, mesh=mesh, split=split)
   return {"step": step, "split": split, "n_hashes": exp.model.n_hashes,
           **{f"eval_{k}": v for k, v in metrics.items()}}
 

@@ -95,7 +95,7 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
   writer = metrics_lib.MetricWriter(workdir)
   batch_sharding = sharding.batch_sharding(mesh, 1)
   tokens_per_step = exp.batch_size * exp.seq_len
-  train_metrics, eval_metrics, sums = {}, None, None
+  train_metrics, eval_metrics, sums, n_summed = {}, None, None, 0
   bar = tqdm.tqdm(total=exp.train_steps, initial=start, unit="step",
                   desc="train", dynamic_ncols=True, mininterval=1.0)
   timer = _Timer()
@@ -105,6 +105,7 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
                               exp.grad_accum_steps)
     state, out = train_fn(state, sharding.put(batch, batch_sharding))
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    n_summed += 1
     done = step + 1
     bar.update(1)
     if done == start + 1:
@@ -113,9 +114,9 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
     last = done == exp.train_steps
     if done % exp.log_every == 0 or last:
       host = jax.device_get(sums)
-      sums = None
       train_metrics = metrics_lib.summarize(host)
-      train_metrics["grad_norm"] = float(host["grad_norm"])
+      train_metrics["grad_norm"] = float(host["grad_norm"]) / n_summed
+      sums, n_summed = None, 0
       train_metrics["learning_rate"] = float(schedule(done - 1))
       rate = timer.stop(done)
       timer.start(done)

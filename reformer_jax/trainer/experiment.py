@@ -84,24 +84,33 @@ class Experiment:
     return self.model.replace(deterministic=True)
 
 
-def check_length(config: ReformerConfig, seq_len: int, what: str = "SEQ_LEN"):
-  """Rejects a length (`what`) beyond the position table, naming valid lengths."""
+def max_length(config: ReformerConfig) -> Optional[int]:
+  """The longest sequence the position table covers (None: unlimited)."""
   if config.positional == "axial":
-    shape = config.resolved_axial_shape
-    limit = math.prod(shape)
-    if seq_len > limit:
-      bits = math.ceil(math.log2(seq_len))
-      fit = (2 ** (bits // 2), 2 ** (bits - bits // 2))
-      raise ValueError(
-          f"{what}={seq_len} does not fit the axial position table "
-          f"{shape}: valid lengths are 1..{limit}. Use {what} <= {limit}, or "
-          f"bind ReformerConfig.axial_shape=(...) with a product >= {seq_len}"
-          f", e.g. {fit} (or None with ReformerConfig.max_len={seq_len}).")
-  elif config.positional == "learned" and seq_len > config.max_len:
+    return math.prod(config.resolved_axial_shape)
+  if config.positional == "learned":
+    return config.max_len
+  return None
+
+
+def check_length(config: ReformerConfig, seq_len: int):
+  """Rejects a SEQ_LEN beyond the position table, naming the valid lengths."""
+  limit = max_length(config)
+  if limit is None or seq_len <= limit:
+    return
+  if config.positional == "axial":
+    bits = math.ceil(math.log2(seq_len))
+    fit = (2 ** (bits // 2), 2 ** (bits - bits // 2))
     raise ValueError(
-        f"{what}={seq_len} exceeds the learned position table: valid lengths "
-        f"are 1..{config.max_len}; use {what} <= {config.max_len} or bind "
-        f"ReformerConfig.max_len={seq_len}.")
+        f"SEQ_LEN={seq_len} does not fit the axial position table "
+        f"{config.resolved_axial_shape}: valid lengths are 1..{limit}. Use "
+        f"SEQ_LEN <= {limit}, or bind ReformerConfig.axial_shape=(...) with a "
+        f"product >= {seq_len}, e.g. {fit} (or None with "
+        f"ReformerConfig.max_len={seq_len}).")
+  raise ValueError(
+      f"SEQ_LEN={seq_len} exceeds the learned position table: valid lengths "
+      f"are 1..{limit}; use SEQ_LEN <= {limit} or bind "
+      f"ReformerConfig.max_len={seq_len}.")
 
 
 def padding_note(config: ReformerConfig, seq_len: int) -> Optional[str]:

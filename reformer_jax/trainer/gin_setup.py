@@ -22,7 +22,8 @@ from reformer_jax.models import ReformerConfig
 from reformer_jax.trainer.experiment import Experiment
 from reformer_jax.trainer.optim import OptimizerConfig
 
-CONFIG_DIRS = (pathlib.Path(__file__).resolve().parents[2] / "configs",
+CONFIG_DIRS = (pathlib.Path(__file__).resolve().parents[2] / "configs",  # a checkout
+               pathlib.Path(__file__).resolve().parents[1] / "configs",  # an installed wheel
                pathlib.Path.cwd() / "configs")
 
 REGISTERED = {
@@ -90,9 +91,14 @@ def make_experiment() -> Experiment:
 
 
 def write_config(workdir: str):
-  """Writes the operative config (macros kept) to `workdir/config.gin`."""
+  """Writes the parsed config (every binding, macros kept) to `workdir/config.gin`.
+
+  `gin.config_str()` rather than the operative config: the data source is built after
+  this is written, and its bindings (e.g. `local_file.path`) must be saved too, or
+  evaluate / sample / resume could not rebuild it.
+  """
   with open(os.path.join(workdir, "config.gin"), "w") as f:
-    f.write(gin.operative_config_str())
+    f.write(gin.config_str())
 
 
 def _defined_macros() -> set[str]:

@@ -1,7 +1,8 @@
 """Sampling text from a Reformer LM without a cache.
 
-Each new token re-runs the model over a fixed-length buffer (the prompt and
-the tokens so far, the rest masked), so generation compiles once.
+Each new token re-runs the model over a fixed-length window: the sequence so
+far (the rest masked) or, once it outgrows the position table, its last
+`max_length` tokens. The window length is fixed, so generation compiles once.
 """
 import functools
 
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reformer_jax.models import ReformerConfig, ReformerLM
-from reformer_jax.trainer.experiment import check_length
+from reformer_jax.trainer.experiment import max_length
 
 
 def generate(config: ReformerConfig, params, data, prompt: str, *,
@@ -36,29 +37,32 @@ def generate(config: ReformerConfig, params, data, prompt: str, *,
     raise ValueError(f"need length >= 1, temperature >= 0, top_k >= 0; got "
                      f"{length}, {temperature}, {top_k}.")
   total = tokens.size + length
-  check_length(config, total, "prompt tokens + --length")
-  buffer = np.zeros((1, total), np.int32)
-  buffer[0, :tokens.size] = tokens
-  out = _sample(params, jnp.asarray(buffer), tokens.size,
-                jax.random.PRNGKey(seed), model=ReformerLM(
-                    config.replace(deterministic=True)),
-                temperature=float(temperature),
+  window = min(total, max_length(config) or total)
+  sequence = np.zeros((1, total), np.int32)
+  sequence[0, :tokens.size] = tokens
+  out = _sample(params, jnp.asarray(sequence), tokens.size,
+                jax.random.PRNGKey(seed),
+                model=ReformerLM(config.replace(deterministic=True)),
+                window=window, temperature=float(temperature),
                 top_k=min(top_k, data.vocab_size), vocab=data.vocab_size)
   return data.decode(np.asarray(out)[0, tokens.size:])
 
 
-@functools.partial(jax.jit, static_argnames=("model", "temperature", "top_k",
-                                              "vocab"))
-def _sample(params, buffer, start, key, *, model, temperature, top_k, vocab):
-  """Fills buffer[0, start:] token by token; positions not yet written are masked."""
-  positions = jnp.arange(buffer.shape[1])[None, :]
+@functools.partial(jax.jit, static_argnames=("model", "window", "temperature",
+                                              "top_k", "vocab"))
+def _sample(params, sequence, start, key, *, model, window, temperature, top_k,
+            vocab):
+  """Fills sequence[0, start:] token by token from windows of `window` tokens."""
+  positions = jnp.arange(window)[None, :]
 
   def body(i, carry):
-    buffer, key = carry
+    sequence, key = carry
     key, hash_key, sample_key = jax.random.split(key, 3)
-    logits = model.apply({"params": params}, buffer, positions < i,
+    first = jnp.maximum(i - window, 0)
+    context = jax.lax.dynamic_slice(sequence, (0, first), (1, window))
+    logits = model.apply({"params": params}, context, positions < i - first,
                          rngs={"hash": hash_key})
-    logits = logits[0, i - 1, :vocab].astype(jnp.float32)
+    logits = logits[0, i - first - 1, :vocab].astype(jnp.float32)
     if temperature == 0:
       token = jnp.argmax(logits)
     else:
@@ -66,6 +70,6 @@ def _sample(params, buffer, start, key, *, model, temperature, top_k, vocab):
         kth = jax.lax.top_k(logits, top_k)[0][-1]
         logits = jnp.where(logits < kth, -jnp.inf, logits)
       token = jax.random.categorical(sample_key, logits / temperature)
-    return buffer.at[0, i].set(token.astype(buffer.dtype)), key
+    return sequence.at[0, i].set(token.astype(sequence.dtype)), key
 
-  return jax.lax.fori_loop(start, buffer.shape[1], body, (buffer, key))[0]
+  return jax.lax.fori_loop(start, sequence.shape[1], body, (sequence, key))[0]

@@ -39,11 +39,11 @@ def test_missing_gin_file_lists_the_available_configs():
 
 
 def test_operative_config_keeps_macros_so_bindings_can_change_them(tmp_path):
-  gin_setup.parse(["quickstart.gin"], ["N_HASHES=1"])
+  gin_setup.parse(["quickstart.gin"], ["N_HASHES=1", "SEQ_LEN=96"])
   gin_setup.make_experiment()
   gin_setup.write_config(str(tmp_path))
   written = (tmp_path / "config.gin").read_text()
   assert "N_HASHES = 1" in written and "ReformerConfig.n_hashes = %N_HASHES" in written
   gin_setup.parse([str(tmp_path / "config.gin")], ["N_HASHES=4"])
   exp = gin_setup.make_experiment()
-  assert exp.model.n_hashes == 4 and exp.seq_len == 256
+  assert exp.model.n_hashes == 4 and exp.seq_len == 96
