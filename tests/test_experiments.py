@@ -1,0 +1,85 @@
+"""Smoke tests of the benchmark scripts: each runs at tiny sizes and writes valid JSON + PNG."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from experiments import blog_tables, common, hf_side_by_side, memory_vs_length
+
+
+def _written(tmp_path, name):
+  record = json.loads((tmp_path / f"{name}.json").read_text())
+  assert (tmp_path / f"{name}.png").stat().st_size > 1000
+  return record
+
+
+def _peak_is_consistent(record):
+  return record["peak_bytes"] == (record["argument_bytes"] + record["temp_bytes"]
+                                  + record["output_bytes"] - record["alias_bytes"])
+
+
+def test_memory_vs_length_quick(tmp_path):
+  memory_vs_length.main(["--quick", "--out", str(tmp_path)])
+  result = _written(tmp_path, "memory_vs_length")
+  (point,) = result["compiled"]
+  assert point["length"] == 64 and point["n_layers"] == 2 and _peak_is_consistent(point)
+  peak = point["peak_buffers"]
+  assert peak["buffers"] and 0 < peak["peak_live_bytes"] <= point["peak_bytes"]
+  assert [r["n_layers"] for r in result["depth"]] == [1, 2]
+  (run,) = result["measured"]
+  assert "error" not in run, run
+  assert run["peak_bytes"] == point["peak_bytes"]  # the worker compiled the same program
+  assert run["step_time_s"] > 0 and all(math.isfinite(x) for x in run["losses"])
+  assert run["max_rss_bytes"] >= run["steps_max_rss_bytes"] > run["peak_bytes"]
+  assert result["checks"]["depth_ratio"]["layers"] == [1, 2]
+
+
+def test_hf_side_by_side_quick(tmp_path):
+  pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+  hf_side_by_side.main(["--quick", "--out", str(tmp_path)])
+  result = _written(tmp_path, "hf_side_by_side")
+  runs = {r["framework"]: r for r in result["runs"]}
+  assert set(runs) == {"reformer_jax", "transformers"}
+  for run in runs.values():
+    assert "error" not in run, run
+    assert run["length"] == 128 and run["threads"] == result["machine"]["threads"]
+    assert run["step_time_s"] > 0 and all(math.isfinite(x) for x in run["losses"])
+  assert not runs["transformers"]["jax_imported"]  # its RSS is PyTorch's alone
+  # The same configuration: identical parameter counts.
+  assert runs["reformer_jax"]["params"] == runs["transformers"]["params"]
+  (ratios,) = result["comparison"]
+  assert ratios["speedup_hf_over_ours"] > 0 and ratios["max_rss_ratio_ours_over_hf"] > 0
+
+
+def test_blog_tables_quick(tmp_path):
+  pytest.importorskip("transformers")
+  blog_tables.main(["--quick", "--out", str(tmp_path)])
+  tables = _written(tmp_path, "blog_tables")["tables"]
+  assert set(tables) == set(blog_tables.TABLES)
+  for name in ("axial", "standard"):  # the blog's exact counts, also Hugging Face's
+    assert tables["axial"]["param_check"][name]["equal"], tables["axial"]["param_check"]
+  one, two = tables["reversible"]["rows"]
+  assert two["ordinary"]["peak_bytes"] > two["reversible"]["peak_bytes"]
+  assert (two["ordinary"]["peak_bytes"] - one["ordinary"]["peak_bytes"]
+          > two["reversible"]["peak_bytes"] - one["reversible"]["peak_bytes"])
+  memory = tables["axial"]["memory"]
+  assert memory["standard"]["params"] > memory["axial"]["params"]
+  for row in tables["attention"]["rows"] + tables["chunked_ff"]["rows"]:
+    assert all(_peak_is_consistent(v) for v in row.values() if isinstance(v, dict))
+
+
+def test_axial_shape_multiplies_to_length():
+  assert hf_side_by_side.axial_shape(2 ** 19) == (512, 1024)
+  assert hf_side_by_side.axial_shape(2 ** 14) == (128, 128)
+  assert math.prod(hf_side_by_side.axial_shape(3 * 2 ** 10)) == 3 * 2 ** 10
+
+
+@pytest.mark.parametrize("name", ["memory_vs_length", "hf_side_by_side", "blog_tables"])
+def test_scripts_run_by_path(name):
+  script = common.REPO / "experiments" / f"{name}.py"
+  out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
+                       text=True, check=True, cwd="/")
+  assert "--quick" in out.stdout
