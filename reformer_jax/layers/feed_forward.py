@@ -80,6 +80,7 @@ def chunked_feed_forward(x: jnp.ndarray, wi, wo, activation: Callable, chunk_siz
   if chunk_size < 1:
     raise ValueError(f"chunk_size must be >= 1 (or None for no chunking), got {chunk_size}")
   length = x.shape[1]
+  chunk_size = min(chunk_size, length)  # a chunk longer than the sequence would only pad it
   padded = pad_length(length, chunk_size)
   chunks = split_chunks(pad_axis(x, padded, axis=1), chunk_size, axis=1)  # [b, n, c, d]
   chunks = jnp.moveaxis(chunks, 1, 0)
