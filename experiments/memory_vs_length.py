@@ -44,6 +44,8 @@ def parse_args(argv):
   parser.add_argument("--run_dtypes", default="float32,bfloat16")
   parser.add_argument("--steps", type=int, default=2, help="timed steps per run")
   parser.add_argument("--warmup", type=int, default=1, help="untimed steps per run")
+  parser.add_argument("--long_len", type=int, default=2 ** 18,
+                      help="runs longer than this take one timed step and no warmup")
   parser.add_argument("--depths", default="2,6,12")
   parser.add_argument("--depth_len", type=int, default=65536)
   parser.add_argument("--threads", type=int, default=common.default_threads(),
@@ -195,8 +197,9 @@ def main(argv=None):
     result["depth"].append(point(dict(base, dtype="float32", n_layers=depth), args.depth_len))
   for dtype in _names(args.run_dtypes):
     for length in [n for n in _ints(args.run_lengths) if n <= args.max_len]:
-      spec = {"config": dict(base, dtype=dtype), "length": length, "steps": args.steps,
-              "warmup": args.warmup}
+      long = length > args.long_len
+      spec = {"config": dict(base, dtype=dtype), "length": length,
+              "steps": 1 if long else args.steps, "warmup": 0 if long else args.warmup}
       record = common.measure("memory_vs_length", spec, args.threads, args.timeout)
       result["measured"].append(record)
       if "error" in record:

@@ -577,9 +577,8 @@ def _jitted_forward(config: ReformerConfig):
   def run(params, tokens, mask, rotations):
     logits, state = model.apply(
         {"params": params}, tokens, mask, lsh_rotations=rotations,
-        capture_intermediates=lambda module, _: module.name == "final_norm",
         mutable=["intermediates"])
-    return logits, state["intermediates"]["final_norm"]["__call__"][0]
+    return logits, state["intermediates"]["final_hidden"][0]
 
   return run
 

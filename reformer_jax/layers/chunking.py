@@ -5,8 +5,10 @@ boolean with True for real tokens and False for padding (Hugging Face's `attenti
 Masked logits are *replaced* (not offset) by `MASK_VALUE`; a query's own key by
 `SELF_MASK_VALUE`, so it attends to itself only when every other key is masked.
 """
-from typing import Optional, Tuple
+import functools
+from typing import Any, Callable, Optional, Tuple
 
+import jax
 import jax.numpy as jnp
 
 MASK_VALUE = -1e9
@@ -94,3 +96,107 @@ def chunk_positions(length: int, chunk_len: int) -> Tuple[int, int]:
   """(padded_length, n_chunks) for a sequence of `length` split into `chunk_len` pieces."""
   padded = pad_length(length, chunk_len)
   return padded, padded // chunk_len
+
+
+def map_positions(fn: Callable[..., Any], params: Any, inputs: Any, chunk_len: int,
+                  axis: int = 1) -> Any:
+  """`fn` over chunks of positions, one chunk alive at a time, in both passes.
+
+  The forward pass loops over the chunks, slicing the inputs and writing the outputs in
+  place; the backward pass loops again, recomputing each chunk under `jax.vjp`, writing
+  the inputs' gradients in place and summing the parameters' (a `custom_vjp`). Only the
+  inputs and parameters are kept for the backward pass; no transposed or stacked copy of
+  them is made.
+
+  Args:
+    fn: pure `fn(params, chunk_inputs, index) -> outputs`, every output `[batch, chunk,
+      ...]` (the positions on axis 1). Position-wise: chunk `index`'s outputs depend
+      only on its inputs. It must not close over traced values: pass them in `params`.
+    params: pytree of arrays differentiated through (or None).
+    inputs: pytree of arrays sharing a length axis `axis` (integer ones are not
+      differentiated).
+    chunk_len: positions per chunk (clamped to the length); the length is padded to a
+      multiple and the outputs sliced back.
+    axis: the length axis of every input.
+
+  Returns:
+    `fn`'s outputs over all positions, `[batch, length, ...]`.
+  """
+  length = jax.tree.leaves(inputs)[0].shape[axis]
+  if chunk_len < 1:
+    raise ValueError(f"chunk_len must be >= 1, got {chunk_len}")
+  chunk = min(chunk_len, length)
+  padded = pad_length(length, chunk)
+  if padded == chunk:
+    return fn(params, inputs, jnp.int32(0))
+  inputs = jax.tree.map(lambda t: pad_axis(t, padded, axis=axis), inputs)
+  outputs = _mapped(fn, params, inputs, chunk, axis)
+  return jax.tree.map(lambda y: y[:, :length], outputs)
+
+
+def _slice(tree, start, size, axis):
+  return jax.tree.map(lambda t: jax.lax.dynamic_slice_in_dim(t, start, size, axis=axis), tree)
+
+
+def _mapped_forward(fn, params, inputs, chunk, axis):
+  padded = jax.tree.leaves(inputs)[0].shape[axis]
+  step = lambda i: fn(params, _slice(inputs, i * chunk, chunk, axis), i)
+  full = lambda s: jnp.zeros(s.shape[:1] + (padded,) + s.shape[2:], s.dtype)
+
+  def body(i, outs):
+    return jax.tree.map(lambda o, y: jax.lax.dynamic_update_slice_in_dim(o, y, i * chunk, 1),
+                        outs, step(i))
+
+  outs = jax.tree.map(full, jax.eval_shape(step, jnp.int32(0)))
+  return jax.lax.fori_loop(0, padded // chunk, body, outs)
+
+
+def _differentiable(t) -> bool:
+  return jnp.issubdtype(t.dtype, jnp.inexact)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3, 4))
+def _mapped(fn, params, inputs, chunk, axis):
+  return _mapped_forward(fn, params, inputs, chunk, axis)
+
+
+def _mapped_fwd(fn, params, inputs, chunk, axis):
+  return _mapped_forward(fn, params, inputs, chunk, axis), (params, inputs)
+
+
+def _mapped_bwd(fn, chunk, axis, residuals, cotangents):
+  params, inputs = residuals
+  leaves, treedef = jax.tree.flatten(residuals)
+  diff = [_differentiable(t) for t in leaves]
+  n_params = len(jax.tree.leaves(params))
+  padded = jax.tree.leaves(inputs)[0].shape[axis]
+
+  def body(i, carry):
+    d_params, d_inputs = carry
+    cut = lambda t: jax.lax.dynamic_slice_in_dim(t, i * chunk, chunk, axis=axis)
+    at_i = [t if k < n_params else cut(t) for k, t in enumerate(leaves)]
+
+    def f(floats):
+      it = iter(floats)
+      merged = [next(it) if d else t for t, d in zip(at_i, diff)]
+      p, x = jax.tree.unflatten(treedef, merged)
+      return fn(p, x, i)
+
+    _, vjp = jax.vjp(f, [t for t, d in zip(at_i, diff) if d])
+    cts = jax.tree.map(lambda c: jax.lax.dynamic_slice_in_dim(c, i * chunk, chunk, axis=1),
+                       cotangents)
+    grads = iter(vjp(cts)[0])
+    d_params = [acc + next(grads) for acc in d_params]
+    d_inputs = [jax.lax.dynamic_update_slice_in_dim(acc, next(grads).astype(acc.dtype),
+                                                    i * chunk, axis) for acc in d_inputs]
+    return d_params, d_inputs
+
+  zeros = ([jnp.zeros_like(t) for t, d in zip(leaves[:n_params], diff) if d],
+           [jnp.zeros_like(t) for t, d in zip(leaves[n_params:], diff[n_params:]) if d])
+  d_params, d_inputs = jax.lax.fori_loop(0, padded // chunk, body, zeros)
+  it = iter(d_params + d_inputs)
+  grads = [next(it) if d else None for d in diff]
+  return jax.tree.unflatten(treedef, grads)
+
+
+_mapped.defvjp(_mapped_fwd, _mapped_bwd)

@@ -8,13 +8,14 @@ chunked result equals the unchunked one; lengths that are not a multiple of `chu
 are padded and sliced back.
 """
 import functools
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Tuple, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from reformer_jax.layers.chunking import pad_axis, pad_length, split_chunks
+from reformer_jax.layers.chunking import map_positions
+from reformer_jax.layers.dense import DenseParams, dense, layer_norm
 from reformer_jax.layers.full_attention import dropout
 
 ACTIVATIONS = {
@@ -38,23 +39,6 @@ def get_activation(activation: Union[str, Callable]) -> Callable:
   return ACTIVATIONS[activation]
 
 
-class _DenseParams(nn.Module):
-  """Creates the `kernel [d_in, d_out]` and `bias [d_out]` of a dense layer; returns them."""
-  d_in: int
-  d_out: int
-
-  @nn.compact
-  def __call__(self):
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (self.d_in, self.d_out))
-    bias = self.param("bias", nn.initializers.zeros_init(), (self.d_out,))
-    return kernel, bias
-
-
-def _dense(x, kernel, bias):
-  kernel, bias = kernel.astype(x.dtype), bias.astype(x.dtype)
-  return jnp.einsum("...i,io->...o", x, kernel) + bias.reshape((1,) * (x.ndim - 1) + (-1,))
-
-
 def feed_forward(x: jnp.ndarray, wi, wo, activation: Callable, dropout_rate: float = 0.,
                  rng: Optional[jax.Array] = None) -> jnp.ndarray:
   """`wo(dropout(act(dropout(wi(x)))))` -> dropout; `wi`, `wo` are (kernel, bias) pairs.
@@ -64,44 +48,43 @@ def feed_forward(x: jnp.ndarray, wi, wo, activation: Callable, dropout_rate: flo
   rng_hidden = rng_out = None
   if rng is not None:
     rng_hidden, rng_out = jax.random.split(rng)
-  h = dropout(_dense(x, *wi), dropout_rate, rng_hidden)
+  h = dropout(dense(x, *wi), dropout_rate, rng_hidden)
   h = activation(h)
-  return dropout(_dense(h, *wo), dropout_rate, rng_out)
+  return dropout(dense(h, *wo), dropout_rate, rng_out)
 
 
 def chunked_feed_forward(x: jnp.ndarray, wi, wo, activation: Callable, chunk_size: int,
-                         dropout_rate: float = 0., rng: Optional[jax.Array] = None
-                         ) -> jnp.ndarray:
+                         dropout_rate: float = 0., rng: Optional[jax.Array] = None,
+                         norm: Optional[Tuple[jnp.ndarray, jnp.ndarray]] = None,
+                         norm_eps: float = 1e-12, dtype=None) -> jnp.ndarray:
   """`feed_forward` over chunks of `chunk_size` positions, one chunk alive at a time.
 
   `x`: `[batch, length, d_model]` -> `[batch, length, d_model]`. Chunk i's dropout uses
-  `fold_in(rng, i)`.
+  `fold_in(rng, i)`. `norm`: optional LayerNorm `(scale, bias)` applied to each chunk
+  first, so only `x` itself is kept for the backward pass. `dtype`: computation dtype
+  (default `x.dtype`), applied after the norm.
   """
   if chunk_size < 1:
     raise ValueError(f"chunk_size must be >= 1 (or None for no chunking), got {chunk_size}")
-  length = x.shape[1]
-  chunk_size = min(chunk_size, length)  # a chunk longer than the sequence would only pad it
-  padded = pad_length(length, chunk_size)
-  chunks = split_chunks(pad_axis(x, padded, axis=1), chunk_size, axis=1)  # [b, n, c, d]
-  chunks = jnp.moveaxis(chunks, 1, 0)
 
-  @jax.checkpoint
-  def one_chunk(chunk, index, wi, wo):
+  def one_chunk(params, chunk, index):
+    wi, wo, norm, rng = params
+    if norm is not None:
+      chunk = layer_norm(chunk, *norm, norm_eps)
     chunk_rng = None if rng is None else jax.random.fold_in(rng, index)
-    return feed_forward(chunk, wi, wo, activation, dropout_rate, chunk_rng)
+    return feed_forward(chunk.astype(dtype or x.dtype), wi, wo, activation, dropout_rate,
+                        chunk_rng)
 
-  out = jax.lax.map(lambda args: one_chunk(*args, wi, wo),
-                    (chunks, jnp.arange(chunks.shape[0])))
-  out = jnp.moveaxis(out, 0, 1).reshape(x.shape[:1] + (padded,) + x.shape[2:])
-  return out[:, :length]
+  return map_positions(one_chunk, (wi, wo, norm, rng), x, chunk_size)
 
 
 class ChunkedFeedForward(nn.Module):
   """Position-wise feed-forward `[batch, length, d_model] -> [batch, length, d_model]`.
 
   Parameters `wi {kernel [d_model, d_ff], bias}` and `wo {kernel [d_ff, d_model], bias}`
-  (lecun-normal kernels, zero biases, as `nn.Dense`). The layer norm before it belongs to
-  the caller.
+  (lecun-normal kernels, zero biases, as `nn.Dense`). A layer norm before it can be
+  passed to `__call__` as `norm=(scale, bias)` (epsilon `norm_eps`): it is then applied
+  inside the chunks.
 
   Attributes:
     d_ff: hidden size.
@@ -109,6 +92,7 @@ class ChunkedFeedForward(nn.Module):
     activation: name in `ACTIVATIONS` ('relu', 'gelu' (erf), 'gelu_new'/'gelu_approx'
       (tanh), 'silu'/'swish', 'tanh') or a callable.
     dropout_rate: dropout after `wi` and after `wo` ('dropout' rng).
+    norm_eps: epsilon of the LayerNorm given as `norm=`.
     deterministic: disables dropout; merged with the call argument.
     dtype: computation dtype (parameters stay float32).
   """
@@ -116,21 +100,22 @@ class ChunkedFeedForward(nn.Module):
   chunk_size: Optional[int] = None
   activation: Union[str, Callable] = "relu"
   dropout_rate: float = 0.
+  norm_eps: float = 1e-12
   deterministic: Optional[bool] = None
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, deterministic: Optional[bool] = None) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, deterministic: Optional[bool] = None,
+               norm: Optional[Tuple[jnp.ndarray, jnp.ndarray]] = None) -> jnp.ndarray:
+    """`x` `[batch, length, d_model]` -> `[batch, length, d_model]`."""
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
     activation = get_activation(self.activation)
     d_model = x.shape[-1]
-    wi = _DenseParams(d_model, self.d_ff, name="wi")()
-    wo = _DenseParams(self.d_ff, d_model, name="wo")()
-    x = x.astype(self.dtype)
+    wi = DenseParams(d_model, self.d_ff, name="wi")()
+    wo = DenseParams(self.d_ff, d_model, name="wo")()
     rng = None
     if not deterministic and self.dropout_rate > 0.:
       rng = self.make_rng("dropout")
-    if self.chunk_size is None:
-      return feed_forward(x, wi, wo, activation, self.dropout_rate, rng)
-    return chunked_feed_forward(x, wi, wo, activation, self.chunk_size, self.dropout_rate,
-                                rng)
+    chunk = x.shape[1] if self.chunk_size is None else self.chunk_size
+    return chunked_feed_forward(x, wi, wo, activation, chunk, self.dropout_rate, rng,
+                                norm=norm, norm_eps=self.norm_eps, dtype=self.dtype)

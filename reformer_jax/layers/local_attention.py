@@ -5,27 +5,101 @@ never formed. Unlike Hugging Face / trax the look-around does not wrap around (c
 does not see the last chunk): out-of-range keys are masked. With `causal=True` the
 wrapped keys are masked anyway, so results then equal HF's.
 """
-from typing import Optional
+import functools
+from typing import Callable, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from reformer_jax.layers.chunking import (chunk_positions, look_around, pad_axis,
-                                          split_chunks)
-from reformer_jax.layers.full_attention import attend, full_attention, split_heads
+from reformer_jax.layers.chunking import chunk_positions, pad_axis, split_chunks
+from reformer_jax.layers.dense import DenseParams, layer_norm, output_projection
+from reformer_jax.layers.full_attention import attend, full_attention
+from reformer_jax.layers.windowed import query_chunks, window_keys, windowed_attention
+
+# Positions attended per loop step when chunks_per_step is None.
+STEP_POSITIONS = 4096
+
+
+def _attend_window(params, rows, info, offsets, rng, *, project, n, chunk_len,
+                   n_chunks_before, n_chunks_after, causal, dropout_rate):
+  """One step of `windowed_attention` over positions: the output `[b, h, G*c, d_head]`.
+
+  `project(params, rows) -> (q, k, v)` `[b, h, W*c, d_head]` (k scaled); `info['real']`
+  `[b, 1, W*c]` marks real (not padding) positions; `offsets` are the window's positions,
+  < 0 or >= n beyond the ends (masked: no wrap-around).
+  """
+  q, k, v = project(params, rows)
+  before, after = n_chunks_before, n_chunks_after
+  chunks = lambda t: split_chunks(t, chunk_len, axis=2)
+  key_window = lambda t: window_keys(chunks(t), before, after)
+  pos = offsets[None, None]
+  real = info["real"] & (pos >= 0) & (pos < n)
+  keep = key_window(real)[:, :, :, None, :]  # [b, 1, G, 1, window]
+  if causal:
+    q_pos = query_chunks(chunks(pos), before, after)[..., None]
+    keep = keep & (key_window(pos)[:, :, :, None, :] <= q_pos)
+  out = attend(query_chunks(chunks(q), before, after), key_window(k), key_window(v), keep,
+               dropout_rate=dropout_rate, dropout_rng=rng)
+  return out.reshape(out.shape[:2] + (-1, out.shape[-1]))
+
+
+def _split_rows(params, rows):
+  """`project` of `local_attention`: rows are `[q; k; v]` per head."""
+  del params
+  d = rows.shape[-1] // 3
+  return rows[..., :d], rows[..., d:2 * d], rows[..., 2 * d:]
+
+
+def local_core(x: jnp.ndarray, params, project: Callable, real: jnp.ndarray, *,
+               chunk_len: int, n_chunks_before: int, n_chunks_after: int, causal: bool,
+               dropout_rate: float, dropout_rng: Optional[jax.Array],
+               chunks_per_step: Optional[int]) -> jnp.ndarray:
+  """Local attention with Q/K/V projected from `x` a step at a time.
+
+  Args:
+    x: per-position rows `[b, 1 or h, Lp, F]`, `Lp` a multiple of `chunk_len`.
+    params, project: `project(params, rows [b, 1 or h, m, F]) -> (q, k, v)`
+      `[b, h, m, d_head]`, k scaled by 1/sqrt(d_head).
+    real: `[b, Lp]` bool, False = padding.
+    chunk_len, n_chunks_before, n_chunks_after, causal, dropout_rate, dropout_rng: as in
+      `local_attention`.
+    chunks_per_step: chunks per loop step (None: 4096 positions).
+
+  Returns:
+    `[b, h, Lp, d_head]`.
+  """
+  batch, x_heads, padded = x.shape[:3]
+  order = jnp.broadcast_to(jnp.arange(padded, dtype=jnp.int32), (batch, x_heads, padded))
+  attend_fn = functools.partial(
+      _attend_window, project=project, n=padded, chunk_len=chunk_len,
+      n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after, causal=causal,
+      dropout_rate=dropout_rate)
+  steps = chunks_per_step or max(1, STEP_POSITIONS // chunk_len)
+  return windowed_attention(attend_fn, x, params, order, {"real": real[:, None]},
+                            dropout_rng, chunk_len, n_chunks_before, n_chunks_after, steps)
+
+
+def _check_settings(chunk_len: int, n_chunks_before: int, n_chunks_after: int) -> None:
+  if chunk_len < 1:
+    raise ValueError(f"chunk_len must be >= 1, got {chunk_len}")
+  if n_chunks_before < 0 or n_chunks_after < 0:
+    raise ValueError(f"n_chunks_before and n_chunks_after must be >= 0, got "
+                     f"{n_chunks_before} and {n_chunks_after}")
 
 
 def local_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, *, chunk_len: int,
                     n_chunks_before: int = 1, n_chunks_after: int = 0, causal: bool = False,
                     mask: Optional[jnp.ndarray] = None, dropout_rate: float = 0.,
-                    dropout_rng: Optional[jax.Array] = None) -> jnp.ndarray:
+                    dropout_rng: Optional[jax.Array] = None,
+                    chunks_per_step: Optional[int] = None) -> jnp.ndarray:
   """Chunked multi-head self-attention with look-around and no wrap-around.
 
   Query i in chunk c = i // chunk_len sees the keys of chunks c - n_chunks_before ..
   c + n_chunks_after that exist (and, if causal, are at positions <= i). The sequence is
   padded internally to a multiple of `chunk_len` (padding masked) and sliced back. When
-  the padded length is <= chunk_len this is plain attention, as in Hugging Face.
+  the padded length is <= chunk_len this is plain attention, as in Hugging Face. The
+  chunks are processed `chunks_per_step` at a time (`windowed_attention`).
 
   Args:
     q, k, v: `[batch, length, n_heads, d_head]`; `k` already scaled by 1/sqrt(d_head).
@@ -36,46 +110,34 @@ def local_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, *, chunk_len
     mask: `[batch, length]` bool, False = padding key. None = all real.
     dropout_rate: attention-probability dropout.
     dropout_rng: rng for the dropout; None disables it.
+    chunks_per_step: chunks per loop step; None = 4096 positions per step.
 
   Returns:
     `[batch, length, n_heads, d_head]`.
   """
-  if chunk_len < 1:
-    raise ValueError(f"chunk_len must be >= 1, got {chunk_len}")
-  if n_chunks_before < 0 or n_chunks_after < 0:
-    raise ValueError(f"n_chunks_before and n_chunks_after must be >= 0, got "
-                     f"{n_chunks_before} and {n_chunks_after}")
+  _check_settings(chunk_len, n_chunks_before, n_chunks_after)
   if q.shape != k.shape or k.shape[:-1] != v.shape[:-1]:
     raise ValueError(f"q, k must have the same shape and v the same [batch, length, n_heads]; "
                      f"got q {q.shape}, k {k.shape}, v {v.shape}")
   batch, length = q.shape[:2]
   if mask is not None and mask.shape != (batch, length):
     raise ValueError(f"mask must be [batch, length] = {(batch, length)}, got {mask.shape}")
-  padded, n_chunks = chunk_positions(length, chunk_len)
+  padded, _ = chunk_positions(length, chunk_len)
   if padded <= chunk_len:
     return full_attention(q, k, v, causal=causal, mask=mask, dropout_rate=dropout_rate,
                           dropout_rng=dropout_rng)
-
-  def chunked(t):  # [b, L, h, d] -> [b, h, n_chunks, chunk_len, d]
-    t = pad_axis(jnp.swapaxes(t, 1, 2), padded, axis=2)
-    return split_chunks(t, chunk_len, axis=2)
-
-  q, k, v = chunked(q), chunked(k), chunked(v)
-  k = look_around(k, n_chunks_before, n_chunks_after, wrap=False)
-  v = look_around(v, n_chunks_before, n_chunks_after, wrap=False)
-
+  if v.shape[-1] != q.shape[-1]:
+    raise ValueError(f"chunked local attention needs d_head of v == of q, k; got "
+                     f"{v.shape[-1]} and {q.shape[-1]}")
   real = jnp.ones((batch, length), bool) if mask is None else mask.astype(bool)
-  real = split_chunks(pad_axis(real, padded, axis=1, value=False)[:, None], chunk_len, axis=2)
-  key_real = look_around(real, n_chunks_before, n_chunks_after, wrap=False, fill=False)
-  keep = key_real[:, :, :, None, :]  # [b, 1, n_chunks, 1, window]
-  if causal:
-    q_pos = split_chunks(jnp.arange(padded)[None, None], chunk_len, axis=2)
-    k_pos = look_around(q_pos, n_chunks_before, n_chunks_after, wrap=False, fill=padded)
-    keep = keep & (k_pos[:, :, :, None, :] <= q_pos[..., None])
-
-  out = attend(q, k, v, keep, dropout_rate=dropout_rate, dropout_rng=dropout_rng)
-  out = out.reshape(out.shape[:2] + (padded, out.shape[-1]))[:, :, :length]
-  return jnp.swapaxes(out, 1, 2)
+  real = pad_axis(real, padded, axis=1, value=False)
+  rows = jnp.concatenate([pad_axis(jnp.swapaxes(t, 1, 2), padded, axis=2) for t in (q, k, v)],
+                         axis=-1)  # [b, h, Lp, 3 d_head]
+  out = local_core(rows, None, _split_rows, real, chunk_len=chunk_len,
+                   n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
+                   causal=causal, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+                   chunks_per_step=chunks_per_step)
+  return jnp.swapaxes(out[:, :, :length], 1, 2)
 
 
 class LocalSelfAttention(nn.Module):
@@ -92,6 +154,10 @@ class LocalSelfAttention(nn.Module):
     n_chunks_after: chunks looked ahead at.
     causal: mask future keys.
     attention_dropout: dropout rate on attention probabilities ('dropout' rng).
+    norm_eps: epsilon of the LayerNorm given as `norm=` to `__call__`.
+    output_dropout: dropout rate on the output (after `out`; 'dropout' rng).
+    position_chunk_len: positions per chunk of the output projection; None = all at once.
+    chunks_per_step: chunks attended per loop step (None = 4096 positions).
     deterministic: disables dropout; merged with the call argument.
     dtype: computation dtype (parameters stay float32).
   """
@@ -102,27 +168,63 @@ class LocalSelfAttention(nn.Module):
   n_chunks_after: int = 0
   causal: bool = False
   attention_dropout: float = 0.
+  norm_eps: float = 1e-12
+  output_dropout: float = 0.
+  position_chunk_len: Optional[int] = None
+  chunks_per_step: Optional[int] = None
   deterministic: Optional[bool] = None
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, mask: Optional[jnp.ndarray] = None,
-               deterministic: Optional[bool] = None) -> jnp.ndarray:
-    """`x`: `[batch, length, d_model]`, `mask`: `[batch, length]` -> `[batch, length, d_model]`."""
+               deterministic: Optional[bool] = None,
+               norm: Optional[Tuple[jnp.ndarray, jnp.ndarray]] = None) -> jnp.ndarray:
+    """`x`: `[batch, length, d_model]`, `mask`: `[batch, length]` -> `[batch, length, d_model]`.
+
+    `norm`: optional `(scale, bias)` `[d_model]` of a LayerNorm (epsilon `norm_eps`)
+    applied to `x` first, position by position where the rows are used.
+    """
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
-    d_model = x.shape[-1]
-    x = x.astype(self.dtype)
-    proj = lambda name: split_heads(
-        nn.Dense(self.n_heads * self.d_head, use_bias=False, dtype=self.dtype, name=name)(x),
-        self.n_heads, self.d_head)
-    q, k, v = proj("query"), proj("key"), proj("value")
-    k = k / jnp.sqrt(jnp.asarray(self.d_head, k.dtype))
-    rng = None
-    if not deterministic and self.attention_dropout > 0.:
-      rng = self.make_rng("dropout")
-    out = local_attention(q, k, v, chunk_len=self.chunk_len,
-                          n_chunks_before=self.n_chunks_before,
-                          n_chunks_after=self.n_chunks_after, causal=self.causal, mask=mask,
-                          dropout_rate=self.attention_dropout, dropout_rng=rng)
-    out = out.reshape(out.shape[:2] + (self.n_heads * self.d_head,))
-    return nn.Dense(d_model, use_bias=False, dtype=self.dtype, name="out")(out)
+    _check_settings(self.chunk_len, self.n_chunks_before, self.n_chunks_after)
+    batch, length, d_model = x.shape
+    if mask is not None and mask.shape != (batch, length):
+      raise ValueError(f"mask must be [batch, length] = {(batch, length)}, got {mask.shape}")
+    heads = (self.n_heads, self.d_head)
+    kernel = lambda name, d_in, d_out: DenseParams(d_in, d_out, use_bias=False, name=name)()[0]
+    params = {"norm": norm}
+    for name in ("query", "key", "value"):
+      params[name] = kernel(name, d_model, self.n_heads * self.d_head).reshape(
+          (d_model,) + heads)
+    w_out = kernel("out", self.n_heads * self.d_head, d_model).reshape(heads + (d_model,))
+    drop = not deterministic
+    attn_rng = self.make_rng("dropout") if drop and self.attention_dropout > 0. else None
+    out_rng = self.make_rng("dropout") if drop and self.output_dropout > 0. else None
+    project = functools.partial(_project_qkv, eps=self.norm_eps, dtype=self.dtype)
+
+    padded, _ = chunk_positions(length, self.chunk_len)
+    if padded <= self.chunk_len:
+      q, k, v = (jnp.swapaxes(t, 1, 2) for t in project(params, x[:, None]))
+      out = jnp.swapaxes(full_attention(q, k, v, causal=self.causal, mask=mask,
+                                        dropout_rate=self.attention_dropout,
+                                        dropout_rng=attn_rng), 1, 2)
+    else:
+      real = jnp.ones((batch, length), bool) if mask is None else mask.astype(bool)
+      real = pad_axis(real, padded, axis=1, value=False)
+      out = local_core(pad_axis(x, padded, axis=1)[:, None], params, project, real,
+                       chunk_len=self.chunk_len, n_chunks_before=self.n_chunks_before,
+                       n_chunks_after=self.n_chunks_after, causal=self.causal,
+                       dropout_rate=self.attention_dropout, dropout_rng=attn_rng,
+                       chunks_per_step=self.chunks_per_step)[:, :, :length]
+    return output_projection(out, w_out, self.output_dropout, out_rng,
+                             self.position_chunk_len or length, self.dtype)
+
+
+def _project_qkv(params, rows, *, eps, dtype):
+  """(q, k / sqrt(d_head), v) `[b, h, m, d_head]` of rows `[b, 1, m, d_model]`."""
+  if params["norm"] is not None:
+    rows = layer_norm(rows, *params["norm"], eps)
+  rows = rows[:, 0].astype(dtype)
+  proj = lambda w: jnp.einsum("bmf,fhk->bhmk", rows, w.astype(dtype))
+  k = proj(params["key"])
+  return proj(params["query"]), k / jnp.sqrt(jnp.asarray(k.shape[-1], k.dtype)), proj(
+      params["value"])

@@ -14,21 +14,25 @@ queries `q * rsqrt(mean(q^2) + 1e-6) / sqrt(d_head)`, hashing uses the unnormali
 vectors, padding tokens go to an extra bucket after the real ones, masked logits are
 replaced by -1e9, a query's own position by -1e5, and causality is by original positions.
 """
+import functools
 import math
 import numbers
-from typing import Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from reformer_jax.layers.chunking import (MASK_VALUE, SELF_MASK_VALUE, chunk_positions,
-                                          look_around, pad_axis, replace_masked,
+                                          map_positions, pad_axis, replace_masked,
                                           split_chunks)
-from reformer_jax.layers.full_attention import (dropout, full_attention,
-                                                normalize_shared_keys, split_heads)
+from reformer_jax.layers.dense import DenseParams, layer_norm, output_projection
+from reformer_jax.layers.full_attention import dropout, full_attention, normalize_shared_keys
+from reformer_jax.layers.windowed import query_chunks, window_keys, windowed_attention
 
 NBuckets = Union[int, Sequence[int]]
+# Sorted entries attended per loop step when chunks_per_step is None.
+STEP_ENTRIES = 4096
 
 
 def _bucket_factors(n_buckets: NBuckets) -> Tuple[int, ...]:
@@ -209,46 +213,51 @@ def _duplicate_counts(q_off, k_off, q_bucket, k_bucket, *, chunk_len, n_chunks,
   return jnp.sum(times, axis=(-2, -1), dtype=jnp.int32)
 
 
-def _attend_chunks(qk, v, pos, real, buckets, dup_tables, *, chunk_len, n_chunks_before,
-                   n_chunks_after, causal, strict, dropout_rate, dropout_rng):
-  """Chunked shared-QK attention over the sorted sequence (look-around wraps).
+def _attend_window(params, rows, info, offsets, rng, *, project, n, chunk_len,
+                   n_chunks_before, n_chunks_after, causal, strict, dropout_rate):
+  """One step of `windowed_attention`: shared-QK attention of a window's query chunks.
 
   Args:
-    qk, v: sorted `[b, h, n, d_head]`.
-    pos, real, buckets: sorted `[b, h, n]`: original position, not-padding flag and
-      round-offset bucket of each entry.
-    dup_tables: None, or (offsets, buckets) `[b, h, n, n_hashes]` giving, for the position
-      of each entry, its sorted offset and bucket in every round (duplicate correction).
-    chunk_len, n_chunks_before, n_chunks_after, causal, strict, dropout_rate, dropout_rng:
-      as in `lsh_attention` (`strict` = causal and strict_causal).
+    params, rows: `project(params, rows) -> (qk, v)`, each `[b, h, W*c, d_head]`.
+    info: the window's `{'pos', 'real', 'bucket'[, 'dup_offsets', 'dup_buckets']}`
+      `[b, h, W*c(, n_hashes)]`: original position, not-padding flag, round-offset bucket
+      (and, for the duplicate correction, the sorted offset and bucket of the entry's
+      position in every round).
+    offsets: int32 `[W*c]` unwrapped sorted offsets of the window's entries.
+    rng: dropout key of the step, or None.
+    project, n, chunk_len, n_chunks_before, n_chunks_after, causal, strict, dropout_rate:
+      static settings; `n` = sorted entries in all rounds.
 
   Returns:
-    `(out [b, h, n, d_head] in v.dtype, lse [b, h, n] float32)`.
+    `(out [b, h, G*c, d_head] in v.dtype, lse float32 [b, h, G*c])`.
   """
-  b, h, n, d = qk.shape
-  here = lambda t: split_chunks(t, chunk_len, axis=2)
-  around = lambda t: look_around(here(t), n_chunks_before, n_chunks_after, wrap=True)
-  as_query = lambda t: here(t)[:, :, :, :, None]  # [b, h, n_chunks, chunk_len, 1]
-  as_key = lambda t: around(t)[:, :, :, None, :]  # [b, h, n_chunks, 1, window]
+  qk, v = project(params, rows)
+  before, after = n_chunks_before, n_chunks_after
+  chunks = lambda t: split_chunks(t, chunk_len, axis=2)
+  here = lambda t: query_chunks(chunks(t), before, after)      # [b, h, G, c, ...]
+  around = lambda t: window_keys(chunks(t), before, after)     # [b, h, G, window, ...]
+  as_query = lambda t: here(t)[:, :, :, :, None]               # [b, h, G, c, 1]
+  as_key = lambda t: around(t)[:, :, :, None, :]               # [b, h, G, 1, window]
 
-  logits = jnp.einsum("bhncd,bhnwd->bhncw", here(qk), around(normalize_shared_keys(qk)),
+  logits = jnp.einsum("bhgcd,bhgwd->bhgcw", here(qk), around(normalize_shared_keys(qk)),
                       preferred_element_type=jnp.float32)
-  if dup_tables is not None:
-    offsets, round_buckets = dup_tables
-    counts = _duplicate_counts(here(offsets), around(offsets), here(round_buckets),
-                               around(round_buckets), chunk_len=chunk_len,
-                               n_chunks=n // chunk_len, n_chunks_before=n_chunks_before,
-                               n_chunks_after=n_chunks_after, strict=strict)
+  if "dup_offsets" in info:
+    offs, bkts = info["dup_offsets"], info["dup_buckets"]
+    counts = _duplicate_counts(here(offs), around(offs), here(bkts), around(bkts),
+                               chunk_len=chunk_len, n_chunks=n // chunk_len,
+                               n_chunks_before=before, n_chunks_after=after, strict=strict)
     logits = logits - jnp.log(jnp.maximum(counts, 1).astype(jnp.float32))
 
-  keep = as_key(real)
+  pos = info["pos"]
+  keep = as_key(info["real"])
   if causal:
     keep = keep & (as_key(pos) <= as_query(pos))
   if strict:
-    offset = jnp.arange(n, dtype=jnp.int32)[None, None]
+    offset = (offsets % n)[None, None]  # the wrapped sorted offsets
+    buckets = info["bucket"]
     q_off, k_off = as_query(offset), as_key(offset)
     keep = (keep & (as_key(buckets) == as_query(buckets)) & (k_off <= q_off)
-            & (k_off >= q_off - n_chunks_before * chunk_len))
+            & (k_off >= q_off - before * chunk_len))
   logits = replace_masked(logits, keep, MASK_VALUE)
   logits = jnp.where(as_key(pos) == as_query(pos), jnp.float32(SELF_MASK_VALUE), logits)
   # Normalise by the sum, not by exp(-lse): lse is rounded at the -1e5 self-mask scale.
@@ -256,17 +265,84 @@ def _attend_chunks(qk, v, pos, real, buckets, dup_tables, *, chunk_len, n_chunks
   unnormalised = jnp.exp(logits - top)
   total = jnp.sum(unnormalised, axis=-1, keepdims=True)
   lse = (top + jnp.log(total))[..., 0]
-  probs = dropout(unnormalised / total, dropout_rate, dropout_rng)
-  out = jnp.einsum("bhncw,bhnwd->bhncd", probs.astype(v.dtype), around(v))
-  return out.reshape(b, h, n, d), lse.reshape(b, h, n)
+  probs = dropout(unnormalised / total, dropout_rate, rng)
+  out = jnp.einsum("bhgcw,bhgwd->bhgcd", probs.astype(v.dtype), around(v))
+  b, h = out.shape[:2]
+  return out.reshape(b, h, -1, out.shape[-1]), lse.reshape(b, h, -1)
+
+
+def _split_rows(params, rows):
+  """`project` of `lsh_attention`: rows are `[qk; v]` per head."""
+  del params
+  d = rows.shape[-1] // 2
+  return rows[..., :d], rows[..., d:]
+
+
+def lsh_buckets(buckets: jnp.ndarray, real: jnp.ndarray, n_total: int) -> jnp.ndarray:
+  """Round-offset buckets `[b, h, n_hashes, Lp]`: padding in bucket `n_total`, round r + r(n_total+1)."""
+  n_hashes = buckets.shape[2]
+  buckets = jnp.where(real[:, None, None, :], buckets, n_total)
+  return buckets + (n_total + 1) * jnp.arange(n_hashes, dtype=jnp.int32)[None, None, :, None]
+
+
+def lsh_core(x: jnp.ndarray, params, project: Callable, buckets: jnp.ndarray,
+             real: jnp.ndarray, *, chunk_len: int, n_chunks_before: int,
+             n_chunks_after: int, causal: bool, strict: bool, correct_duplicates: bool,
+             dropout_rate: float, dropout_rng: Optional[jax.Array],
+             chunks_per_step: Optional[int]) -> jnp.ndarray:
+  """LSH attention given the buckets; Q/K/V are projected from `x` a step at a time.
+
+  Args:
+    x: per-position rows `[b, 1 or h, Lp, F]`, `Lp` a multiple of `chunk_len`.
+    params, project: `project(params, rows [b, h, m, F]) -> (qk, v)` `[b, h, m, d_head]`.
+    buckets: int32 `[b, h, n_hashes, Lp]` from `lsh_buckets` (padding, round offsets).
+    real: `[b, Lp]` bool, False = padding.
+    chunk_len, n_chunks_before, n_chunks_after, causal, strict, correct_duplicates,
+      dropout_rate, dropout_rng: as in `lsh_attention` (`strict` = causal and strict_causal).
+    chunks_per_step: chunks per step of `windowed_attention` (None: 4096 entries).
+
+  Returns:
+    `[b, h, Lp, d_head]`.
+  """
+  batch, n_heads, n_hashes, padded = buckets.shape
+  n_sorted = n_hashes * padded
+  # Stably sorting a round's position-ordered buckets sorts by (bucket, position). Sorting
+  # each round alone avoids bucket * length keys, which overflow int32 at 0.5M tokens.
+  order = jnp.argsort(buckets, axis=-1, stable=True)  # [b, h, n_hashes, Lp] positions
+  rounds = padded * jnp.arange(n_hashes, dtype=order.dtype)[None, None, :, None]
+  sort_idx = (order + rounds).reshape(batch, n_heads, n_sorted)
+  undo_idx = _inverse_permutation(sort_idx)
+  pos_s = order.reshape(batch, n_heads, n_sorted)
+  info = {"pos": pos_s,
+          "real": _take(jnp.broadcast_to(real[:, None], (batch, n_heads, padded)), pos_s)}
+  if strict:
+    info["bucket"] = _take(buckets.reshape(batch, n_heads, n_sorted), sort_idx)
+  if correct_duplicates:
+    by_position = lambda t: _take(jnp.swapaxes(t, 2, 3), pos_s)  # [b, h, n_sorted, n_hashes]
+    info["dup_offsets"] = by_position(undo_idx.reshape(buckets.shape))
+    info["dup_buckets"] = by_position(buckets)
+
+  attend = functools.partial(
+      _attend_window, project=project, n=n_sorted, chunk_len=chunk_len,
+      n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after, causal=causal,
+      strict=strict, dropout_rate=dropout_rate)
+  steps = chunks_per_step or max(1, STEP_ENTRIES // chunk_len)
+  out, lse = windowed_attention(attend, x, params, pos_s, info, dropout_rng, chunk_len,
+                                n_chunks_before, n_chunks_after, steps)
+  out = permute(out, undo_idx, sort_idx).reshape(batch, n_heads, n_hashes, padded, -1)
+  if n_hashes == 1:
+    return out[:, :, 0]
+  lse = permute(lse, undo_idx, sort_idx).reshape(batch, n_heads, n_hashes, padded)
+  weights = jax.nn.softmax(lse, axis=2)[..., None]
+  return jnp.sum(out.astype(jnp.float32) * weights, axis=2).astype(out.dtype)
 
 
 def lsh_attention(qk: jnp.ndarray, v: jnp.ndarray, rotations: jnp.ndarray, *,
                   n_buckets: Optional[NBuckets], chunk_len: int, n_chunks_before: int = 1,
                   n_chunks_after: int = 0, causal: bool = False, strict_causal: bool = True,
                   mask: Optional[jnp.ndarray] = None, correct_duplicates: bool = False,
-                  dropout_rate: float = 0., dropout_rng: Optional[jax.Array] = None
-                  ) -> jnp.ndarray:
+                  dropout_rate: float = 0., dropout_rng: Optional[jax.Array] = None,
+                  chunks_per_step: Optional[int] = None) -> jnp.ndarray:
   """Multi-round LSH shared-QK attention (always hashes; no short-sequence fallback).
 
   The sequence is padded internally to a multiple of `chunk_len` (padding masked, in the
@@ -274,6 +350,8 @@ def lsh_attention(qk: jnp.ndarray, v: jnp.ndarray, rotations: jnp.ndarray, *,
   (offset by `r * (prod(factors) + 1)`, the +1 being the padding bucket), the rounds are
   concatenated, cut into chunks, and each query attends to its chunk and
   `n_chunks_before` / `n_chunks_after` neighbours, wrapping around the concatenation.
+  The chunks are processed `chunks_per_step` at a time (`windowed_attention`): no
+  sorted copy or logits of the whole sequence is formed, in either pass.
 
   Args:
     qk: shared queries/keys `[batch, length, n_heads, d_head]` (unnormalised; keys are
@@ -297,6 +375,8 @@ def lsh_attention(qk: jnp.ndarray, v: jnp.ndarray, rotations: jnp.ndarray, *,
       costs n_hashes^2 (n_hashes if strict) times the size of the logits.
     dropout_rate: dropout on the attention probabilities.
     dropout_rng: rng for that dropout; None disables it.
+    chunks_per_step: chunks attended per loop step (memory of a step grows with it);
+      None = 4096 sorted entries per step.
 
   Returns:
     `[batch, length, n_heads, d_head]` in `v.dtype`.
@@ -311,43 +391,18 @@ def lsh_attention(qk: jnp.ndarray, v: jnp.ndarray, rotations: jnp.ndarray, *,
     raise ValueError(f"mask must be [batch, length] = {(batch, length)}, got {mask.shape}")
   padded, _ = chunk_positions(length, chunk_len)
   factors = _bucket_factors(resolve_n_buckets(n_buckets, padded, chunk_len))
-  n_hashes = _check_rotations(rotations, n_heads, d_head, factors)
-  n_sorted = n_hashes * padded
+  _check_rotations(rotations, n_heads, d_head, factors)
 
   real = jnp.ones((batch, length), bool) if mask is None else mask.astype(bool)
   real = pad_axis(real, padded, axis=1, value=False)
   qk, v = (pad_axis(jnp.swapaxes(t, 1, 2), padded, axis=2) for t in (qk, v))  # [b, h, Lp, d]
-
-  n_total = math.prod(factors)
-  buckets = jnp.where(real[:, None, None, :], _hash_heads(qk, rotations, factors), n_total)
-  buckets = buckets + (n_total + 1) * jnp.arange(n_hashes, dtype=jnp.int32)[None, None, :, None]
-  # Stably sorting a round's position-ordered buckets sorts by (bucket, position). Sorting
-  # each round alone avoids bucket * length keys, which overflow int32 at 0.5M tokens.
-  order = jnp.argsort(buckets, axis=-1, stable=True)  # [b, h, n_hashes, Lp] positions
-  rounds = padded * jnp.arange(n_hashes, dtype=order.dtype)[None, None, :, None]
-  sort_idx = (order + rounds).reshape(batch, n_heads, n_sorted)
-  undo_idx = _inverse_permutation(sort_idx)
-
-  tile = lambda t: jnp.tile(t, (1, 1, n_hashes, 1))  # the rounds' concatenation
-  qk_s = permute(tile(qk), sort_idx, undo_idx)
-  v_s = permute(tile(v), sort_idx, undo_idx)
-  pos_s = order.reshape(batch, n_heads, n_sorted)
-  real_s = _take(jnp.broadcast_to(real[:, None], (batch, n_heads, padded)), pos_s)
-  bucket_s = _take(buckets.reshape(batch, n_heads, n_sorted), sort_idx)
-  dup_tables = None
-  if correct_duplicates:
-    by_position = lambda t: _take(jnp.swapaxes(t, 2, 3), pos_s)  # [b, h, n_sorted, n_hashes]
-    dup_tables = (by_position(undo_idx.reshape(buckets.shape)), by_position(buckets))
-
-  out, lse = _attend_chunks(qk_s, v_s, pos_s, real_s, bucket_s, dup_tables,
-                            chunk_len=chunk_len, n_chunks_before=n_chunks_before,
-                            n_chunks_after=n_chunks_after, causal=causal, strict=strict,
-                            dropout_rate=dropout_rate, dropout_rng=dropout_rng)
-  out = permute(out, undo_idx, sort_idx).reshape(batch, n_heads, n_hashes, padded, d_head)
-  lse = permute(lse, undo_idx, sort_idx).reshape(batch, n_heads, n_hashes, padded)
-  weights = jax.nn.softmax(lse, axis=2)[..., None]
-  out = jnp.sum(out.astype(jnp.float32) * weights, axis=2).astype(v.dtype)
-  return jnp.swapaxes(out[:, :, :length], 1, 2)
+  buckets = lsh_buckets(_hash_heads(qk, rotations, factors), real, math.prod(factors))
+  out = lsh_core(jnp.concatenate([qk, v], axis=-1), None, _split_rows, buckets, real,
+                 chunk_len=chunk_len, n_chunks_before=n_chunks_before,
+                 n_chunks_after=n_chunks_after, causal=causal, strict=strict,
+                 correct_duplicates=correct_duplicates, dropout_rate=dropout_rate,
+                 dropout_rng=dropout_rng, chunks_per_step=chunks_per_step)
+  return jnp.swapaxes(out[:, :, :length], 1, 2).astype(v.dtype)
 
 
 class LSHSelfAttention(nn.Module):
@@ -389,6 +444,11 @@ class LSHSelfAttention(nn.Module):
     strict_causal: see above; only used when `causal`.
     attention_dropout: dropout rate on attention probabilities ('dropout' rng).
     correct_duplicates: the paper's correction for keys seen in several rounds.
+    norm_eps: epsilon of the LayerNorm given as `norm=` to `__call__`.
+    output_dropout: dropout rate on the output (after `out`; 'dropout' rng).
+    position_chunk_len: positions per chunk of the position-wise work (hashing
+      projection, output projection); None = all at once.
+    chunks_per_step: sorted chunks attended per loop step (None = 4096 entries).
     deterministic: disables dropout; merged with the call argument.
     dtype: computation dtype (parameters stay float32).
   """
@@ -403,38 +463,55 @@ class LSHSelfAttention(nn.Module):
   strict_causal: bool = True
   attention_dropout: float = 0.
   correct_duplicates: bool = False
+  norm_eps: float = 1e-12
+  output_dropout: float = 0.
+  position_chunk_len: Optional[int] = None
+  chunks_per_step: Optional[int] = None
   deterministic: Optional[bool] = None
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, mask: Optional[jnp.ndarray] = None,
                deterministic: Optional[bool] = None,
-               rotations: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+               rotations: Optional[jnp.ndarray] = None,
+               norm: Optional[Tuple[jnp.ndarray, jnp.ndarray]] = None) -> jnp.ndarray:
     """`x`: `[batch, length, d_model]`, `mask`: `[batch, length]` -> `[batch, length, d_model]`.
 
     `rotations`: optional `[n_heads, d_head, n_hashes, sum(factors) // 2]` used instead of
     drawing from the 'hash' rng (ignored when the plain-attention fallback applies).
+    `norm`: optional `(scale, bias)` `[d_model]` of a LayerNorm (epsilon `norm_eps`)
+    applied to `x` first, position by position where the rows are used (so no normalised
+    copy of `x` is kept for the backward pass).
     """
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
     _check_settings(self.chunk_len, self.n_chunks_before, self.n_chunks_after,
                     self.causal and self.strict_causal)
     if self.n_hashes < 1:
       raise ValueError(f"n_hashes must be >= 1, got {self.n_hashes}")
-    d_model = x.shape[-1]
-    x = x.astype(self.dtype)
-    dense = lambda name: nn.Dense(self.n_heads * self.d_head, use_bias=False, dtype=self.dtype,
-                                  name=name)
-    qk = split_heads(dense("query_key")(x), self.n_heads, self.d_head)
-    v = split_heads(dense("value")(x), self.n_heads, self.d_head)
-    rng = None
-    if not deterministic and self.attention_dropout > 0.:
-      rng = self.make_rng("dropout")
+    batch, length, d_model = x.shape
+    if mask is not None and mask.shape != (batch, length):
+      raise ValueError(f"mask must be [batch, length] = {(batch, length)}, got {mask.shape}")
+    heads = (self.n_heads, self.d_head)
+    kernel = lambda name, d_in, d_out: DenseParams(d_in, d_out, use_bias=False, name=name)()[0]
+    params = {"norm": norm,
+              "query_key": kernel("query_key", d_model, self.n_heads * self.d_head).reshape(
+                  (d_model,) + heads),
+              "value": kernel("value", d_model, self.n_heads * self.d_head).reshape(
+                  (d_model,) + heads)}
+    w_out = kernel("out", self.n_heads * self.d_head, d_model).reshape(heads + (d_model,))
+    drop = not deterministic
+    attn_rng = self.make_rng("dropout") if drop and self.attention_dropout > 0. else None
+    out_rng = self.make_rng("dropout") if drop and self.output_dropout > 0. else None
+    project = functools.partial(_project_shared_qk, eps=self.norm_eps, dtype=self.dtype)
+    chunk = self.position_chunk_len or length
 
-    padded, _ = chunk_positions(x.shape[1], self.chunk_len)
+    padded, _ = chunk_positions(length, self.chunk_len)
     if padded <= self.chunk_len:
+      qk, v = (jnp.swapaxes(t, 1, 2) for t in project(params, x[:, None]))
       out = full_attention(qk, normalize_shared_keys(qk), v, causal=self.causal, mask=mask,
                            self_mask=True, dropout_rate=self.attention_dropout,
-                           dropout_rng=rng)
+                           dropout_rng=attn_rng)
+      out = jnp.swapaxes(out, 1, 2)  # [b, h, L, d_head]
     else:
       n_buckets = resolve_n_buckets(self.n_buckets, padded, self.chunk_len)
       if rotations is None:
@@ -447,11 +524,37 @@ class LSHSelfAttention(nn.Module):
       elif rotations.ndim != 4 or rotations.shape[2] != self.n_hashes:
         raise ValueError(f"rotations must be [n_heads, d_head, n_hashes={self.n_hashes}, "
                          f"sum(n_buckets factors) // 2], got {tuple(rotations.shape)}")
-      out = lsh_attention(qk, v, rotations, n_buckets=n_buckets, chunk_len=self.chunk_len,
-                          n_chunks_before=self.n_chunks_before,
-                          n_chunks_after=self.n_chunks_after, causal=self.causal,
-                          strict_causal=self.strict_causal, mask=mask,
-                          correct_duplicates=self.correct_duplicates,
-                          dropout_rate=self.attention_dropout, dropout_rng=rng)
-    out = out.reshape(out.shape[:2] + (self.n_heads * self.d_head,))
-    return nn.Dense(d_model, use_bias=False, dtype=self.dtype, name="out")(out)
+      factors = _bucket_factors(n_buckets)
+      _check_rotations(rotations, self.n_heads, self.d_head, factors)
+      x = pad_axis(x, padded, axis=1)
+      real = jnp.ones((batch, length), bool) if mask is None else mask.astype(bool)
+      real = pad_axis(real, padded, axis=1, value=False)
+
+      def hash_chunk(hash_params, rows, index):  # [b, c, d_model] -> [b, c, h, n_hashes]
+        del index
+        qk, _ = project(hash_params[0], rows[:, None])
+        return jnp.moveaxis(_hash_heads(qk, hash_params[1], factors), 3, 1)
+
+      hash_params = jax.lax.stop_gradient((params, rotations))
+      buckets = map_positions(hash_chunk, hash_params, jax.lax.stop_gradient(x), chunk)
+      buckets = jnp.moveaxis(buckets, 1, 3)
+      buckets = lsh_buckets(buckets, real, math.prod(factors))
+      out = lsh_core(x[:, None], params, project, buckets, real, chunk_len=self.chunk_len,
+                     n_chunks_before=self.n_chunks_before,
+                     n_chunks_after=self.n_chunks_after, causal=self.causal,
+                     strict=self.causal and self.strict_causal,
+                     correct_duplicates=self.correct_duplicates,
+                     dropout_rate=self.attention_dropout, dropout_rng=attn_rng,
+                     chunks_per_step=self.chunks_per_step)[:, :, :length]
+    return output_projection(out, w_out, self.output_dropout, out_rng, chunk, self.dtype)
+
+
+def _project_shared_qk(params, rows, *, eps, dtype):
+  """(qk, v) `[b, h, m, d_head]` of rows `[b, h or 1, m, d_model]` (LayerNorm first if given)."""
+  if params["norm"] is not None:
+    rows = layer_norm(rows, *params["norm"], eps)
+  rows = rows.astype(dtype)
+  proj = lambda w: jnp.einsum("bhmf,fhk->bhmk", rows, w.astype(dtype))
+  if rows.shape[1] == 1:
+    proj = lambda w: jnp.einsum("bmf,fhk->bhmk", rows[:, 0], w.astype(dtype))
+  return proj(params["query_key"]), proj(params["value"])

@@ -21,10 +21,13 @@ Parameter tree (`params[...]`):
 from typing import Any, Dict, Optional, Sequence, Union
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+from reformer_jax.layers.chunking import map_positions
+from reformer_jax.layers.dense import LayerNormParams, layer_norm
 from reformer_jax.layers.feed_forward import ChunkedFeedForward
-from reformer_jax.layers.full_attention import FullSelfAttention
+from reformer_jax.layers.full_attention import FullSelfAttention, dropout
 from reformer_jax.layers.local_attention import LocalSelfAttention
 from reformer_jax.layers.lsh_attention import LSHSelfAttention
 from reformer_jax.layers.positional import (AxialPositionalEmbedding,
@@ -53,24 +56,27 @@ class AttentionBlock(nn.Module):
     rotations or None (drawn from the 'hash' rng).
     """
     cfg = self.config
-    h = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=cfg.dtype, name="norm")(x)
+    norm = LayerNormParams(x.shape[-1], name="norm")()
     mask = aux["mask"]
     common = dict(n_heads=cfg.n_heads, d_head=cfg.d_head, causal=cfg.causal, dtype=cfg.dtype,
                   name="attention")
+    chunked = dict(norm_eps=cfg.layer_norm_eps, output_dropout=cfg.dropout_rate,
+                   position_chunk_len=cfg.ff_chunk_size)
     if self.attention_type == "lsh":
       attention = LSHSelfAttention(
           n_hashes=cfg.n_hashes, n_buckets=cfg.n_buckets, chunk_len=cfg.lsh_chunk_len,
           n_chunks_before=cfg.lsh_n_chunks_before, n_chunks_after=cfg.lsh_n_chunks_after,
           strict_causal=cfg.strict_causal, attention_dropout=cfg.lsh_attention_dropout,
-          correct_duplicates=cfg.correct_duplicates, **common)
-      h = attention(h, mask, deterministic=deterministic, rotations=rotations)
-    elif self.attention_type == "local":
+          correct_duplicates=cfg.correct_duplicates, **chunked, **common)
+      return attention(x, mask, deterministic=deterministic, rotations=rotations, norm=norm)
+    if self.attention_type == "local":
       attention = LocalSelfAttention(
           chunk_len=cfg.local_chunk_len, n_chunks_before=cfg.local_n_chunks_before,
           n_chunks_after=cfg.local_n_chunks_after, attention_dropout=cfg.attention_dropout,
-          **common)
-      h = attention(h, mask, deterministic=deterministic)
-    elif self.attention_type == "full":
+          **chunked, **common)
+      return attention(x, mask, deterministic=deterministic, norm=norm)
+    h = layer_norm(x, *norm, cfg.layer_norm_eps).astype(cfg.dtype)
+    if self.attention_type == "full":
       h = FullSelfAttention(attention_dropout=cfg.attention_dropout, **common)(
           h, mask, deterministic=deterministic)
     elif self.attention_type == "shared_qk_full":
@@ -91,10 +97,11 @@ class FeedForwardBlock(nn.Module):
     """`x` `[batch, length, d_model]` -> `[batch, length, d_model]`; `aux`, `layer_aux` unused."""
     del aux, layer_aux
     cfg = self.config
-    h = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=cfg.dtype, name="norm")(x)
+    norm = LayerNormParams(x.shape[-1], name="norm")()
     return ChunkedFeedForward(d_ff=cfg.d_ff, chunk_size=cfg.ff_chunk_size,
                               activation=cfg.ff_activation, dropout_rate=cfg.dropout_rate,
-                              dtype=cfg.dtype, name="feed_forward")(h, deterministic=deterministic)
+                              norm_eps=cfg.layer_norm_eps, dtype=cfg.dtype,
+                              name="feed_forward")(x, deterministic=deterministic, norm=norm)
 
 
 class LMHead(nn.Module):
@@ -105,15 +112,27 @@ class LMHead(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, hidden: jnp.ndarray, targets: Optional[jnp.ndarray] = None,
-               weights: Optional[jnp.ndarray] = None):
-    """Logits `[batch, length, vocab]`, or with `targets` the chunked loss sums."""
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (hidden.shape[-1], self.vocab_size))
+  def __call__(self, hidden, targets: Optional[jnp.ndarray] = None,
+               weights: Optional[jnp.ndarray] = None, transform=None, transform_params=None):
+    """Logits `[batch, length, vocab]`, or with `targets` the chunked loss sums.
+
+    `hidden`: `[batch, length, d]` or parts concatenated along the features; `transform`:
+    a pure position-wise `transform(transform_params, h, chunk_index)` applied to each
+    chunk first (see `chunked_cross_entropy`).
+    """
+    parts = tuple(hidden) if isinstance(hidden, (list, tuple)) else (hidden,)
+    d = sum(p.shape[-1] for p in parts)
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (d, self.vocab_size))
     bias = self.param("bias", nn.initializers.zeros, (self.vocab_size,)) if self.use_bias else None
-    hidden = hidden.astype(self.dtype)
+    dtype = self.dtype
+
+    def cast(params, h, index):
+      return (h if transform is None else transform(params, h, index)).astype(dtype)
+
     if targets is not None:
-      return chunked_cross_entropy(hidden, kernel, bias, targets, weights, self.loss_chunk_len)
+      return chunked_cross_entropy(parts, kernel, bias, targets, weights, self.loss_chunk_len,
+                                   transform=cast, transform_params=transform_params)
+    hidden = cast(transform_params, jnp.concatenate(parts, axis=-1), jnp.int32(0))
     logits = jnp.einsum("bld,dv->blv", hidden, kernel.astype(self.dtype))
     if bias is not None:
       logits = logits + bias.astype(self.dtype)[None, None, :]
@@ -150,7 +169,9 @@ class ReformerLM(nn.Module):
     Returns:
       Logits `[batch, length, vocab]` (float32 unless config.dtype), or with `targets` a
       dict of float32 sums {'loss': weighted cross-entropy, 'weight': weights,
-      'correct': weighted count of argmax == target}.
+      'correct': weighted count of argmax == target}. Without targets, the final hidden
+      states `[batch, length, 2 * d_model]` (after `final_norm` and dropout) are sown as
+      `intermediates/final_hidden` (`mutable=['intermediates']` to read them).
     """
     cfg = self.config
     deterministic = cfg.deterministic if deterministic is None else deterministic
@@ -172,24 +193,40 @@ class ReformerLM(nn.Module):
     types = cfg.layer_attention_types()
     rotations = self._layer_rotations(lsh_rotations, types)
 
-    x = nn.Embed(cfg.vocab_size, cfg.d_model, name="token_embed")(tokens)
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    table = nn.Embed(cfg.vocab_size, cfg.d_model, name="token_embed").embedding
+    drop = not deterministic and cfg.dropout_rate > 0.
+    embed_rng, final_rng = (self.make_rng("dropout") if drop else None for _ in range(2))
+    chunk = cfg.ff_chunk_size or length
+
+    def embed(params, chunk_tokens, index):  # [b, c] -> [b, c, d_model]; not stored
+      table, rng = params
+      rng = None if rng is None else jax.random.fold_in(rng, index)
+      return dropout(jnp.take(table, chunk_tokens, axis=0), cfg.dropout_rate, rng)
+
+    x = map_positions(embed, (table, embed_rng), tokens, chunk)
     if cfg.positional != "none":
       x = x + self._positions(positions)
     blocks = tuple((AttentionBlock(cfg, t, parent=None), FeedForwardBlock(cfg, parent=None))
                    for t in types)
     x1, x2 = ReversibleStack(blocks, name="encoder")(
         x, x, {"mask": mask}, deterministic=deterministic, layer_aux=rotations)
-    h = jnp.concatenate([x1, x2], axis=-1)
-    h = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=cfg.dtype, name="final_norm")(h)
-    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    final_norm = LayerNormParams(2 * cfg.d_model, name="final_norm")()
+
+    def final(params, h, index):  # final_norm -> dropout, per chunk of concat(x1, x2)
+      norm, rng = params
+      rng = None if rng is None else jax.random.fold_in(rng, index)
+      return dropout(layer_norm(h, *norm, cfg.layer_norm_eps), cfg.dropout_rate, rng)
+
     head = LMHead(cfg.vocab_size, cfg.lm_head_bias, cfg.loss_chunk_len, cfg.dtype,
                   name="lm_head")
     if targets is None:
+      h = final((final_norm, final_rng), jnp.concatenate([x1, x2], axis=-1), jnp.int32(0))
+      self.sow("intermediates", "final_hidden", h)
       return head(h)
     if weights is None:
       weights = jnp.ones(tokens.shape, jnp.float32) if mask is None else mask
-    loss, weight, correct = head(h, targets, weights)
+    loss, weight, correct = head((x1, x2), targets, weights, transform=final,
+                                 transform_params=(final_norm, final_rng))
     return {"loss": loss, "weight": weight, "correct": correct}
 
   def _positions(self, positions: jnp.ndarray) -> jnp.ndarray:

@@ -51,16 +51,46 @@ def _end_padding(length, n_pad):
     (10, 4, 1, 0, True, 4),
     (9, 2, 0, 2, False, 0),
 ])
-def test_matches_banded_full_attention(length, chunk_len, n_before, n_after, causal, n_pad):
+@pytest.mark.parametrize("steps", [None, 1, 2])
+def test_matches_banded_full_attention(length, chunk_len, n_before, n_after, causal, n_pad,
+                                       steps):
+  """`steps`: chunks per loop step (None: all at once; 1, 2: windows cross the steps)."""
   q, k, v = _qkv(length, seed=length + chunk_len)
   mask = _end_padding(length, n_pad) if n_pad else None
   got = local_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), chunk_len=chunk_len,
                         n_chunks_before=n_before, n_chunks_after=n_after, causal=causal,
-                        mask=None if mask is None else jnp.asarray(mask))
+                        mask=None if mask is None else jnp.asarray(mask),
+                        chunks_per_step=steps)
   assert got.shape == (B, length, H, D)
   want = banded_attention(q, k, v, chunk_len, n_before, n_after, causal, mask)
   real = np.ones((B, length), bool) if mask is None else mask
   np.testing.assert_allclose(np.asarray(got)[real], want[real], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("steps", [None, 1, 3])
+def test_gradient_matches_plain_banded_attention(steps):
+  """Gradients through the step loop (scatter-added row gradients) vs plain autodiff."""
+  length, chunk_len, n_before, n_after = 18, 3, 1, 1
+  q, k, v = (jnp.asarray(t) for t in _qkv(length, seed=5))
+  mask = jnp.asarray(_end_padding(length, 2))
+  cot = jnp.asarray(np.random.RandomState(6).randn(B, length, H, D).astype(np.float32))
+  i, j = np.arange(length)[:, None], np.arange(length)[None, :]
+  offset = j // chunk_len - i // chunk_len
+  band = jnp.asarray((offset >= -n_before) & (offset <= n_after))
+
+  def plain(q, k, v):
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+    logits = jnp.where(band[None, None] & mask[:, None, None, :], logits, -1e9)
+    return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, -1), v)
+
+  ours = lambda q, k, v: local_attention(q, k, v, chunk_len=chunk_len, n_chunks_before=n_before,
+                                         n_chunks_after=n_after, mask=mask,
+                                         chunks_per_step=steps)
+  loss = lambda f: lambda *t: jnp.sum(f(*t) * cot * mask[:, :, None, None])
+  got = jax.jit(jax.grad(loss(ours), (0, 1, 2)))(q, k, v)
+  want = jax.jit(jax.grad(loss(plain), (0, 1, 2)))(q, k, v)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, atol=1e-5)
 
 
 @pytest.mark.parametrize("length,chunk_len,n_before", [(10, 16, 1), (10, 10, 0), (16, 4, 3)])

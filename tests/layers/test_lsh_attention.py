@@ -189,14 +189,17 @@ REFERENCE_CASES = [
 ]
 
 
+@pytest.mark.parametrize("steps", [None, 1, 2])
 @pytest.mark.parametrize("case", REFERENCE_CASES)
-def test_matches_brute_force_reference(case):
+def test_matches_brute_force_reference(case, steps):
+  """`steps`: chunks per loop step (None: all at once; 1, 2: windows cross the steps)."""
   length, c, n_buckets, n_hashes, before, after, causal, strict, n_pad, dups = case
   qk, v = _qkv(length + n_hashes, 2, length, 2, 4)
   rot = _rotations(7, 2, 4, n_hashes, n_buckets)
   mask = _random_mask(length, 2, length, n_pad)
   out = _lsh(n_buckets=n_buckets, chunk_len=c, n_chunks_before=before, n_chunks_after=after,
-             causal=causal, strict_causal=strict, correct_duplicates=dups)(qk, v, rot, mask)
+             causal=causal, strict_causal=strict, correct_duplicates=dups,
+             chunks_per_step=steps)(qk, v, rot, mask)
   plan = reference_plan(qk, rot, n_buckets, c, before, after, causal, strict, mask, dups)
   expected = reference_apply(qk, v, plan)
   np.testing.assert_allclose(np.asarray(out)[mask], expected[mask], atol=1e-5)
@@ -386,7 +389,8 @@ def test_permute_gradient_is_a_gather():
   assert "scatter-add" not in str(jax.make_jaxpr(jax.grad(ours))(x))
 
 
-def test_gradient_matches_reference():
+@pytest.mark.parametrize("steps", [None, 1])
+def test_gradient_matches_reference(steps):
   length, n_buckets, c = 14, 4, 4
   qk, v = _qkv(1, 2, length, 2, 4)
   rot = _rotations(3, 2, 4, 2, n_buckets)
@@ -395,7 +399,7 @@ def test_gradient_matches_reference():
   plan = reference_plan(qk, rot, n_buckets, c, 1, 0, True, False, mask, True)
   ours = lambda a, b: jnp.sum(cot * lsh.lsh_attention(
       a, b, rot, n_buckets=n_buckets, chunk_len=c, causal=True, strict_causal=False,
-      mask=mask, correct_duplicates=True))
+      mask=mask, correct_duplicates=True, chunks_per_step=steps))
   ref = lambda a, b: jnp.sum(cot * reference_apply(a, b, plan, xp=jnp))
   got = jax.jit(jax.grad(ours, (0, 1)))(qk, v)
   want = jax.jit(jax.grad(ref, (0, 1)))(qk, v)

@@ -1,0 +1,183 @@
+"""Attention over chunk windows of an ordered sequence, computed a group of chunks per step.
+
+Both chunked attentions reduce to this. The entries of a sequence (the positions, for
+local attention; the hash-sorted (round, position) entries, for LSH attention) are cut
+into chunks of `chunk_len`, and each chunk's queries attend to the keys of the chunk and
+of its `n_before` / `n_after` neighbours. `windowed_attention` computes this
+`group_chunks` chunks per loop step: a step gathers the rows of its window from the
+per-position input `x` by `order`, and `attend_fn` projects them and attends. The backward
+pass repeats each step under `jax.vjp` and scatter-adds the rows' gradients into `dx`.
+Neither pass holds sorted copies, projections, logits or masks of the whole sequence:
+beyond `x`, its gradient, the output and the int32 order, memory is that of one step,
+O(group_chunks * chunk_len * window).
+"""
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+
+# attend_fn(params, rows [b, h, W*c, F], info [b, h, W*c, ...], offsets int32 [W*c],
+#           rng or None) -> outputs, each [b, heads, G*c, ...]
+AttendFn = Callable[..., Any]
+
+
+def group_size(n_chunks: int, group_chunks: int) -> int:
+  """The largest divisor of `n_chunks` that is at most `group_chunks` (>= 1)."""
+  group = max(1, min(group_chunks, n_chunks))
+  while n_chunks % group:
+    group -= 1
+  return group
+
+
+def window_keys(chunks: jnp.ndarray, n_before: int, n_after: int) -> jnp.ndarray:
+  """Key windows of the query chunks of a step's window.
+
+  Args:
+    chunks: `[b, h, W, chunk_len, ...]` with `W = n_before + G + n_after`: the step's
+      window of chunks, its G query chunks in the middle.
+    n_before, n_after: neighbour chunks looked at.
+
+  Returns:
+    `[b, h, G, (n_before + 1 + n_after) * chunk_len, ...]`: for each query chunk, its
+    `n_before` predecessors (oldest first), itself and its `n_after` successors.
+  """
+  n_query = chunks.shape[2] - n_before - n_after
+  pieces = [chunks[:, :, n_before + s:n_before + s + n_query]
+            for s in range(-n_before, n_after + 1)]
+  return jnp.concatenate(pieces, axis=3)
+
+
+def query_chunks(chunks: jnp.ndarray, n_before: int, n_after: int) -> jnp.ndarray:
+  """The middle G query chunks `[b, h, G, chunk_len, ...]` of a step's window of chunks."""
+  return chunks[:, :, n_before:chunks.shape[2] - n_after]
+
+
+class _Plan:
+  """Index arithmetic of the steps: which entries and rows step g reads."""
+
+  def __init__(self, x, order, chunk_len, n_before, n_after, group_chunks):
+    self.batch, self.heads, self.n = order.shape
+    if self.n % chunk_len:
+      raise ValueError(f"{self.n} ordered entries are not a multiple of chunk_len "
+                       f"{chunk_len}; pad first")
+    self.x_heads, self.length, self.features = x.shape[1:]
+    if x.shape[0] != self.batch or self.x_heads not in (1, self.heads):
+      raise ValueError(f"x must be [batch, 1 or n_heads, length, features] with batch "
+                       f"{self.batch} and n_heads {self.heads}; got {x.shape}")
+    self.chunk_len = chunk_len
+    self.group = group_size(self.n // chunk_len, group_chunks)
+    self.n_steps = self.n // (chunk_len * self.group)
+    self.query_len = self.group * chunk_len
+    self.window_len = (n_before + self.group + n_after) * chunk_len
+    self.before_len = n_before * chunk_len
+    b = jnp.arange(self.batch, dtype=jnp.int32)[:, None, None]
+    h = jnp.arange(self.heads, dtype=jnp.int32)[None, :, None] if self.x_heads > 1 else 0
+    self.row_base = (b * self.x_heads + h) * self.length  # [b, h or 1, 1]
+
+  def offsets(self, step):
+    """Unwrapped ordered offsets `[W*c]` of step `step`'s window (may be < 0 or >= n)."""
+    start = step * self.query_len - self.before_len
+    return start + jnp.arange(self.window_len, dtype=jnp.int32)
+
+  def window(self, order, info, step):
+    """(flat row ids `[b, h, W*c]`, info windows, offsets) of step `step`."""
+    offsets = self.offsets(step)
+    take = lambda t: jnp.take(t, offsets, axis=2, mode="wrap")
+    rows = self.row_base + take(order)
+    return rows, jax.tree.map(take, info), offsets
+
+
+def _flat(x):
+  return jnp.reshape(x, (-1, x.shape[-1]))
+
+
+def _gather_rows(x_flat, rows):
+  return jnp.take(x_flat, rows, axis=0, mode="clip")
+
+
+def _forward(attend_fn, x, params, order, info, rng, plan: _Plan):
+  x_flat = _flat(x)
+
+  def step_out(step):
+    rows, info_w, offsets = plan.window(order, info, step)
+    step_rng = None if rng is None else jax.random.fold_in(rng, step)
+    return attend_fn(params, _gather_rows(x_flat, rows), info_w, offsets, step_rng)
+
+  if plan.n_steps == 1:
+    return step_out(jnp.int32(0))
+  full = lambda s: jnp.zeros(s.shape[:2] + (plan.n,) + s.shape[3:], s.dtype)
+
+  def body(step, outs):
+    start = step * plan.query_len
+    return jax.tree.map(lambda o, y: jax.lax.dynamic_update_slice_in_dim(o, y, start, axis=2),
+                        outs, step_out(step))
+
+  outs = jax.tree.map(full, jax.eval_shape(step_out, jnp.int32(0)))
+  return jax.lax.fori_loop(0, plan.n_steps, body, outs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 6, 7, 8, 9))
+def windowed_attention(attend_fn: AttendFn, x: jnp.ndarray, params: Any, order: jnp.ndarray,
+                       info: Any, rng: Any, chunk_len: int, n_before: int, n_after: int,
+                       group_chunks: int) -> Any:
+  """Chunk-window attention over `order`, `group_chunks` chunks per step (see module doc).
+
+  Args:
+    attend_fn: pure `attend_fn(params, rows, info, offsets, rng) -> (out, lse)` for one
+      step: `rows` `[b, h, W*c, F]` are the window's rows of `x` (W = n_before +
+      G + n_after chunks; the G query chunks in the middle), `info` the window of
+      `info`, `offsets` int32 `[W*c]` the entries' unwrapped offsets in the order (< 0 or
+      >= n beyond the ends: the window wraps around), `rng` this step's key. Returns a
+      pytree of outputs for the query entries, each `[b, heads, G*c, ...]` (e.g. the
+      attention output and its logsumexp). It must not close over traced values: pass
+      them in `params` or `info`.
+    x: per-position rows `[batch, 1 or n_heads, length, F]` (1: shared by the heads).
+    params: pytree of arrays `attend_fn` differentiates through (or None).
+    order: int32 `[batch, n_heads or 1, n]`, `n` a multiple of `chunk_len`: the row of
+      `x` (position) of each ordered entry, per head (1: the same order for all heads).
+    info: pytree of non-differentiated per-entry arrays `[batch, n_heads or 1, n, ...]`.
+    rng: PRNG key folded with the step index for `attend_fn`, or None.
+    chunk_len, n_before, n_after: the chunk windows.
+    group_chunks: chunks per step (the largest divisor of n / chunk_len at most this).
+
+  Returns:
+    `attend_fn`'s outputs for all entries, each `[batch, heads, n, ...]`, in entry order.
+  """
+  plan = _Plan(x, order, chunk_len, n_before, n_after, group_chunks)
+  return _forward(attend_fn, x, params, order, info, rng, plan)
+
+
+def _windowed_fwd(attend_fn, x, params, order, info, rng, chunk_len, n_before, n_after,
+                  group_chunks):
+  plan = _Plan(x, order, chunk_len, n_before, n_after, group_chunks)
+  out = _forward(attend_fn, x, params, order, info, rng, plan)
+  return out, (x, params, order, info, rng)
+
+
+def _windowed_bwd(attend_fn, chunk_len, n_before, n_after, group_chunks, residuals,
+                  cotangents):
+  x, params, order, info, rng = residuals
+  plan = _Plan(x, order, chunk_len, n_before, n_after, group_chunks)
+  x_flat = _flat(x)
+
+  def body(step, carry):
+    dx, dparams = carry
+    rows, info_w, offsets = plan.window(order, info, step)
+    step_rng = None if rng is None else jax.random.fold_in(rng, step)
+    fn = lambda p, r: attend_fn(p, r, info_w, offsets, step_rng)
+    _, vjp = jax.vjp(fn, params, _gather_rows(x_flat, rows))
+    start = step * plan.query_len
+    cut = lambda t: jax.lax.dynamic_slice_in_dim(t, start, plan.query_len, axis=2)
+    d_params, d_rows = vjp(jax.tree.map(cut, cotangents))
+    dx = dx.at[rows.reshape(-1)].add(_flat(d_rows).astype(dx.dtype),
+                                     mode="promise_in_bounds")
+    return dx, jax.tree.map(jnp.add, dparams, d_params)
+
+  zeros = (jnp.zeros_like(x_flat), jax.tree.map(jnp.zeros_like, params))
+  dx, dparams = jax.lax.fori_loop(0, plan.n_steps, body, zeros)
+  return dx.reshape(x.shape), dparams, None, None, None
+
+
+windowed_attention.defvjp(_windowed_fwd, _windowed_bwd)
