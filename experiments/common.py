@@ -227,7 +227,8 @@ def peak_buffers(dump_dir: str, module: str = "jit_train_step", top: int = 20
   """The buffers live at the memory peak of a compiled program, from XLA's dump.
 
   Returns:
-    {'peak_live_bytes': sum of the buffers live at the peak, 'peak_instruction': the
+    {'peak_live_bytes': sum of the values live at the peak (values sharing a buffer, as
+    in-place loop outputs do, are counted each time), 'peak_instruction': the
     instruction executing then (name, opcode, source op), 'buffers': the `top` largest
     live buffers (bytes, shape, opcode, source op), 'by_shape': bytes grouped by shape
     and opcode (all live buffers), 'by_source': bytes grouped by source op (top 15)}.

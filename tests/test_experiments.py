@@ -26,7 +26,10 @@ def test_memory_vs_length_quick(tmp_path):
   (point,) = result["compiled"]
   assert point["length"] == 64 and point["n_layers"] == 2 and _peak_is_consistent(point)
   peak = point["peak_buffers"]
-  assert peak["buffers"] and 0 < peak["peak_live_bytes"] <= point["peak_bytes"]
+  # The live values at the peak add up to XLA's peak; values that share a buffer (in-place
+  # loop outputs) may be counted twice, so allow a few percent over.
+  assert peak["buffers"] and 0.5 * point["peak_bytes"] < peak["peak_live_bytes"]
+  assert peak["peak_live_bytes"] <= 1.05 * point["peak_bytes"]
   assert [r["n_layers"] for r in result["depth"]] == [1, 2]
   (run,) = result["measured"]
   assert "error" not in run, run

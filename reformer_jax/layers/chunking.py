@@ -98,6 +98,26 @@ def chunk_positions(length: int, chunk_len: int) -> Tuple[int, int]:
   return padded, padded // chunk_len
 
 
+def zeros_after(shape, dtype, *refs: jnp.ndarray) -> jnp.ndarray:
+  """Zeros of `shape`, made from the first elements of `refs`: computed after them.
+
+  The output buffer of an in-place loop. A constant `jnp.zeros` is merged (CSE) with the
+  other loops' and scheduled at the start of the enclosing computation, with one copy per
+  loop, all alive at once. A value that depends on data (zeros unless a `refs[i][0]` is
+  NaN, or the smallest integer, and then NaN or 1) is allocated where it is needed and
+  aliased in place. Constant refs fold away: pass at least one computed array.
+  """
+  flag = jnp.bool_(False)
+  for ref in refs:
+    first = jnp.ravel(ref)[0]
+    if jnp.issubdtype(first.dtype, jnp.inexact):
+      flag = flag | (first != first)
+    else:  # `first < first` would fold to a constant
+      flag = flag | (first == jnp.iinfo(first.dtype).min)
+  poison = jnp.nan if jnp.issubdtype(dtype, jnp.inexact) else 1
+  return jnp.where(flag, jnp.asarray(poison, dtype), jnp.zeros(shape, dtype))
+
+
 def map_positions(fn: Callable[..., Any], params: Any, inputs: Any, chunk_len: int,
                   axis: int = 1) -> Any:
   """`fn` over chunks of positions, one chunk alive at a time, in both passes.
@@ -141,7 +161,8 @@ def _slice(tree, start, size, axis):
 def _mapped_forward(fn, params, inputs, chunk, axis):
   padded = jax.tree.leaves(inputs)[0].shape[axis]
   step = lambda i: fn(params, _slice(inputs, i * chunk, chunk, axis), i)
-  full = lambda s: jnp.zeros(s.shape[:1] + (padded,) + s.shape[2:], s.dtype)
+  ref = jax.tree.leaves(inputs)[0]
+  full = lambda s: zeros_after(s.shape[:1] + (padded,) + s.shape[2:], s.dtype, ref)
 
   def body(i, outs):
     return jax.tree.map(lambda o, y: jax.lax.dynamic_update_slice_in_dim(o, y, i * chunk, 1),
@@ -191,8 +212,10 @@ def _mapped_bwd(fn, chunk, axis, residuals, cotangents):
                                                     i * chunk, axis) for acc in d_inputs]
     return d_params, d_inputs
 
+  refs = (jax.tree.leaves(cotangents)[0], jax.tree.leaves(inputs)[0])
   zeros = ([jnp.zeros_like(t) for t, d in zip(leaves[:n_params], diff) if d],
-           [jnp.zeros_like(t) for t, d in zip(leaves[n_params:], diff[n_params:]) if d])
+           [zeros_after(t.shape, t.dtype, *refs)
+            for t, d in zip(leaves[n_params:], diff[n_params:]) if d])
   d_params, d_inputs = jax.lax.fori_loop(0, padded // chunk, body, zeros)
   it = iter(d_params + d_inputs)
   grads = [next(it) if d else None for d in diff]

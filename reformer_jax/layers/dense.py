@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from reformer_jax.layers.chunking import map_positions
-from reformer_jax.layers.full_attention import dropout
+from reformer_jax.layers.dropout import dropout
 
 
 class DenseParams(nn.Module):

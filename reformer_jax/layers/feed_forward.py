@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from reformer_jax.layers.chunking import map_positions
 from reformer_jax.layers.dense import DenseParams, dense, layer_norm
-from reformer_jax.layers.full_attention import dropout
+from reformer_jax.layers.dropout import dropout
 
 ACTIVATIONS = {
     "relu": jax.nn.relu,
@@ -56,13 +56,15 @@ def feed_forward(x: jnp.ndarray, wi, wo, activation: Callable, dropout_rate: flo
 def chunked_feed_forward(x: jnp.ndarray, wi, wo, activation: Callable, chunk_size: int,
                          dropout_rate: float = 0., rng: Optional[jax.Array] = None,
                          norm: Optional[Tuple[jnp.ndarray, jnp.ndarray]] = None,
-                         norm_eps: float = 1e-12, dtype=None) -> jnp.ndarray:
+                         norm_eps: float = 1e-12, dtype=None,
+                         chunk_index: Optional[jnp.ndarray] = None) -> jnp.ndarray:
   """`feed_forward` over chunks of `chunk_size` positions, one chunk alive at a time.
 
   `x`: `[batch, length, d_model]` -> `[batch, length, d_model]`. Chunk i's dropout uses
   `fold_in(rng, i)`. `norm`: optional LayerNorm `(scale, bias)` applied to each chunk
   first, so only `x` itself is kept for the backward pass. `dtype`: computation dtype
-  (default `x.dtype`), applied after the norm.
+  (default `x.dtype`), applied after the norm. `chunk_index`: `x` is chunk
+  `chunk_index` of a longer sequence; computes just it, as the full call would.
   """
   if chunk_size < 1:
     raise ValueError(f"chunk_size must be >= 1 (or None for no chunking), got {chunk_size}")
@@ -75,6 +77,8 @@ def chunked_feed_forward(x: jnp.ndarray, wi, wo, activation: Callable, chunk_siz
     return feed_forward(chunk.astype(dtype or x.dtype), wi, wo, activation, dropout_rate,
                         chunk_rng)
 
+  if chunk_index is not None:
+    return one_chunk((wi, wo, norm, rng), x, chunk_index)
   return map_positions(one_chunk, (wi, wo, norm, rng), x, chunk_size)
 
 
@@ -104,10 +108,21 @@ class ChunkedFeedForward(nn.Module):
   deterministic: Optional[bool] = None
   dtype: jnp.dtype = jnp.float32
 
+  @property
+  def position_chunk(self) -> Optional[int]:
+    """Positions per chunk (None: one chunk); see `chunk_index`."""
+    return self.chunk_size
+
   @nn.compact
   def __call__(self, x: jnp.ndarray, deterministic: Optional[bool] = None,
-               norm: Optional[Tuple[jnp.ndarray, jnp.ndarray]] = None) -> jnp.ndarray:
-    """`x` `[batch, length, d_model]` -> `[batch, length, d_model]`."""
+               norm: Optional[Tuple[jnp.ndarray, jnp.ndarray]] = None,
+               chunk_index: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+    """`x` `[batch, length, d_model]` -> `[batch, length, d_model]`.
+
+    With `chunk_index` i, `x` holds positions `[i * c, (i + 1) * c)` of a longer sequence
+    (`c = min(chunk_size, length)`) and the result equals those positions of the call on
+    the whole sequence (same dropout).
+    """
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
     activation = get_activation(self.activation)
     d_model = x.shape[-1]
@@ -118,4 +133,5 @@ class ChunkedFeedForward(nn.Module):
       rng = self.make_rng("dropout")
     chunk = x.shape[1] if self.chunk_size is None else self.chunk_size
     return chunked_feed_forward(x, wi, wo, activation, chunk, self.dropout_rate, rng,
-                                norm=norm, norm_eps=self.norm_eps, dtype=self.dtype)
+                                norm=norm, norm_eps=self.norm_eps, dtype=self.dtype,
+                                chunk_index=chunk_index)

@@ -12,16 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from reformer_jax.layers.chunking import MASK_VALUE, SELF_MASK_VALUE, replace_masked
-
-
-def dropout(x: jnp.ndarray, rate: float, rng: Optional[jax.Array]) -> jnp.ndarray:
-  """Inverted dropout of `x`; identity when `rng` is None or `rate` is 0."""
-  if not 0. <= rate < 1.:
-    raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
-  if rng is None or rate == 0.:
-    return x
-  keep = jax.random.bernoulli(rng, 1. - rate, x.shape)
-  return jnp.where(keep, x / (1. - rate), jnp.zeros((), x.dtype))
+from reformer_jax.layers.dropout import dropout
 
 
 def attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, keep: Optional[jnp.ndarray],

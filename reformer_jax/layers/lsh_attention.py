@@ -27,7 +27,8 @@ from reformer_jax.layers.chunking import (MASK_VALUE, SELF_MASK_VALUE, chunk_pos
                                           map_positions, pad_axis, replace_masked,
                                           split_chunks)
 from reformer_jax.layers.dense import DenseParams, layer_norm, output_projection
-from reformer_jax.layers.full_attention import dropout, full_attention, normalize_shared_keys
+from reformer_jax.layers.dropout import dropout
+from reformer_jax.layers.full_attention import full_attention, normalize_shared_keys
 from reformer_jax.layers.windowed import query_chunks, window_keys, windowed_attention
 
 NBuckets = Union[int, Sequence[int]]

@@ -71,19 +71,41 @@ def _layer_forward(fns, params, rngs, x1, x2, aux):
   return x1, x2
 
 
+def _block_backward(fn, params, rng, aux, x, y, dx, dy):
+  """Rebuilds `y - fn(x)` and back-propagates `dy` through `fn` at `x`.
+
+  Returns `(y - fn(x), dx + d/dx, d/dparams)`. A position-wise `fn` (one with a
+  `position_chunk` attribute, see `reversible_layers`) is done chunk by chunk in one loop
+  that writes the rebuilt input and the input gradient in place: one forward and one
+  backward pass per chunk, and no full-length output or gradient buffers.
+  """
+  params, rng = _tie((params, rng), x)
+  axis, length = x.ndim - 2, x.shape[-2]
+  chunk = min(getattr(fn, "position_chunk", None) or 0, length)
+  if not chunk or length % chunk:
+    out, vjp = jax.vjp(lambda p, x: fn(p, x, aux, rng), params, x)
+    d_params, d_x = vjp(dy.astype(out.dtype))
+    return y - out, dx + d_x, d_params
+
+  def body(i, carry):
+    y, dx, d_params = carry
+    start = i * chunk
+    cut = lambda t: jax.lax.dynamic_slice_in_dim(t, start, chunk, axis=axis)
+    put = lambda t, v: jax.lax.dynamic_update_slice_in_dim(t, v.astype(t.dtype), start, axis)
+    out, vjp = jax.vjp(lambda p, x: fn(p, x, aux, rng, chunk_index=i), params, cut(x))
+    d_p, d_x = vjp(cut(dy).astype(out.dtype))
+    return (put(y, cut(y) - out), put(dx, cut(dx) + d_x),
+            jax.tree_util.tree_map(jnp.add, d_params, d_p))
+
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+  return jax.lax.fori_loop(0, length // chunk, body, (y, dx, zeros))
+
+
 def _layer_backward(fns, params, rngs, y1, y2, dy1, dy2, aux):
   """Rebuilds one layer's inputs from its outputs and back-propagates through it."""
   (f, g), (pf, pg), (rf, rg) = fns, params, rngs
-  pg, rg = _tie((pg, rg), y1)
-  g_out, g_vjp = jax.vjp(lambda p, x: g(p, x, aux, rg), pg, y1)
-  x2 = y2 - g_out
-  dpg, dx = g_vjp(dy2.astype(g_out.dtype))
-  dy1 = dy1 + dx
-  pf, rf = _tie((pf, rf), x2)
-  f_out, f_vjp = jax.vjp(lambda p, x: f(p, x, aux, rf), pf, x2)
-  x1 = y1 - f_out
-  dpf, dx = f_vjp(dy1.astype(f_out.dtype))
-  dy2 = dy2 + dx
+  x2, dy1, dpg = _block_backward(g, pg, rg, aux, y1, y2, dy1, dy2)
+  x1, dy2, dpf = _block_backward(f, pf, rf, aux, x2, y1, dy2, dy1)
   return x1, x2, dy1, dy2, (dpf, dpg)
 
 
@@ -151,7 +173,11 @@ def reversible_layers(fns: Sequence[Tuple[BlockFn, BlockFn]], params: Sequence[T
   Args:
     fns: static tuple with one `(F, G)` pair of pure functions per layer, each called as
       `F(params, x, aux, rng) -> y` with `y` shaped like `x`. Equal (`==`) functions at
-      the same position of a cycle allow scanning.
+      the same position of a cycle allow scanning. A position-wise function may declare
+      an int attribute `position_chunk` and accept `chunk_index=i`, returning its output
+      on positions `[i * c, (i + 1) * c)` (axis -2) from those positions of `x` alone, with
+      `c = min(position_chunk, length)`; when `c` divides the length, the backward pass
+      rebuilds and differentiates it chunk by chunk, in place.
     params: tuple with one `(params_F, params_G)` pair of pytrees per layer (differentiated).
     rngs: tuple with one `(rng_F, rng_G)` pair per layer: PRNG keys, or pytrees of keys and
       other per-layer inputs that are not differentiated (None allowed). The backward pass
@@ -211,9 +237,13 @@ class _BlockFn:
   block: nn.Module
   deterministic: bool
 
-  def __call__(self, params, x, aux, rng):
+  @property
+  def position_chunk(self) -> Optional[int]:
+    return getattr(self.block, "position_chunk", None)
+
+  def __call__(self, params, x, aux, rng, **chunk_index):
     return self.block.apply({"params": params}, x, aux, rng["layer_aux"],
-                            deterministic=self.deterministic, rngs=rng["rngs"])
+                            deterministic=self.deterministic, rngs=rng["rngs"], **chunk_index)
 
 
 class ReversibleStack(nn.Module):
@@ -224,7 +254,9 @@ class ReversibleStack(nn.Module):
       `(AttentionBlock(...), FeedForwardBlock(...))`. Every block is called as
       `block(x [..., d], aux, layer_aux, deterministic=bool) -> [..., d]` and may use the
       rng streams 'dropout' (only drawn when not deterministic) and 'hash'. Layers whose
-      definitions repeat with a period are scanned (see `reversible_layers`).
+      definitions repeat with a period are scanned (see `reversible_layers`). A
+      position-wise block may define a `position_chunk` property and accept
+      `chunk_index=` (see `reversible_layers`) to be rebuilt and differentiated in place.
     names: names of the F and G parameter subtrees inside each layer.
     reversible: if False, the same layers are run as plain residual code under ordinary
       autodiff (stores every layer's activations); for debugging and memory comparisons.

@@ -17,6 +17,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from reformer_jax.layers.chunking import zeros_after
+
 
 # attend_fn(params, rows [b, h, W*c, F], info [b, h, W*c, ...], offsets int32 [W*c],
 #           rng or None) -> outputs, each [b, heads, G*c, ...]
@@ -107,7 +109,7 @@ def _forward(attend_fn, x, params, order, info, rng, plan: _Plan):
 
   if plan.n_steps == 1:
     return step_out(jnp.int32(0))
-  full = lambda s: jnp.zeros(s.shape[:2] + (plan.n,) + s.shape[3:], s.dtype)
+  full = lambda s: zeros_after(s.shape[:2] + (plan.n,) + s.shape[3:], s.dtype, x)
 
   def body(step, outs):
     start = step * plan.query_len
@@ -175,7 +177,8 @@ def _windowed_bwd(attend_fn, chunk_len, n_before, n_after, group_chunks, residua
                                      mode="promise_in_bounds")
     return dx, jax.tree.map(jnp.add, dparams, d_params)
 
-  zeros = (jnp.zeros_like(x_flat), jax.tree.map(jnp.zeros_like, params))
+  zeros = (zeros_after(x_flat.shape, x_flat.dtype, jax.tree.leaves(cotangents)[0], x),
+           jax.tree.map(jnp.zeros_like, params))
   dx, dparams = jax.lax.fori_loop(0, plan.n_steps, body, zeros)
   return dx.reshape(x.shape), dparams, None, None, None
 

@@ -26,8 +26,9 @@ import jax.numpy as jnp
 
 from reformer_jax.layers.chunking import map_positions
 from reformer_jax.layers.dense import LayerNormParams, layer_norm
+from reformer_jax.layers.dropout import dropout
 from reformer_jax.layers.feed_forward import ChunkedFeedForward
-from reformer_jax.layers.full_attention import FullSelfAttention, dropout
+from reformer_jax.layers.full_attention import FullSelfAttention
 from reformer_jax.layers.local_attention import LocalSelfAttention
 from reformer_jax.layers.lsh_attention import LSHSelfAttention
 from reformer_jax.layers.positional import (AxialPositionalEmbedding,
@@ -88,20 +89,31 @@ class AttentionBlock(nn.Module):
 
 
 class FeedForwardBlock(nn.Module):
-  """G of a reversible layer: LayerNorm `norm` -> ChunkedFeedForward `feed_forward`."""
+  """G of a reversible layer: LayerNorm `norm` -> ChunkedFeedForward `feed_forward`.
+
+  Position-wise: `ReversibleStack` rebuilds and differentiates it chunk by chunk.
+  """
   config: ReformerConfig
+
+  @property
+  def position_chunk(self) -> Optional[int]:
+    return self.config.ff_chunk_size
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, aux: Dict[str, Any], layer_aux: Any,
-               deterministic: bool) -> jnp.ndarray:
-    """`x` `[batch, length, d_model]` -> `[batch, length, d_model]`; `aux`, `layer_aux` unused."""
+               deterministic: bool, chunk_index: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+    """`x` `[batch, length, d_model]` -> `[batch, length, d_model]`; `aux`, `layer_aux` unused.
+
+    `chunk_index`: see `ChunkedFeedForward`.
+    """
     del aux, layer_aux
     cfg = self.config
     norm = LayerNormParams(x.shape[-1], name="norm")()
     return ChunkedFeedForward(d_ff=cfg.d_ff, chunk_size=cfg.ff_chunk_size,
                               activation=cfg.ff_activation, dropout_rate=cfg.dropout_rate,
                               norm_eps=cfg.layer_norm_eps, dtype=cfg.dtype,
-                              name="feed_forward")(x, deterministic=deterministic, norm=norm)
+                              name="feed_forward")(x, deterministic=deterministic, norm=norm,
+                                                   chunk_index=chunk_index)
 
 
 class LMHead(nn.Module):

@@ -1,0 +1,69 @@
+"""Inverted dropout with a counter-hash mask.
+
+The mask bit of element i is `fmix32(fmix32(i + s0) + s1) < keep_prob * 2^32`, where
+`fmix32` is MurmurHash3's 32-bit finaliser and `(s0, s1)` are derived from the key's data.
+A reversible Reformer regenerates every mask three times per step (forward, the backward
+rebuild of the layer input, and the recomputation inside the VJP), so the mask must be
+cheap: this costs ~10 integer operations per element and fuses into the consumer, where
+`jax.random.bernoulli` runs threefry's 20 rounds and materialises the bits on CPU. The masks
+are deterministic functions of (key, element index), like any JAX random draw, but are not
+the same bits `jax.random.bernoulli` would give: this is a deliberate difference from trax.
+"""
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+_GOLDEN = 0x9E3779B9
+
+
+def _fmix32(h: jnp.ndarray) -> jnp.ndarray:
+  """MurmurHash3's finaliser: a bijection of uint32 with full avalanche."""
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
+def _seeds(rng: jax.Array) -> tuple:
+  """Two uint32 seeds from a raw (`uint32[2]`, `uint32[4]`) or typed PRNG key."""
+  if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    rng = jax.random.key_data(rng)
+  words = jnp.ravel(rng).astype(jnp.uint32)
+  s0, s1 = jnp.uint32(0x243F6A88), jnp.uint32(0x85A308D3)
+  for i in range(words.shape[0]):
+    if i % 2 == 0:
+      s0 = _fmix32(s0 ^ (words[i] + jnp.uint32(_GOLDEN)))
+    else:
+      s1 = _fmix32(s1 ^ (words[i] + jnp.uint32(_GOLDEN)))
+  return s0, _fmix32(s1 ^ s0)
+
+
+def keep_mask(rng: jax.Array, keep_prob: float, shape: Sequence[int]) -> jnp.ndarray:
+  """bool `shape`, True with probability `keep_prob` independently per element."""
+  size = 1
+  for d in shape:
+    size *= d
+  if size >= 2 ** 32:
+    raise ValueError(f"dropout mask of {size} elements exceeds the 2^32 counter; split the "
+                     f"array (e.g. a smaller chunk size) or fold the chunk index into the key")
+  s0, s1 = _seeds(rng)
+  # index + s0 as (row * cols + s0)[:, None] + col[None, :]: the seed enters before the
+  # full-size broadcast, so XLA cannot hoist a materialised index array out of loops.
+  cols = shape[-1] if shape else 1
+  rows = jax.lax.iota(jnp.uint32, size // cols) * jnp.uint32(cols) + s0
+  counter = (rows[:, None] + jax.lax.iota(jnp.uint32, cols)[None, :]).reshape(shape)
+  bits = _fmix32(_fmix32(counter) + s1)
+  threshold = min(int(round(keep_prob * 2. ** 32)), 2 ** 32 - 1)
+  return bits < jnp.uint32(threshold)
+
+
+def dropout(x: jnp.ndarray, rate: float, rng: Optional[jax.Array]) -> jnp.ndarray:
+  """Inverted dropout of `x` (any shape); identity when `rng` is None or `rate` is 0."""
+  if not 0. <= rate < 1.:
+    raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+  if rng is None or rate == 0.:
+    return x
+  keep = keep_mask(rng, 1. - rate, x.shape)
+  return jnp.where(keep, x / (1. - rate), jnp.zeros((), x.dtype))
