@@ -74,8 +74,9 @@ QUICK_CHANGES = {"d_model": 32, "d_ff": 64, "d_head": 16, "axial_dims": (8, 24),
 def _config_changes(changes: Dict[str, Any]) -> Dict[str, Any]:
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   changes = dict(changes)
-  if isinstance(changes.get("dtype"), str):
-    changes["dtype"] = jnp.dtype(changes["dtype"]).type
+  for name in ("dtype", "stream_dtype"):
+    if isinstance(changes.get(name), str):
+      changes[name] = jnp.dtype(changes[name]).type
   for name in ("attention_types", "axial_shape", "axial_dims", "n_buckets"):
     if isinstance(changes.get(name), list):
       changes[name] = tuple(changes[name])

@@ -6,7 +6,7 @@ analysis (peak = argument + temp + output - alias). For a subset of lengths it a
 the step, each in a fresh subprocess, and records the step time and max RSS. A depth sweep
 (2 / 6 / 12 layers at one length) shows that the reversible layers keep memory flat in
 depth. At the largest length of each dtype, the buffers live at the compiled peak are
-listed (from XLA's buffer assignment). Writes JSON and a PNG.
+listed (from XLA's buffer assignment). Writes JSON, a PNG and the README's Markdown tables.
 
   python -m experiments.memory_vs_length                       # the full sweep (slow)
   python -m experiments.memory_vs_length --max_len 16384 --run_lengths 4096
@@ -31,17 +31,34 @@ TARGET_BF16_BYTES = 2.5 * common.GiB
 TARGET_LENGTH_RATIO = 8.5   # peak(L) / peak(L / 8)
 TARGET_DEPTH_RATIO = 1.15   # peak(12 layers) / peak(2 layers)
 
+# Precision variants: activation (computation) dtype, and the reversible streams' dtype.
+VARIANTS = {"float32": {"dtype": "float32"},
+            "bfloat16": {"dtype": "bfloat16"},
+            "bfloat16-streams": {"dtype": "bfloat16", "stream_dtype": "bfloat16"}}
+TARGETS = {"float32": TARGET_FP32_BYTES, "bfloat16": TARGET_BF16_BYTES,
+           "bfloat16-streams": TARGET_BF16_BYTES}
+
+
+def variant_of(config_changes) -> str:
+  """The VARIANTS name of a run's ReformerConfig changes ('other' if none)."""
+  key = (config_changes.get("dtype", "float32"), config_changes.get("stream_dtype", "float32"))
+  for name, changes in VARIANTS.items():
+    if (changes["dtype"], changes.get("stream_dtype", "float32")) == key:
+      return name
+  return "other"
+
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--min_len", type=int, default=2 ** 12)
   parser.add_argument("--max_len", type=int, default=2 ** 19)
-  parser.add_argument("--dtypes", default="float32,bfloat16",
-                      help="comma-separated activation dtypes")
+  parser.add_argument("--dtypes", default="float32,bfloat16,bfloat16-streams",
+                      help="comma-separated precision variants: " + ", ".join(VARIANTS)
+                           + " (bfloat16 activations with bfloat16 residual streams)")
   parser.add_argument("--run_lengths", default="4096,16384,65536,524288",
                       help="lengths whose step is also run (fresh subprocess each); "
                            "those above --max_len are dropped; '' runs none")
-  parser.add_argument("--run_dtypes", default="float32,bfloat16")
+  parser.add_argument("--run_dtypes", default="float32,bfloat16,bfloat16-streams")
   parser.add_argument("--steps", type=int, default=2, help="timed steps per run")
   parser.add_argument("--warmup", type=int, default=1, help="untimed steps per run")
   parser.add_argument("--long_len", type=int, default=2 ** 18,
@@ -75,20 +92,23 @@ def _names(text):
 
 
 def compiled_point(changes, length, analyse_peak=False):
-  """Compiled memory of the train step for `changes` at `length` (+ peak buffers)."""
+  """Compiled memory of the train step for `changes` at `length` (+ peak buffers).
+
+  `changes`: ReformerConfig changes; the record's 'dtype' is their VARIANTS name.
+  """
   config, opt_config = common.crime_and_punishment(**changes)
   start = time.perf_counter()
   with tempfile.TemporaryDirectory() as dump:
     compiled, state_shapes = common.compile_train_step(
         config, opt_config, length, dump_dir=dump if analyse_peak else None)
-    record = {"length": length, "dtype": changes.get("dtype", "float32"),
+    record = {"length": length, "dtype": variant_of(changes),
               "n_layers": config.n_layers, "params": common.param_count(state_shapes.params),
               **common.memory_stats(compiled)}
     record["compile_s"] = time.perf_counter() - start
     if analyse_peak:
       record["peak_buffers"] = common.peak_buffers(dump)
   record["bytes_per_token"] = record["peak_bytes"] / length
-  print(f"compiled L={length:>7} {record['dtype']:>8} layers={config.n_layers:>2}: peak "
+  print(f"compiled L={length:>7} {record['dtype']:>16} layers={config.n_layers:>2}: peak "
         f"{record['peak_bytes'] / common.GiB:7.3f} GiB (temp "
         f"{record['temp_bytes'] / common.GiB:.3f}) in {record['compile_s']:.0f} s", flush=True)
   return record
@@ -103,10 +123,12 @@ def checks(compiled, depth, measured, max_len):
     return None
 
   out = {}
-  for dtype, limit in (("float32", TARGET_FP32_BYTES), ("bfloat16", TARGET_BF16_BYTES)):
+  for dtype, limit in TARGETS.items():
     value = peak(max_len, dtype)
+    if value is None:
+      continue
     run = [m for m in measured if m.get("length") == max_len
-           and m.get("config", {}).get("dtype", "float32") == dtype and "error" not in m]
+           and variant_of(m.get("config", {})) == dtype and "error" not in m]
     out[f"{dtype}_peak_at_max_len"] = {
         "length": max_len, "compiled_peak_gib": common.gib(value),
         "measured_max_rss_gib": common.gib(run[0]["max_rss_bytes"]) if run else None,
@@ -132,14 +154,14 @@ def plot(result, path):
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   fig, (ax, ax_depth) = plt.subplots(1, 2, figsize=(11, 4.2),
                                      gridspec_kw={"width_ratios": [2, 1]})
-  colors = {"float32": "tab:blue", "bfloat16": "tab:orange"}
+  colors = {"float32": "tab:blue", "bfloat16": "tab:orange", "bfloat16-streams": "tab:green"}
   for dtype, color in colors.items():
     points = [r for r in result["compiled"] if r["dtype"] == dtype]
     if points:
       ax.plot([r["length"] for r in points], [r["peak_bytes"] / common.GiB for r in points],
               "o-", color=color, label=f"{dtype}: compiled peak")
     runs = [m for m in result["measured"] if "error" not in m
-            and m.get("config", {}).get("dtype", "float32") == dtype]
+            and variant_of(m.get("config", {})) == dtype]
     if runs:
       ax.plot([m["length"] for m in runs], [m["max_rss_bytes"] / common.GiB for m in runs],
               "s", mfc="none", color=color, ms=9, label=f"{dtype}: measured max RSS")
@@ -169,6 +191,37 @@ def plot(result, path):
   plt.close(fig)
 
 
+def markdown(result) -> str:
+  """The README tables: compiled peak and measured runs per length, then the checks."""
+  variants = [v for v in VARIANTS if any(r["dtype"] == v for r in result["compiled"])]
+  runs = {(m["length"], variant_of(m.get("config", {}))): m for m in result["measured"]}
+  lines = ["| tokens | " + " | ".join(f"{v}: compiled peak" for v in variants)
+           + " | " + " | ".join(f"{v}: step time / max RSS" for v in variants) + " |",
+           "|---:|" + "---:|" * (2 * len(variants))]
+  for length in sorted({r["length"] for r in result["compiled"]}):
+    peaks = {r["dtype"]: r["peak_bytes"] for r in result["compiled"] if r["length"] == length}
+    cells = [f"{peaks[v] / common.GiB:.2f} GiB" if v in peaks else "" for v in variants]
+    for v in variants:
+      m = runs.get((length, v))
+      if m is None:
+        cells.append("")
+      elif "error" in m:
+        cells.append(m["error"][:40])
+      else:
+        cells.append(f"{m['step_time_s']:.1f} s / {m['max_rss_bytes'] / common.GiB:.2f} GiB")
+    lines.append(f"| {length:,} | " + " | ".join(cells) + " |")
+  lines += ["", "| check | value | target | pass |", "|---|---:|---:|:---:|"]
+  for name, c in result["checks"].items():
+    if c["pass"] is None:
+      continue  # not measured (e.g. max_len // 8 not compiled)
+    if "compiled_peak_gib" in c:
+      value, target = f"{c['compiled_peak_gib']:.2f} GiB", f"{c['target_gib']:.2f} GiB"
+    else:
+      value, target = f"{c['ratio']:.2f}", f"{c['target']:.2f}"
+    lines.append(f"| {name} | {value} | {target} | {'yes' if c['pass'] else 'no'} |")
+  return "\n".join(lines)
+
+
 def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
   common.configure_jax()
@@ -176,6 +229,9 @@ def main(argv=None):
   lengths = [2 ** k for k in range(int(math.log2(args.min_len)),
                                    int(math.log2(args.max_len)) + 1)]
   dtypes = _names(args.dtypes)
+  unknown = [d for d in dtypes + _names(args.run_dtypes) if d not in VARIANTS]
+  if unknown:
+    raise SystemExit(f"unknown precision variants {unknown}; choose from {list(VARIANTS)}")
   result = {"machine": common.machine_info(args.threads), "quick": args.quick,
             "config": common.config_record(common.crime_and_punishment(**base)[0]),
             "compiled": [], "depth": [], "measured": []}
@@ -191,21 +247,21 @@ def main(argv=None):
   for dtype in dtypes:
     for length in lengths:
       analyse = not args.no_peak_analysis and length == lengths[-1]
-      result["compiled"].append(point(dict(base, dtype=dtype, n_layers=n_layers), length,
-                                      analyse))
+      result["compiled"].append(point(dict(base, **VARIANTS[dtype], n_layers=n_layers),
+                                      length, analyse))
   for depth in _ints(args.depths):
     result["depth"].append(point(dict(base, dtype="float32", n_layers=depth), args.depth_len))
   for dtype in _names(args.run_dtypes):
     for length in [n for n in _ints(args.run_lengths) if n <= args.max_len]:
       long = length > args.long_len
-      spec = {"config": dict(base, dtype=dtype), "length": length,
+      spec = {"config": dict(base, **VARIANTS[dtype]), "length": length,
               "steps": 1 if long else args.steps, "warmup": 0 if long else args.warmup}
       record = common.measure("memory_vs_length", spec, args.threads, args.timeout)
       result["measured"].append(record)
       if "error" in record:
         print(f"run L={length} {dtype}: {record['error']}", flush=True)
       else:
-        print(f"run L={length:>7} {dtype:>8}: step {record['step_time_s']:.2f} s, max RSS "
+        print(f"run L={length:>7} {dtype:>16}: step {record['step_time_s']:.2f} s, max RSS "
               f"{record['max_rss_bytes'] / common.GiB:.3f} GiB (steps only "
               f"{record['steps_max_rss_bytes'] / common.GiB:.3f})", flush=True)
   result["load_average_after"] = list(os.getloadavg())
@@ -214,7 +270,8 @@ def main(argv=None):
   out = pathlib.Path(args.out)
   common.write_json(out / "memory_vs_length.json", result)
   plot(result, out / "memory_vs_length.png")
-  print(f"wrote {out / 'memory_vs_length.json'} and .png")
+  (out / "memory_vs_length.md").write_text(markdown(result) + "\n")
+  print(f"wrote {out / 'memory_vs_length.json'}, .png and .md")
   return result
 
 

@@ -30,6 +30,8 @@ def test_memory_vs_length_quick(tmp_path):
   # loop outputs) may be counted twice, so allow a few percent over.
   assert peak["buffers"] and 0.5 * point["peak_bytes"] < peak["peak_live_bytes"]
   assert peak["peak_live_bytes"] <= 1.05 * point["peak_bytes"]
+  table = (tmp_path / "memory_vs_length.md").read_text()
+  assert "| 64 |" in table and "float32_peak_at_max_len" in table
   assert [r["n_layers"] for r in result["depth"]] == [1, 2]
   (run,) = result["measured"]
   assert "error" not in run, run
@@ -37,6 +39,13 @@ def test_memory_vs_length_quick(tmp_path):
   assert run["step_time_s"] > 0 and all(math.isfinite(x) for x in run["losses"])
   assert run["max_rss_bytes"] >= run["steps_max_rss_bytes"] > run["peak_bytes"]
   assert result["checks"]["depth_ratio"]["layers"] == [1, 2]
+
+
+def test_precision_variants_round_trip():
+  for name, changes in memory_vs_length.VARIANTS.items():
+    assert memory_vs_length.variant_of(dict(changes, n_layers=2)) == name
+  assert memory_vs_length.variant_of({}) == "float32"
+  assert memory_vs_length.variant_of({"stream_dtype": "bfloat16"}) == "other"
 
 
 def test_hf_side_by_side_quick(tmp_path):

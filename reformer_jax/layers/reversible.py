@@ -65,9 +65,9 @@ def _tie(tree, ref: jnp.ndarray):
 def _layer_forward(fns, params, rngs, x1, x2, aux):
   (f, g), (pf, pg), (rf, rg) = fns, params, rngs
   pf, rf = _tie((pf, rf), x2)
-  x1 = x1 + f(pf, x2, aux, rf)
+  x1 = x1 + f(pf, x2, aux, rf).astype(x1.dtype)
   pg, rg = _tie((pg, rg), x1)
-  x2 = x2 + g(pg, x1, aux, rg)
+  x2 = x2 + g(pg, x1, aux, rg).astype(x2.dtype)
   return x1, x2
 
 
@@ -85,7 +85,7 @@ def _block_backward(fn, params, rng, aux, x, y, dx, dy):
   if not chunk or length % chunk:
     out, vjp = jax.vjp(lambda p, x: fn(p, x, aux, rng), params, x)
     d_params, d_x = vjp(dy.astype(out.dtype))
-    return y - out, dx + d_x, d_params
+    return (y - out).astype(y.dtype), dx + d_x.astype(dx.dtype), d_params
 
   def body(i, carry):
     y, dx, d_params = carry

@@ -177,10 +177,12 @@ def _windowed_bwd(attend_fn, chunk_len, n_before, n_after, group_chunks, residua
                                      mode="promise_in_bounds")
     return dx, jax.tree.map(jnp.add, dparams, d_params)
 
-  zeros = (zeros_after(x_flat.shape, x_flat.dtype, jax.tree.leaves(cotangents)[0], x),
+  # Accumulated in float32 (XLA:CPU would upcast a bfloat16 scatter-add through copies).
+  acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
+  zeros = (zeros_after(x_flat.shape, acc_dtype, jax.tree.leaves(cotangents)[0], x),
            jax.tree.map(jnp.zeros_like, params))
   dx, dparams = jax.lax.fori_loop(0, plan.n_steps, body, zeros)
-  return dx.reshape(x.shape), dparams, None, None, None
+  return dx.reshape(x.shape).astype(x.dtype), dparams, None, None, None
 
 
 windowed_attention.defvjp(_windowed_fwd, _windowed_bwd)

@@ -46,7 +46,11 @@ class ReformerConfig:
     layer_norm_eps: epsilon of every LayerNorm (Hugging Face uses 1e-12).
     lm_head_bias: whether the output projection has a bias.
     loss_chunk_len: positions per chunk of the fused output-projection + cross-entropy.
-    dtype: computation dtype (parameters and the residual streams stay float32).
+    dtype: computation dtype (parameters stay float32).
+    stream_dtype: dtype of the two reversible residual streams and their gradients.
+      float32 (default) rebuilds each layer's input almost exactly; bfloat16 halves the
+      largest activations (4 streams of [batch, length, d_model] in the backward pass) at
+      the cost of bfloat16 rounding in the rebuilt inputs and the stream gradients.
     deterministic: disables dropout (use `config.replace(deterministic=True)` for eval).
   """
   vocab_size: int = 256
@@ -80,6 +84,7 @@ class ReformerConfig:
   lm_head_bias: bool = True
   loss_chunk_len: int = 4096
   dtype: jnp.dtype = jnp.float32
+  stream_dtype: jnp.dtype = jnp.float32
   deterministic: bool = False
 
   def __post_init__(self):
@@ -96,6 +101,14 @@ class ReformerConfig:
 
   def validate(self):
     """Raises ValueError, saying how to fix it, for an inconsistent configuration."""
+    for name in ("dtype", "stream_dtype"):
+      try:
+        floating = jnp.issubdtype(jnp.dtype(getattr(self, name)), jnp.floating)
+      except TypeError:
+        floating = False
+      if not floating:
+        raise ValueError(f"{name} must be a floating dtype such as 'float32' or 'bfloat16', "
+                         f"got {getattr(self, name)!r}")
     for name in ("vocab_size", "d_model", "d_ff", "n_heads", "d_head", "n_layers", "n_hashes",
                  "lsh_chunk_len", "local_chunk_len", "loss_chunk_len"):
       value = getattr(self, name)

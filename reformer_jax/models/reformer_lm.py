@@ -213,11 +213,12 @@ class ReformerLM(nn.Module):
     def embed(params, chunk_tokens, index):  # [b, c] -> [b, c, d_model]; not stored
       table, rng = params
       rng = None if rng is None else jax.random.fold_in(rng, index)
-      return dropout(jnp.take(table, chunk_tokens, axis=0), cfg.dropout_rate, rng)
+      x = dropout(jnp.take(table, chunk_tokens, axis=0), cfg.dropout_rate, rng)
+      return x.astype(cfg.stream_dtype)
 
     x = map_positions(embed, (table, embed_rng), tokens, chunk)
     if cfg.positional != "none":
-      x = x + self._positions(positions)
+      x = x + self._positions(positions).astype(x.dtype)
     blocks = tuple((AttentionBlock(cfg, t, parent=None), FeedForwardBlock(cfg, parent=None))
                    for t in types)
     x1, x2 = ReversibleStack(blocks, name="encoder")(

@@ -142,6 +142,8 @@ def test_dropout_follows_rng_and_eval_ignores_it(setup):
     dict(d_model=0),
     dict(local_chunk_len=0),
     dict(ff_chunk_size=0),
+    dict(stream_dtype="int8"),
+    dict(dtype="not_a_dtype"),
 ])
 def test_bad_config_raises(changes):
   with pytest.raises(ValueError):
@@ -181,3 +183,29 @@ def test_lsh_rotations_map_to_lsh_layers():
   assert model._layer_rotations([a, b], types) == (None, a, None, b)
   assert model._layer_rotations(a, types) == (None, a, None, a)
   assert model._layer_rotations(None, types) is None
+
+
+def test_bfloat16_streams_approximate_float32():
+  """stream_dtype=bfloat16: loss and gradients near the float32-stream model's."""
+  tokens, targets = _tokens(10), _tokens(11)
+  rngs = {"params": jax.random.PRNGKey(1), "hash": jax.random.PRNGKey(2)}
+  params = jax.jit(ReformerLM(EVAL).init)(rngs, tokens)["params"]
+  rotations = draw_rotations(jax.random.PRNGKey(3), EVAL.n_heads, EVAL.d_head, EVAL.n_hashes,
+                             EVAL.n_buckets)
+
+  def loss_and_grads(config):
+    def loss(p, t):
+      out = ReformerLM(config).apply({"params": p}, t, targets=targets, lsh_rotations=rotations,
+                                     rngs={"dropout": jax.random.PRNGKey(4)})
+      return out["loss"] / out["weight"]
+    return jax.jit(jax.value_and_grad(loss))(params, tokens)
+
+  loss32, grads32 = loss_and_grads(CONFIG)
+  loss16, grads16 = loss_and_grads(CONFIG.replace(stream_dtype="bfloat16"))
+  np.testing.assert_allclose(loss16, loss32, rtol=2e-2)
+  flat32 = jnp.concatenate([g.ravel() for g in jax.tree_util.tree_leaves(grads32)])
+  flat16 = jnp.concatenate([g.ravel() for g in jax.tree_util.tree_leaves(grads16)])
+  assert flat16.dtype == jnp.float32  # parameters and their gradients stay float32
+  cosine = jnp.dot(flat16, flat32) / (jnp.linalg.norm(flat16) * jnp.linalg.norm(flat32))
+  assert cosine > 0.99, cosine
+  assert not np.allclose(flat16, flat32)  # the streams really are bfloat16
