@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from experiments import blog_tables, common, hf_side_by_side, memory_vs_length
+from experiments import blog_tables, common, gemm_throughput, hf_side_by_side, memory_vs_length
 
 
 def _written(tmp_path, name):
@@ -95,3 +95,12 @@ def test_scripts_run_by_path(name):
   out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
                        text=True, check=True, cwd="/")
   assert "--quick" in out.stdout
+
+
+def test_gemm_throughput_quick(tmp_path):
+  pytest.importorskip("torch")
+  gemm_throughput.main(["--repeats", "1", "--out", str(tmp_path)])
+  result = json.loads((tmp_path / "gemm_throughput.json").read_text())
+  assert len(result["gemms"]) == 2
+  for row in result["gemms"]:
+    assert row["jax_s"] > 0 and row["torch_s"] > 0 and row["jax_gflops"] > 0

@@ -98,6 +98,23 @@ def chunk_positions(length: int, chunk_len: int) -> Tuple[int, int]:
   return padded, padded // chunk_len
 
 
+def to_bits(t: jnp.ndarray) -> jnp.ndarray:
+  """A 16-bit float array as its uint16 bits (other arrays unchanged).
+
+  For arrays a loop only slices or gathers from: XLA:CPU upcasts bfloat16 arithmetic to
+  float32 and would hoist a float32 copy of the whole array out of the loop; bits are
+  moved, not converted.
+  """
+  if jnp.issubdtype(t.dtype, jnp.floating) and t.dtype.itemsize == 2:
+    return jax.lax.bitcast_convert_type(t, jnp.uint16)
+  return t
+
+
+def from_bits(t: jnp.ndarray, dtype) -> jnp.ndarray:
+  """Inverse of `to_bits`: `t` reinterpreted as `dtype` if it is not already."""
+  return jax.lax.bitcast_convert_type(t, dtype) if t.dtype != dtype else t
+
+
 def zeros_after(shape, dtype, *refs: jnp.ndarray) -> jnp.ndarray:
   """Zeros of `shape`, made from the first elements of `refs`: computed after them.
 
@@ -154,22 +171,28 @@ def map_positions(fn: Callable[..., Any], params: Any, inputs: Any, chunk_len: i
   return jax.tree.map(lambda y: y[:, :length], outputs)
 
 
-def _slice(tree, start, size, axis):
-  return jax.tree.map(lambda t: jax.lax.dynamic_slice_in_dim(t, start, size, axis=axis), tree)
+def _cut(bits, dtype, start, size, axis):
+  """`[start, start + size)` along `axis` of `to_bits` data, as `dtype`."""
+  return from_bits(jax.lax.dynamic_slice_in_dim(bits, start, size, axis=axis), dtype)
 
 
 def _mapped_forward(fn, params, inputs, chunk, axis):
   padded = jax.tree.leaves(inputs)[0].shape[axis]
-  step = lambda i: fn(params, _slice(inputs, i * chunk, chunk, axis), i)
+  dtypes = jax.tree.map(lambda t: t.dtype, inputs)
+  bits = jax.tree.map(to_bits, inputs)  # 16-bit floats are only moved in the loops
+  step = lambda i: fn(params, jax.tree.map(
+      lambda t, d: _cut(t, d, i * chunk, chunk, axis), bits, dtypes), i)
   ref = jax.tree.leaves(inputs)[0]
-  full = lambda s: zeros_after(s.shape[:1] + (padded,) + s.shape[2:], s.dtype, ref)
+  full = lambda s: to_bits(zeros_after(s.shape[:1] + (padded,) + s.shape[2:], s.dtype, ref))
 
   def body(i, outs):
-    return jax.tree.map(lambda o, y: jax.lax.dynamic_update_slice_in_dim(o, y, i * chunk, 1),
+    return jax.tree.map(lambda o, y: jax.lax.dynamic_update_slice_in_dim(o, to_bits(y),
+                                                                         i * chunk, 1),
                         outs, step(i))
 
-  outs = jax.tree.map(full, jax.eval_shape(step, jnp.int32(0)))
-  return jax.lax.fori_loop(0, padded // chunk, body, outs)
+  shapes = jax.eval_shape(step, jnp.int32(0))
+  outs = jax.lax.fori_loop(0, padded // chunk, body, jax.tree.map(full, shapes))
+  return jax.tree.map(lambda o, s: from_bits(o, s.dtype), outs, shapes)
 
 
 def _differentiable(t) -> bool:
@@ -192,10 +215,15 @@ def _mapped_bwd(fn, chunk, axis, residuals, cotangents):
   n_params = len(jax.tree.leaves(params))
   padded = jax.tree.leaves(inputs)[0].shape[axis]
 
+  dtypes = [t.dtype for t in leaves]
+  bits = [t if k < n_params else to_bits(t) for k, t in enumerate(leaves)]
+  ct_dtypes = jax.tree.map(lambda c: c.dtype, cotangents)
+  ct_bits = jax.tree.map(to_bits, cotangents)
+
   def body(i, carry):
     d_params, d_inputs = carry
-    cut = lambda t: jax.lax.dynamic_slice_in_dim(t, i * chunk, chunk, axis=axis)
-    at_i = [t if k < n_params else cut(t) for k, t in enumerate(leaves)]
+    at_i = [t if k < n_params else _cut(t, dtypes[k], i * chunk, chunk, axis)
+            for k, t in enumerate(bits)]
 
     def f(floats):
       it = iter(floats)
@@ -204,19 +232,21 @@ def _mapped_bwd(fn, chunk, axis, residuals, cotangents):
       return fn(p, x, i)
 
     _, vjp = jax.vjp(f, [t for t, d in zip(at_i, diff) if d])
-    cts = jax.tree.map(lambda c: jax.lax.dynamic_slice_in_dim(c, i * chunk, chunk, axis=1),
-                       cotangents)
+    cts = jax.tree.map(lambda c, d: _cut(c, d, i * chunk, chunk, 1), ct_bits, ct_dtypes)
     grads = iter(vjp(cts)[0])
     d_params = [acc + next(grads) for acc in d_params]
-    d_inputs = [jax.lax.dynamic_update_slice_in_dim(acc, next(grads).astype(acc.dtype),
-                                                    i * chunk, axis) for acc in d_inputs]
+    d_inputs = [jax.lax.dynamic_update_slice_in_dim(
+        acc, to_bits(next(grads).astype(d)), i * chunk, axis)
+                for acc, d in zip(d_inputs, input_dtypes)]
     return d_params, d_inputs
 
   refs = (jax.tree.leaves(cotangents)[0], jax.tree.leaves(inputs)[0])
+  input_dtypes = [t.dtype for t, d in zip(leaves[n_params:], diff[n_params:]) if d]
   zeros = ([jnp.zeros_like(t) for t, d in zip(leaves[:n_params], diff) if d],
-           [zeros_after(t.shape, t.dtype, *refs)
+           [to_bits(zeros_after(t.shape, t.dtype, *refs))
             for t, d in zip(leaves[n_params:], diff[n_params:]) if d])
   d_params, d_inputs = jax.lax.fori_loop(0, padded // chunk, body, zeros)
+  d_inputs = [from_bits(g, d) for g, d in zip(d_inputs, input_dtypes)]
   it = iter(d_params + d_inputs)
   grads = [next(it) if d else None for d in diff]
   return jax.tree.unflatten(treedef, grads)

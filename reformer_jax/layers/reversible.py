@@ -28,6 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from reformer_jax.layers.chunking import from_bits, to_bits
+
 # F(params, x, aux, rng) -> y with y.shape == x.shape.
 BlockFn = Callable[[Any, jnp.ndarray, Any, Any], jnp.ndarray]
 
@@ -87,18 +89,26 @@ def _block_backward(fn, params, rng, aux, x, y, dx, dy):
     d_params, d_x = vjp(dy.astype(out.dtype))
     return (y - out).astype(y.dtype), dx + d_x.astype(dx.dtype), d_params
 
+  # 16-bit streams travel through the loop as uint16 bits: XLA:CPU upcasts bfloat16
+  # arithmetic and would hoist a float32 copy of each whole stream out of the loop.
+  dtypes = {"x": x.dtype, "y": y.dtype, "dx": dx.dtype, "dy": dy.dtype}
+  x, y, dx, dy = (to_bits(t) for t in (x, y, dx, dy))
+
   def body(i, carry):
     y, dx, d_params = carry
     start = i * chunk
-    cut = lambda t: jax.lax.dynamic_slice_in_dim(t, start, chunk, axis=axis)
-    put = lambda t, v: jax.lax.dynamic_update_slice_in_dim(t, v.astype(t.dtype), start, axis)
-    out, vjp = jax.vjp(lambda p, x: fn(p, x, aux, rng, chunk_index=i), params, cut(x))
-    d_p, d_x = vjp(cut(dy).astype(out.dtype))
-    return (put(y, cut(y) - out), put(dx, cut(dx) + d_x),
+    cut = lambda t, name: from_bits(jax.lax.dynamic_slice_in_dim(t, start, chunk, axis=axis),
+                                     dtypes[name])
+    put = lambda t, v, name: jax.lax.dynamic_update_slice_in_dim(
+        t, to_bits(v.astype(dtypes[name])), start, axis)
+    out, vjp = jax.vjp(lambda p, x: fn(p, x, aux, rng, chunk_index=i), params, cut(x, "x"))
+    d_p, d_x = vjp(cut(dy, "dy").astype(out.dtype))
+    return (put(y, cut(y, "y") - out, "y"), put(dx, cut(dx, "dx") + d_x, "dx"),
             jax.tree_util.tree_map(jnp.add, d_params, d_p))
 
   zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-  return jax.lax.fori_loop(0, length // chunk, body, (y, dx, zeros))
+  y, dx, d_params = jax.lax.fori_loop(0, length // chunk, body, (y, dx, zeros))
+  return from_bits(y, dtypes["y"]), from_bits(dx, dtypes["dx"]), d_params
 
 
 def _layer_backward(fns, params, rngs, y1, y2, dy1, dy2, aux):

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from reformer_jax.layers.chunking import zeros_after
+from reformer_jax.layers.chunking import from_bits, to_bits, zeros_after
 
 
 # attend_fn(params, rows [b, h, W*c, F], info [b, h, W*c, ...], offsets int32 [W*c],
@@ -95,17 +95,18 @@ def _flat(x):
   return jnp.reshape(x, (-1, x.shape[-1]))
 
 
-def _gather_rows(x_flat, rows):
-  return jnp.take(x_flat, rows, axis=0, mode="clip")
+def _gather_rows(x_bits, rows, dtype):
+  """Rows of the flat input (16-bit floats as bits, see `to_bits`) as `dtype`."""
+  return from_bits(jnp.take(x_bits, rows, axis=0, mode="clip"), dtype)
 
 
 def _forward(attend_fn, x, params, order, info, rng, plan: _Plan):
-  x_flat = _flat(x)
+  x_bits = to_bits(_flat(x))
 
   def step_out(step):
     rows, info_w, offsets = plan.window(order, info, step)
     step_rng = None if rng is None else jax.random.fold_in(rng, step)
-    return attend_fn(params, _gather_rows(x_flat, rows), info_w, offsets, step_rng)
+    return attend_fn(params, _gather_rows(x_bits, rows, x.dtype), info_w, offsets, step_rng)
 
   if plan.n_steps == 1:
     return step_out(jnp.int32(0))
@@ -162,24 +163,27 @@ def _windowed_bwd(attend_fn, chunk_len, n_before, n_after, group_chunks, residua
                   cotangents):
   x, params, order, info, rng = residuals
   plan = _Plan(x, order, chunk_len, n_before, n_after, group_chunks)
-  x_flat = _flat(x)
+  x_bits = to_bits(_flat(x))
+  ct_dtypes = jax.tree.map(lambda c: c.dtype, cotangents)
+  ct_bits = jax.tree.map(to_bits, cotangents)
 
   def body(step, carry):
     dx, dparams = carry
     rows, info_w, offsets = plan.window(order, info, step)
     step_rng = None if rng is None else jax.random.fold_in(rng, step)
     fn = lambda p, r: attend_fn(p, r, info_w, offsets, step_rng)
-    _, vjp = jax.vjp(fn, params, _gather_rows(x_flat, rows))
+    _, vjp = jax.vjp(fn, params, _gather_rows(x_bits, rows, x.dtype))
     start = step * plan.query_len
-    cut = lambda t: jax.lax.dynamic_slice_in_dim(t, start, plan.query_len, axis=2)
-    d_params, d_rows = vjp(jax.tree.map(cut, cotangents))
+    cut = lambda t, d: from_bits(jax.lax.dynamic_slice_in_dim(t, start, plan.query_len, axis=2),
+                                 d)
+    d_params, d_rows = vjp(jax.tree.map(cut, ct_bits, ct_dtypes))
     dx = dx.at[rows.reshape(-1)].add(_flat(d_rows).astype(dx.dtype),
                                      mode="promise_in_bounds")
     return dx, jax.tree.map(jnp.add, dparams, d_params)
 
   # Accumulated in float32 (XLA:CPU would upcast a bfloat16 scatter-add through copies).
   acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
-  zeros = (zeros_after(x_flat.shape, acc_dtype, jax.tree.leaves(cotangents)[0], x),
+  zeros = (zeros_after(x_bits.shape, acc_dtype, jax.tree.leaves(cotangents)[0], x),
            jax.tree.map(jnp.zeros_like, params))
   dx, dparams = jax.lax.fori_loop(0, plan.n_steps, body, zeros)
   return dx.reshape(x.shape).astype(x.dtype), dparams, None, None, None

@@ -1,0 +1,25 @@
+"""Tests for reformer_jax.trainer.cli: the entry points' JAX / XLA settings."""
+import os
+import subprocess
+import sys
+
+from reformer_jax.trainer import cli
+
+_PRINT_FLAGS = ("from reformer_jax.trainer import cli; import os; cli.configure(); "
+                "print(os.environ['XLA_FLAGS'])")
+
+
+def _flags_after_configure(xla_flags):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  if xla_flags is not None:
+    env["XLA_FLAGS"] = xla_flags
+  return subprocess.run([sys.executable, "-c", _PRINT_FLAGS], env=env, check=True,
+                        capture_output=True, text=True).stdout.strip()
+
+
+def test_configure_adds_memory_scheduler_flag_and_keeps_users_flags():
+  assert _flags_after_configure(None) == " ".join(cli.XLA_FLAGS)
+  assert _flags_after_configure("--xla_dump_to=/tmp/x") == " ".join(
+      ("--xla_dump_to=/tmp/x",) + cli.XLA_FLAGS)
+  mine = "--xla_cpu_enable_concurrency_optimized_scheduler=true"
+  assert _flags_after_configure(mine) == mine  # the user's choice wins
