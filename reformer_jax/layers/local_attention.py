@@ -15,10 +15,9 @@ import jax.numpy as jnp
 from reformer_jax.layers.chunking import chunk_positions, pad_axis, split_chunks
 from reformer_jax.layers.dense import DenseParams, layer_norm, output_projection
 from reformer_jax.layers.full_attention import attend, full_attention
-from reformer_jax.layers.windowed import query_chunks, window_keys, windowed_attention
+from reformer_jax.layers.windowed import (default_chunks_per_step, query_chunks,
+                                          window_keys, windowed_attention)
 
-# Positions attended per loop step when chunks_per_step is None.
-STEP_POSITIONS = 4096
 
 
 def _attend_window(params, rows, info, offsets, rng, *, project, n, chunk_len,
@@ -64,7 +63,7 @@ def local_core(x: jnp.ndarray, params, project: Callable, real: jnp.ndarray, *,
     real: `[b, Lp]` bool, False = padding.
     chunk_len, n_chunks_before, n_chunks_after, causal, dropout_rate, dropout_rng: as in
       `local_attention`.
-    chunks_per_step: chunks per loop step (None: 4096 positions).
+    chunks_per_step: chunks per loop step (None: `default_chunks_per_step`).
 
   Returns:
     `[b, h, Lp, d_head]`.
@@ -75,7 +74,7 @@ def local_core(x: jnp.ndarray, params, project: Callable, real: jnp.ndarray, *,
       _attend_window, project=project, n=padded, chunk_len=chunk_len,
       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after, causal=causal,
       dropout_rate=dropout_rate)
-  steps = chunks_per_step or max(1, STEP_POSITIONS // chunk_len)
+  steps = chunks_per_step or default_chunks_per_step(batch, x_heads, x.shape[-1], chunk_len)
   return windowed_attention(attend_fn, x, params, order, {"real": real[:, None]},
                             dropout_rng, chunk_len, n_chunks_before, n_chunks_after, steps)
 
@@ -110,7 +109,7 @@ def local_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, *, chunk_len
     mask: `[batch, length]` bool, False = padding key. None = all real.
     dropout_rate: attention-probability dropout.
     dropout_rng: rng for the dropout; None disables it.
-    chunks_per_step: chunks per loop step; None = 4096 positions per step.
+    chunks_per_step: chunks per loop step; None = `default_chunks_per_step`.
 
   Returns:
     `[batch, length, n_heads, d_head]`.
@@ -157,7 +156,7 @@ class LocalSelfAttention(nn.Module):
     norm_eps: epsilon of the LayerNorm given as `norm=` to `__call__`.
     output_dropout: dropout rate on the output (after `out`; 'dropout' rng).
     position_chunk_len: positions per chunk of the output projection; None = all at once.
-    chunks_per_step: chunks attended per loop step (None = 4096 positions).
+    chunks_per_step: chunks attended per loop step (None = `default_chunks_per_step`).
     deterministic: disables dropout; merged with the call argument.
     dtype: computation dtype (parameters stay float32).
   """

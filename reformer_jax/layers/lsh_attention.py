@@ -29,11 +29,10 @@ from reformer_jax.layers.chunking import (MASK_VALUE, SELF_MASK_VALUE, chunk_pos
 from reformer_jax.layers.dense import DenseParams, layer_norm, output_projection
 from reformer_jax.layers.dropout import dropout
 from reformer_jax.layers.full_attention import full_attention, normalize_shared_keys
-from reformer_jax.layers.windowed import query_chunks, window_keys, windowed_attention
+from reformer_jax.layers.windowed import (default_chunks_per_step, query_chunks,
+                                          window_keys, windowed_attention)
 
 NBuckets = Union[int, Sequence[int]]
-# Sorted entries attended per loop step when chunks_per_step is None.
-STEP_ENTRIES = 4096
 
 
 def _bucket_factors(n_buckets: NBuckets) -> Tuple[int, ...]:
@@ -300,7 +299,7 @@ def lsh_core(x: jnp.ndarray, params, project: Callable, buckets: jnp.ndarray,
     real: `[b, Lp]` bool, False = padding.
     chunk_len, n_chunks_before, n_chunks_after, causal, strict, correct_duplicates,
       dropout_rate, dropout_rng: as in `lsh_attention` (`strict` = causal and strict_causal).
-    chunks_per_step: chunks per step of `windowed_attention` (None: 4096 entries).
+    chunks_per_step: chunks per step of `windowed_attention` (None: `default_chunks_per_step`).
 
   Returns:
     `[b, h, Lp, d_head]`.
@@ -327,7 +326,8 @@ def lsh_core(x: jnp.ndarray, params, project: Callable, buckets: jnp.ndarray,
       _attend_window, project=project, n=n_sorted, chunk_len=chunk_len,
       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after, causal=causal,
       strict=strict, dropout_rate=dropout_rate)
-  steps = chunks_per_step or max(1, STEP_ENTRIES // chunk_len)
+  steps = chunks_per_step or default_chunks_per_step(batch, pos_s.shape[1], x.shape[-1],
+                                                     chunk_len)
   out, lse = windowed_attention(attend, x, params, pos_s, info, dropout_rng, chunk_len,
                                 n_chunks_before, n_chunks_after, steps)
   out = permute(out, undo_idx, sort_idx).reshape(batch, n_heads, n_hashes, padded, -1)
@@ -449,7 +449,7 @@ class LSHSelfAttention(nn.Module):
     output_dropout: dropout rate on the output (after `out`; 'dropout' rng).
     position_chunk_len: positions per chunk of the position-wise work (hashing
       projection, output projection); None = all at once.
-    chunks_per_step: sorted chunks attended per loop step (None = 4096 entries).
+    chunks_per_step: sorted chunks attended per loop step (None = `default_chunks_per_step`).
     deterministic: disables dropout; merged with the call argument.
     dtype: computation dtype (parameters stay float32).
   """

@@ -25,6 +25,19 @@ from reformer_jax.layers.chunking import from_bits, to_bits, zeros_after
 AttendFn = Callable[..., Any]
 
 
+# Default size of a step: at most this many entries, and at most STEP_ELEMENTS gathered
+# input elements (batch * heads * entries * features: 32 MiB in float32), so wide or
+# batched models take smaller steps.
+STEP_ENTRIES = 4096
+STEP_ELEMENTS = 1 << 23
+
+
+def default_chunks_per_step(batch: int, heads: int, features: int, chunk_len: int) -> int:
+  """Chunks per step within STEP_ENTRIES entries and STEP_ELEMENTS gathered elements."""
+  entries = min(STEP_ENTRIES, STEP_ELEMENTS // max(1, batch * heads * features))
+  return max(1, entries // chunk_len)
+
+
 def group_size(n_chunks: int, group_chunks: int) -> int:
   """The largest divisor of `n_chunks` that is at most `group_chunks` (>= 1)."""
   group = max(1, min(group_chunks, n_chunks))
