@@ -1,9 +1,10 @@
 """The command-line edge: JAX settings, logging, and clean errors for user mistakes."""
 import json
 import os
+import re
 import sys
 import tokenize
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import jax
 from absl import logging
@@ -18,17 +19,26 @@ USER_ERRORS = (ValueError, OSError, SyntaxError, tokenize.TokenError)
 # cost in memory: the 524,288-token crime-and-punishment step plans 3.82 GiB with it and
 # 3.57 GiB without (float32; 3.07 vs 1.93 GiB with bfloat16 streams), for a ~2% slower
 # step. It is read from XLA_FLAGS only (not per-compile options); other backends ignore it.
+# An XLA that does not know a flag aborts, so they are only set from the jaxlib they were
+# tested with on.
 XLA_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler=false",)
+XLA_FLAGS_MIN_JAXLIB = (0, 10)
+
+
+def _jaxlib_version() -> Tuple[int, ...]:
+  from jaxlib import version  # pylint: disable=import-outside-toplevel
+  return tuple(int(p) for p in re.findall(r"\d+", version.__version__)[:3])
 
 
 def configure():
   """Explicit JAX settings and quiet library logging for the entry points.
 
   Adds `XLA_FLAGS` to the environment variable of that name (a flag the user set there
-  wins), so it must run before JAX's first computation.
+  wins; none with a jaxlib older than `XLA_FLAGS_MIN_JAXLIB`), so it must run before
+  JAX's first computation.
   """
   flags = os.environ.get("XLA_FLAGS", "")
-  for flag in XLA_FLAGS:
+  for flag in XLA_FLAGS if _jaxlib_version() >= XLA_FLAGS_MIN_JAXLIB else ():
     if flag.split("=")[0] not in flags:
       flags = f"{flags} {flag}".strip()
   os.environ["XLA_FLAGS"] = flags

@@ -18,8 +18,16 @@ def _flags_after_configure(xla_flags):
 
 
 def test_configure_adds_memory_scheduler_flag_and_keeps_users_flags():
+  assert cli._jaxlib_version() >= cli.XLA_FLAGS_MIN_JAXLIB  # the tested jaxlib
   assert _flags_after_configure(None) == " ".join(cli.XLA_FLAGS)
   assert _flags_after_configure("--xla_dump_to=/tmp/x") == " ".join(
       ("--xla_dump_to=/tmp/x",) + cli.XLA_FLAGS)
   mine = "--xla_cpu_enable_concurrency_optimized_scheduler=true"
   assert _flags_after_configure(mine) == mine  # the user's choice wins
+
+
+def test_flags_need_a_tested_jaxlib(monkeypatch):
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  monkeypatch.setattr(cli, "_jaxlib_version", lambda: (0, 4, 30))
+  cli.configure()
+  assert os.environ["XLA_FLAGS"] == ""  # an older XLA might abort on an unknown flag
