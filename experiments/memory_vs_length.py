@@ -179,13 +179,19 @@ def plot(result, path):
   ax.set_title("one training step (fwd + bwd + Adam), batch 1")
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=7)
-  depth = result["depth"]
+  depth, scanned = result["depth"], result.get("depth_scanned", [])
   if depth:
-    ax_depth.bar([str(r["n_layers"]) for r in depth], [r["peak_bytes"] / common.GiB
-                                                        for r in depth], color="tab:blue")
+    slots = range(len(depth))
+    ax_depth.bar([i - 0.2 for i in slots], [r["peak_bytes"] / common.GiB for r in depth],
+                 width=0.4, color="tab:blue", label="unrolled (default)")
+    if scanned:
+      ax_depth.bar([i + 0.2 for i in slots], [r["peak_bytes"] / common.GiB for r in scanned],
+                   width=0.4, color="tab:gray", label="scan_layers=True")
+    ax_depth.set_xticks(list(slots), [str(r["n_layers"]) for r in depth])
     ax_depth.set_title(f"depth at {depth[0]['length']} tokens (fp32)")
     ax_depth.set_xlabel("layers")
     ax_depth.set_ylabel("compiled peak (GiB)")
+    ax_depth.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -219,6 +225,15 @@ def markdown(result) -> str:
     else:
       value, target = f"{c['ratio']:.2f}", f"{c['target']:.2f}"
     lines.append(f"| {name} | {value} | {target} | {'yes' if c['pass'] else 'no'} |")
+  depth, scanned = result["depth"], result.get("depth_scanned", [])
+  if depth:
+    lines += ["", f"| layers ({depth[0]['length']:,} tokens, float32) | unrolled (default) | "
+              "`scan_layers=True` |", "|---:|---:|---:|"]
+    peaks = {r["n_layers"]: r["peak_bytes"] for r in scanned}
+    for r in depth:
+      other = peaks.get(r["n_layers"])
+      lines.append(f"| {r['n_layers']} | {r['peak_bytes'] / common.GiB:.3f} GiB | "
+                   + (f"{other / common.GiB:.3f} GiB |" if other else " |"))
   return "\n".join(lines)
 
 
@@ -234,7 +249,7 @@ def main(argv=None):
     raise SystemExit(f"unknown precision variants {unknown}; choose from {list(VARIANTS)}")
   result = {"machine": common.machine_info(args.threads), "quick": args.quick,
             "config": common.config_record(common.crime_and_punishment(**base)[0]),
-            "compiled": [], "depth": [], "measured": []}
+            "compiled": [], "depth": [], "depth_scanned": [], "measured": []}
   cache = {}
 
   def point(changes, length, analyse=False):
@@ -251,6 +266,9 @@ def main(argv=None):
                                       length, analyse))
   for depth in _ints(args.depths):
     result["depth"].append(point(dict(base, dtype="float32", n_layers=depth), args.depth_len))
+  for depth in _ints(args.depths):  # the same with `scan_layers` (not a target)
+    result["depth_scanned"].append(point(dict(base, dtype="float32", n_layers=depth,
+                                              scan_layers=True), args.depth_len))
   for dtype in _names(args.run_dtypes):
     for length in [n for n in _ints(args.run_lengths) if n <= args.max_len]:
       long = length > args.long_len

@@ -33,6 +33,8 @@ def test_memory_vs_length_quick(tmp_path):
   table = (tmp_path / "memory_vs_length.md").read_text()
   assert "| 64 |" in table and "float32_peak_at_max_len" in table
   assert [r["n_layers"] for r in result["depth"]] == [1, 2]
+  assert [r["n_layers"] for r in result["depth_scanned"]] == [1, 2]
+  assert "| 2 | " in table and "`scan_layers=True`" in table
   (run,) = result["measured"]
   assert "error" not in run, run
   assert run["peak_bytes"] == point["peak_bytes"]  # the worker compiled the same program

@@ -51,6 +51,9 @@ class ReformerConfig:
       float32 (default) rebuilds each layer's input almost exactly; bfloat16 halves the
       largest activations (4 streams of [batch, length, d_model] in the backward pass) at
       the cost of bfloat16 rounding in the rebuilt inputs and the stream gradients.
+    scan_layers: run the repeating cycle of layers (one per attention type) as a `lax.scan`:
+      compile time flat in depth, but more memory (stacked parameters and gradients,
+      looser buffer packing). Default: every layer unrolled.
     deterministic: disables dropout (use `config.replace(deterministic=True)` for eval).
   """
   vocab_size: int = 256
@@ -85,6 +88,7 @@ class ReformerConfig:
   loss_chunk_len: int = 4096
   dtype: jnp.dtype = jnp.float32
   stream_dtype: jnp.dtype = jnp.float32
+  scan_layers: bool = False
   deterministic: bool = False
 
   def __post_init__(self):

@@ -221,7 +221,7 @@ class ReformerLM(nn.Module):
       x = x + self._positions(positions).astype(x.dtype)
     blocks = tuple((AttentionBlock(cfg, t, parent=None), FeedForwardBlock(cfg, parent=None))
                    for t in types)
-    x1, x2 = ReversibleStack(blocks, name="encoder")(
+    x1, x2 = ReversibleStack(blocks, scan=cfg.scan_layers, name="encoder")(
         x, x, {"mask": mask}, deterministic=deterministic, layer_aux=rotations)
     final_norm = LayerNormParams(2 * cfg.d_model, name="final_norm")()
 

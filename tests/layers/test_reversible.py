@@ -51,7 +51,7 @@ def _assert_tree_close(got, want, rtol=1e-5):
   jax.tree_util.tree_map(check, got, want)
 
 
-def _check_against_plain(fns, params, rngs, x1, x2, aux):
+def _check_against_plain(fns, params, rngs, x1, x2, aux, scan=False):
   k1, k2 = jax.random.split(jax.random.PRNGKey(99))
   c1 = jax.random.normal(k1, x1.shape)
   c2 = jax.random.normal(k2, x1.shape)
@@ -61,7 +61,8 @@ def _check_against_plain(fns, params, rngs, x1, x2, aux):
     return jax.jit(lambda *args: (core(fns, args[0], args[3], args[1], args[2], args[4]),
                                   jax.grad(loss, argnums=(0, 1, 2))(*args)))
 
-  got, grads_got = value_and_grads(reversible_layers)(params, x1, x2, rngs, aux)
+  got, grads_got = value_and_grads(functools.partial(reversible_layers, scan=scan))(
+      params, x1, x2, rngs, aux)
   want, grads_want = value_and_grads(plain_layers)(params, x1, x2, rngs, aux)
   _assert_tree_close(got, want)
   _assert_tree_close(grads_got, grads_want)
@@ -72,10 +73,12 @@ def dense_dropout_sin(params, x, aux, rng):
   return jnp.sin(dense_dropout(params, x, aux, rng))
 
 
-@pytest.mark.parametrize("layout, make_key", [("cycles", RBG), ("unrolled", jax.random.PRNGKey)])
-def test_dense_dropout_matches_plain_residual(layout, make_key):
-  """'cycles': 5 layers alternating two blocks (2 scanned cycles + 1 unrolled layer);
-  'unrolled': 3 layers of distinct functions (nothing to scan)."""
+@pytest.mark.parametrize("layout, scan, make_key", [("cycles", True, RBG),
+                                                   ("cycles", False, jax.random.PRNGKey),
+                                                   ("distinct", True, jax.random.PRNGKey)])
+def test_dense_dropout_matches_plain_residual(layout, scan, make_key):
+  """'cycles': 5 layers alternating two blocks (with `scan`: 2 scanned cycles + 1 unrolled
+  layer); 'distinct': 3 layers of distinct functions (nothing to scan)."""
   if layout == "cycles":
     n_layers = 5
     fns = tuple((dense_dropout, dense_dropout_sin) if i % 2 else (dense_dropout_sin, dense_dropout)
@@ -92,7 +95,7 @@ def test_dense_dropout_matches_plain_residual(layout, make_key):
   x1 = jax.random.normal(keys[-3], (2, 5, d))
   x2 = jax.random.normal(keys[-2], (2, 5, d))
   aux = jax.random.uniform(keys[-1], (2, 5))
-  grads = _check_against_plain(fns, params, rngs, x1, x2, aux)
+  grads = _check_against_plain(fns, params, rngs, x1, x2, aux, scan)
   assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree_util.tree_leaves(grads))
 
 
@@ -256,13 +259,15 @@ def _temp_bytes(core, n_layers, length=8192, d=16):
   return grad_fn.lower(params, x, x, rngs, aux).compile().memory_analysis().temp_size_in_bytes
 
 
-def test_activation_memory_flat_in_depth():
+@pytest.mark.parametrize("scan", [False, True])
+def test_activation_memory_flat_in_depth(scan):
   """Compiled temp memory of a backward pass: 2 vs 8 layers of [8192, 16] activations.
 
   Parameters are kept tiny: what may grow with depth is parameter-sized (gradients, and the
   per-cycle stacking of the parameters for the scan).
   """
-  rev = [_temp_bytes(reversible_layers, n) for n in (2, 8)]
+  core = functools.partial(reversible_layers, scan=scan)
+  rev = [_temp_bytes(core, n) for n in (2, 8)]
   plain = [_temp_bytes(plain_layers, n) for n in (2, 8)]
   # Measured on CPU: reversible 11.6 MB -> 11.8 MB (x1.02); plain 17.3 MB -> 61 MB.
   assert rev[1] < 1.05 * rev[0], rev
