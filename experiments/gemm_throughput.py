@@ -3,7 +3,13 @@ r"""Matrix-multiply throughput of XLA (JAX) and PyTorch on this CPU, side by sid
 The feed-forward and projection GEMMs of the crime-and-punishment model at 16,384 tokens
 (`[16384, 256] x [256, 512]` and its weight gradient `[16384, 256]^T x [16384, 512]`), timed
 in one process with the same threads. It bounds what any implementation can reach here:
-most of a Reformer step's FLOPs are these GEMMs. Writes JSON.
+most of a Reformer step's FLOPs are these GEMMs.
+
+It also counts the matrix-multiply FLOPs of Hugging Face's training step for the same
+model at `--length` (torch's FlopCounterMode over forward and backward; HF's reversible
+backward recomputes each layer as ours does, and our windowed attention does a little
+more) and divides them by each library's best measured GEMM rate: the time the step's
+matrix products alone take at best. Writes JSON.
 
   python -m experiments.gemm_throughput
 """
@@ -57,10 +63,52 @@ def measure(repeats: int, threads: int):
   return rows
 
 
+def hf_step_matmul_flops(length: int, quick: bool = False):
+  """Matrix-multiply FLOPs of HF's (forward, forward + backward) for crime_and_punishment
+  at `length`."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
+  from torch.utils._python_dispatch import TorchDispatchMode  # pylint: disable=import-outside-toplevel
+  from torch.utils.flop_counter import flop_registry  # pylint: disable=import-outside-toplevel
+  from experiments import hf_side_by_side  # pylint: disable=import-outside-toplevel
+  base = dict(common.QUICK_CHANGES, n_layers=2) if quick else {}
+  config, _ = common.crime_and_punishment(
+      **base, axial_shape=list(hf_side_by_side.axial_shape(length)))
+  torch.manual_seed(0)
+  model = transformers.ReformerModelWithLMHead(
+      transformers.ReformerConfig(**hf_side_by_side.hf_config(config, length)))
+  model.train()
+  tokens = np.random.default_rng(0).integers(0, config.vocab_size, (1, length))
+  inputs = torch.from_numpy(tokens.astype(np.int64))
+  class MatmulFlops(TorchDispatchMode):
+    """Counts FLOPs of the ops in torch's FLOP registry (matrix products, convolutions).
+    (FlopCounterMode's module hooks fail inside HF's reversible autograd.Function.)"""
+    total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+      kwargs = kwargs or {}
+      out = func(*args, **kwargs)
+      count = flop_registry.get(func._overloadpacket)
+      if count is not None:
+        self.total += count(*args, **kwargs, out_val=out)
+      return out
+
+  with MatmulFlops() as counter:
+    forward_flops = 0
+    loss = model(input_ids=inputs, labels=inputs).loss
+    forward_flops = counter.total
+    loss.backward()
+  return int(forward_flops), int(counter.total)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--repeats", type=int, default=20)
   parser.add_argument("--threads", type=int, default=common.default_threads())
+  parser.add_argument("--length", type=int, default=16384,
+                        help="sequence length of the counted HF training step")
+  parser.add_argument("--quick", action="store_true", help="tiny model for the FLOP count")
   parser.add_argument("--out", default=str(common.RESULTS_DIR))
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   common.configure_jax()
@@ -69,6 +117,17 @@ def main(argv=None):
   for row in result["gemms"]:
     print(f"{row['gemm']:>34}: jax {row['jax_gflops']:6.1f} GFLOP/s, torch "
           f"{row['torch_gflops']:6.1f} GFLOP/s (torch {row['torch_over_jax']:.2f}x)")
+  forward_flops, flops = hf_step_matmul_flops(args.length, args.quick)
+  best = {lib: max(r[f"{lib}_gflops"] for r in result["gemms"]) for lib in ("jax", "torch")}
+  result["step_matmuls"] = {
+      "length": args.length, "quick": args.quick, "hf_forward_matmul_flops": forward_flops,
+      "hf_matmul_flops": flops,
+      "seconds_at_best_jax_gemm_rate": flops / (best["jax"] * 1e9),
+      "seconds_at_best_torch_gemm_rate": flops / (best["torch"] * 1e9)}
+  print(f"HF train step at L={args.length}: {flops / 1e9:.1f} GFLOP in matrix products: "
+        f"{result['step_matmuls']['seconds_at_best_jax_gemm_rate']:.2f} s at XLA's best GEMM "
+        f"rate, {result['step_matmuls']['seconds_at_best_torch_gemm_rate']:.2f} s at "
+        "PyTorch's")
   path = common.write_json(pathlib.Path(args.out) / "gemm_throughput.json", result)
   print(json.dumps({"wrote": str(path)}))
   return result

@@ -101,8 +101,14 @@ def test_scripts_run_by_path(name):
 
 def test_gemm_throughput_quick(tmp_path):
   pytest.importorskip("torch")
-  gemm_throughput.main(["--repeats", "1", "--out", str(tmp_path)])
+  pytest.importorskip("transformers")
+  gemm_throughput.main(["--repeats", "1", "--quick", "--length", "64", "--out", str(tmp_path)])
   result = json.loads((tmp_path / "gemm_throughput.json").read_text())
   assert len(result["gemms"]) == 2
   for row in result["gemms"]:
     assert row["jax_s"] > 0 and row["torch_s"] > 0 and row["jax_gflops"] > 0
+  counted = result["step_matmuls"]
+  # Reversible training: forward, the backward's recomputation and two backward products
+  # per forward product (the LM head is not recomputed): about 4x the forward.
+  assert 3.2 < counted["hf_matmul_flops"] / counted["hf_forward_matmul_flops"] < 4.2
+  assert counted["seconds_at_best_jax_gemm_rate"] > 0
