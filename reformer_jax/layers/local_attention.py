@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from reformer_jax.layers.chunking import chunk_positions, pad_axis, split_chunks
-from reformer_jax.layers.dense import DenseParams, layer_norm, output_projection
+from reformer_jax.layers.dense import DenseParams, layer_norm, output_projection, project_heads
 from reformer_jax.layers.full_attention import attend, full_attention
 from reformer_jax.layers.windowed import (default_chunks_per_step, query_chunks,
                                           window_keys, windowed_attention)
@@ -223,7 +223,7 @@ def _project_qkv(params, rows, *, eps, dtype):
   if params["norm"] is not None:
     rows = layer_norm(rows, *params["norm"], eps)
   rows = rows[:, 0].astype(dtype)
-  proj = lambda w: jnp.einsum("bmf,fhk->bhmk", rows, w.astype(dtype))
+  proj = lambda w: project_heads(rows, w.astype(dtype))
   k = proj(params["key"])
   return proj(params["query"]), k / jnp.sqrt(jnp.asarray(k.shape[-1], k.dtype)), proj(
       params["value"])

@@ -26,7 +26,8 @@ import jax.numpy as jnp
 from reformer_jax.layers.chunking import (MASK_VALUE, SELF_MASK_VALUE, chunk_positions,
                                           map_positions, pad_axis, replace_masked,
                                           split_chunks)
-from reformer_jax.layers.dense import DenseParams, layer_norm, output_projection
+from reformer_jax.layers.dense import (DenseParams, dense, layer_norm, output_projection,
+                                       project_heads)
 from reformer_jax.layers.dropout import dropout
 from reformer_jax.layers.full_attention import full_attention, normalize_shared_keys
 from reformer_jax.layers.windowed import (default_chunks_per_step, query_chunks,
@@ -555,7 +556,8 @@ def _project_shared_qk(params, rows, *, eps, dtype):
   if params["norm"] is not None:
     rows = layer_norm(rows, *params["norm"], eps)
   rows = rows.astype(dtype)
-  proj = lambda w: jnp.einsum("bhmf,fhk->bhmk", rows, w.astype(dtype))
+  proj = lambda w: jnp.stack([dense(rows[:, i], w[:, i].astype(dtype))
+                              for i in range(rows.shape[1])], axis=1)
   if rows.shape[1] == 1:
-    proj = lambda w: jnp.einsum("bmf,fhk->bhmk", rows[:, 0], w.astype(dtype))
+    proj = lambda w: project_heads(rows[:, 0], w.astype(dtype))
   return proj(params["query_key"]), proj(params["value"])
