@@ -91,15 +91,53 @@ def layer_norm(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray, eps: float
   return (y * scale + bias).astype(x.dtype)
 
 
+def position_rows(batch: int, length: int, positions: jnp.ndarray) -> jnp.ndarray:
+  """Global row ids `b * length + positions[b, ...]` `[batch, ...]` of `[batch, length, d]`
+  rows, for position-keyed dropout (`dropout(..., rows=, n_rows=batch * length)`)."""
+  b = jnp.arange(batch, dtype=jnp.int32).reshape((batch,) + (1,) * (positions.ndim - 1))
+  return b * length + positions
+
+
+def output_contributions(out: jnp.ndarray, kernel: jnp.ndarray, dropout_rate: float,
+                         rng: Optional[jax.Array], rows: jnp.ndarray, n_rows: int, dtype
+                         ) -> jnp.ndarray:
+  """`output_projection` of attention outputs at scattered rows, as per-row contributions.
+
+  Args:
+    out: `[b, h, m, d_head]` outputs of m entries per head.
+    kernel: `[h, d_head, d_model]`.
+    dropout_rate, rng: the output dropout, keyed by `rows` as in `output_projection`.
+    rows: int32 `[b, 1, m]` (the heads' entries are the same positions: heads are summed)
+      or `[b, h, m]` (each head's own positions), global rows `position_rows`.
+    n_rows: `batch * length`.
+    dtype: computation dtype.
+
+  Returns:
+    `[b, 1 or h, m, d_model]`: summed over the rows they belong to, the output projection.
+  """
+  out, kernel = out.astype(dtype), kernel.astype(dtype)
+  if rows.shape[1] == 1:
+    y = merge_heads(out, kernel)[:, None]
+  else:
+    y = jnp.stack([dense(out[:, i], kernel[i]) for i in range(out.shape[1])], axis=1)
+  return dropout(y, dropout_rate, rng, rows, n_rows)
+
+
 def output_projection(out: jnp.ndarray, kernel: jnp.ndarray, dropout_rate: float,
                       rng: Optional[jax.Array], chunk_len: int, dtype) -> jnp.ndarray:
   """Heads `[b, h, L, d_head]` through `kernel` `[h, d_head, d_model]` and dropout, in chunks.
 
-  Returns `[b, L, d_model]`; chunk i's dropout uses `fold_in(rng, i)`.
+  Returns `[b, L, d_model]`. The dropout mask of position p is keyed by its row
+  `b * L + p` (`position_rows`), the same whatever the chunking.
   """
+  batch, _, length, _ = out.shape
+  chunk = min(chunk_len, length)
+
   def one_chunk(params, heads, index):
     kernel, rng = params
     y = merge_heads(heads.astype(dtype), kernel.astype(dtype))
-    return dropout(y, dropout_rate, None if rng is None else jax.random.fold_in(rng, index))
+    positions = index * chunk + jnp.arange(y.shape[1], dtype=jnp.int32)
+    rows = position_rows(batch, length, jnp.broadcast_to(positions, y.shape[:2]))
+    return dropout(y, dropout_rate, rng, rows, batch * length)
 
   return map_positions(one_chunk, (kernel, rng), out, chunk_len, axis=2)

@@ -2,8 +2,8 @@
 
 The mask bit of element i is `fmix32(fmix32(i + s0) + s1) < keep_prob * 2^32`, where
 `fmix32` is MurmurHash3's 32-bit finaliser and `(s0, s1)` are derived from the key's data.
-A reversible Reformer regenerates every mask three times per step (forward, the backward
-rebuild of the layer input, and the recomputation inside the VJP), so the mask must be
+A reversible Reformer regenerates every mask two or three times per step (forward, the
+backward rebuild of the layer input, and the recomputation inside the VJP), so the mask must be
 cheap: this costs ~10 integer operations per element and fuses into the consumer, where
 `jax.random.bernoulli` runs threefry's 20 rounds and materialises the bits on CPU. The masks
 are deterministic functions of (key, element index), like any JAX random draw, but are not
@@ -40,30 +40,49 @@ def _seeds(rng: jax.Array) -> tuple:
   return s0, _fmix32(s1 ^ s0)
 
 
-def keep_mask(rng: jax.Array, keep_prob: float, shape: Sequence[int]) -> jnp.ndarray:
-  """bool `shape`, True with probability `keep_prob` independently per element."""
+def keep_mask(rng: jax.Array, keep_prob: float, shape: Sequence[int],
+              rows: Optional[jnp.ndarray] = None, n_rows: Optional[int] = None
+              ) -> jnp.ndarray:
+  """bool `shape`, True with probability `keep_prob` independently per element.
+
+  Element `(r, j)` (`r` a row: all but the last axis, flattened) draws counter
+  `r * shape[-1] + j`. `rows` (int, shape `shape[:-1]`, values < `n_rows`) replaces `r`
+  with a global row id, so that rows computed apart (chunks, gathered positions) get the
+  masks they have in the whole array.
+  """
+  cols = shape[-1] if shape else 1
   size = 1
   for d in shape:
     size *= d
+  if rows is not None:
+    if n_rows is None or rows.shape != tuple(shape[:-1]):
+      raise ValueError(f"rows must have shape {tuple(shape[:-1])} (got {rows.shape}) and "
+                       "come with their bound n_rows")
+    size = n_rows * cols
   if size >= 2 ** 32:
     raise ValueError(f"dropout mask of {size} elements exceeds the 2^32 counter; split the "
                      f"array (e.g. a smaller chunk size) or fold the chunk index into the key")
   s0, s1 = _seeds(rng)
   # index + s0 as (row * cols + s0)[:, None] + col[None, :]: the seed enters before the
   # full-size broadcast, so XLA cannot hoist a materialised index array out of loops.
-  cols = shape[-1] if shape else 1
-  rows = jax.lax.iota(jnp.uint32, size // cols) * jnp.uint32(cols) + s0
+  if rows is None:
+    rows = jax.lax.iota(jnp.uint32, size // cols)
+  rows = jnp.ravel(rows).astype(jnp.uint32) * jnp.uint32(cols) + s0
   counter = (rows[:, None] + jax.lax.iota(jnp.uint32, cols)[None, :]).reshape(shape)
   bits = _fmix32(_fmix32(counter) + s1)
   threshold = min(int(round(keep_prob * 2. ** 32)), 2 ** 32 - 1)
   return bits < jnp.uint32(threshold)
 
 
-def dropout(x: jnp.ndarray, rate: float, rng: Optional[jax.Array]) -> jnp.ndarray:
-  """Inverted dropout of `x` (any shape); identity when `rng` is None or `rate` is 0."""
+def dropout(x: jnp.ndarray, rate: float, rng: Optional[jax.Array],
+            rows: Optional[jnp.ndarray] = None, n_rows: Optional[int] = None) -> jnp.ndarray:
+  """Inverted dropout of `x` (any shape); identity when `rng` is None or `rate` is 0.
+
+  `rows`, `n_rows`: global row ids of `x`'s rows (see `keep_mask`).
+  """
   if not 0. <= rate < 1.:
     raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
   if rng is None or rate == 0.:
     return x
-  keep = keep_mask(rng, 1. - rate, x.shape)
+  keep = keep_mask(rng, 1. - rate, x.shape, rows, n_rows)
   return jnp.where(keep, x / (1. - rate), jnp.zeros((), x.dtype))

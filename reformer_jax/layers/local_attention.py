@@ -15,8 +15,9 @@ import jax.numpy as jnp
 from reformer_jax.layers.chunking import chunk_positions, pad_axis, split_chunks
 from reformer_jax.layers.dense import DenseParams, layer_norm, output_projection, project_heads
 from reformer_jax.layers.full_attention import attend, full_attention
-from reformer_jax.layers.windowed import (default_chunks_per_step, query_chunks,
-                                          window_keys, windowed_attention)
+from reformer_jax.layers.windowed import (can_rebuild, default_chunks_per_step, query_chunks,
+                                          rebuild_attention, window_keys,
+                                          windowed_attention)
 
 
 
@@ -50,6 +51,19 @@ def _split_rows(params, rows):
   return rows[..., :d], rows[..., d:2 * d], rows[..., 2 * d:]
 
 
+def _local_plan(x, project, real, *, chunk_len, n_chunks_before, n_chunks_after, causal,
+                dropout_rate, chunks_per_step):
+  """(attend_fn, order, info, chunks per step) of `windowed_attention` over positions."""
+  batch, x_heads, padded = x.shape[:3]
+  order = jnp.broadcast_to(jnp.arange(padded, dtype=jnp.int32), (batch, x_heads, padded))
+  attend_fn = functools.partial(
+      _attend_window, project=project, n=padded, chunk_len=chunk_len,
+      n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after, causal=causal,
+      dropout_rate=dropout_rate)
+  steps = chunks_per_step or default_chunks_per_step(batch, x_heads, x.shape[-1], chunk_len)
+  return attend_fn, order, {"real": real[:, None]}, steps
+
+
 def local_core(x: jnp.ndarray, params, project: Callable, real: jnp.ndarray, *,
                chunk_len: int, n_chunks_before: int, n_chunks_after: int, causal: bool,
                dropout_rate: float, dropout_rng: Optional[jax.Array],
@@ -68,15 +82,12 @@ def local_core(x: jnp.ndarray, params, project: Callable, real: jnp.ndarray, *,
   Returns:
     `[b, h, Lp, d_head]`.
   """
-  batch, x_heads, padded = x.shape[:3]
-  order = jnp.broadcast_to(jnp.arange(padded, dtype=jnp.int32), (batch, x_heads, padded))
-  attend_fn = functools.partial(
-      _attend_window, project=project, n=padded, chunk_len=chunk_len,
-      n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after, causal=causal,
-      dropout_rate=dropout_rate)
-  steps = chunks_per_step or default_chunks_per_step(batch, x_heads, x.shape[-1], chunk_len)
-  return windowed_attention(attend_fn, x, params, order, {"real": real[:, None]},
-                            dropout_rng, chunk_len, n_chunks_before, n_chunks_after, steps)
+  attend_fn, order, info, steps = _local_plan(
+      x, project, real, chunk_len=chunk_len, n_chunks_before=n_chunks_before,
+      n_chunks_after=n_chunks_after, causal=causal, dropout_rate=dropout_rate,
+      chunks_per_step=chunks_per_step)
+  return windowed_attention(attend_fn, x, params, order, info, dropout_rng, chunk_len,
+                            n_chunks_before, n_chunks_after, steps)
 
 
 def _check_settings(chunk_len: int, n_chunks_before: int, n_chunks_after: int) -> None:
@@ -177,11 +188,15 @@ class LocalSelfAttention(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, mask: Optional[jnp.ndarray] = None,
                deterministic: Optional[bool] = None,
-               norm: Optional[Tuple[jnp.ndarray, jnp.ndarray]] = None) -> jnp.ndarray:
+               norm: Optional[Tuple[jnp.ndarray, jnp.ndarray]] = None,
+               rebuild: Optional[Tuple[jnp.ndarray, ...]] = None):
     """`x`: `[batch, length, d_model]`, `mask`: `[batch, length]` -> `[batch, length, d_model]`.
 
     `norm`: optional `(scale, bias)` `[d_model]` of a LayerNorm (epsilon `norm_eps`)
     applied to `x` first, position by position where the rows are used.
+    `rebuild`: `(y, dx, dy)` for the backward pass of a reversible layer: returns
+    `(y - out, dx + dout/dx^T dy, param grads, norm grads)` in one pass over the chunks
+    (`rebuild_attention`), or None where that does not apply (`can_rebuild`).
     """
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
     _check_settings(self.chunk_len, self.n_chunks_before, self.n_chunks_after)
@@ -201,19 +216,25 @@ class LocalSelfAttention(nn.Module):
     project = functools.partial(_project_qkv, eps=self.norm_eps, dtype=self.dtype)
 
     padded, _ = chunk_positions(length, self.chunk_len)
+    real = jnp.ones((batch, length), bool) if mask is None else mask.astype(bool)
+    settings = dict(chunk_len=self.chunk_len, n_chunks_before=self.n_chunks_before,
+                    n_chunks_after=self.n_chunks_after, causal=self.causal,
+                    dropout_rate=self.attention_dropout, chunks_per_step=self.chunks_per_step)
+    if rebuild is not None:
+      if not can_rebuild(rebuild, length, self.chunk_len):
+        return None
+      attend_fn, order, info, steps = _local_plan(x[:, None], project, real, **settings)
+      return rebuild_attention(self, attend_fn, x[:, None], params, w_out, order, info,
+                               attn_rng, out_rng, rebuild, steps)
     if padded <= self.chunk_len:
       q, k, v = (jnp.swapaxes(t, 1, 2) for t in project(params, x[:, None]))
       out = jnp.swapaxes(full_attention(q, k, v, causal=self.causal, mask=mask,
                                         dropout_rate=self.attention_dropout,
                                         dropout_rng=attn_rng), 1, 2)
     else:
-      real = jnp.ones((batch, length), bool) if mask is None else mask.astype(bool)
       real = pad_axis(real, padded, axis=1, value=False)
       out = local_core(pad_axis(x, padded, axis=1)[:, None], params, project, real,
-                       chunk_len=self.chunk_len, n_chunks_before=self.n_chunks_before,
-                       n_chunks_after=self.n_chunks_after, causal=self.causal,
-                       dropout_rate=self.attention_dropout, dropout_rng=attn_rng,
-                       chunks_per_step=self.chunks_per_step)[:, :, :length]
+                       dropout_rng=attn_rng, **settings)[:, :, :length]
     return output_projection(out, w_out, self.output_dropout, out_rng,
                              self.position_chunk_len or length, self.dtype)
 

@@ -30,8 +30,9 @@ from reformer_jax.layers.dense import (DenseParams, dense, layer_norm, output_pr
                                        project_heads)
 from reformer_jax.layers.dropout import dropout
 from reformer_jax.layers.full_attention import full_attention, normalize_shared_keys
-from reformer_jax.layers.windowed import (default_chunks_per_step, query_chunks,
-                                          window_keys, windowed_attention)
+from reformer_jax.layers.windowed import (can_rebuild, default_chunks_per_step, query_chunks,
+                                          rebuild_attention, window_keys,
+                                          windowed_attention)
 
 NBuckets = Union[int, Sequence[int]]
 
@@ -286,25 +287,10 @@ def lsh_buckets(buckets: jnp.ndarray, real: jnp.ndarray, n_total: int) -> jnp.nd
   return buckets + (n_total + 1) * jnp.arange(n_hashes, dtype=jnp.int32)[None, None, :, None]
 
 
-def lsh_core(x: jnp.ndarray, params, project: Callable, buckets: jnp.ndarray,
-             real: jnp.ndarray, *, chunk_len: int, n_chunks_before: int,
-             n_chunks_after: int, causal: bool, strict: bool, correct_duplicates: bool,
-             dropout_rate: float, dropout_rng: Optional[jax.Array],
-             chunks_per_step: Optional[int]) -> jnp.ndarray:
-  """LSH attention given the buckets; Q/K/V are projected from `x` a step at a time.
-
-  Args:
-    x: per-position rows `[b, 1 or h, Lp, F]`, `Lp` a multiple of `chunk_len`.
-    params, project: `project(params, rows [b, h, m, F]) -> (qk, v)` `[b, h, m, d_head]`.
-    buckets: int32 `[b, h, n_hashes, Lp]` from `lsh_buckets` (padding, round offsets).
-    real: `[b, Lp]` bool, False = padding.
-    chunk_len, n_chunks_before, n_chunks_after, causal, strict, correct_duplicates,
-      dropout_rate, dropout_rng: as in `lsh_attention` (`strict` = causal and strict_causal).
-    chunks_per_step: chunks per step of `windowed_attention` (None: `default_chunks_per_step`).
-
-  Returns:
-    `[b, h, Lp, d_head]`.
-  """
+def _lsh_plan(x, project, buckets, real, *, chunk_len, n_chunks_before, n_chunks_after,
+              causal, strict, correct_duplicates, dropout_rate, chunks_per_step):
+  """`windowed_attention`'s (attend_fn, order, info, chunks per step) over the sorted
+  entries, and the (sort, undo) permutations `[b, h, n_hashes * Lp]`."""
   batch, n_heads, n_hashes, padded = buckets.shape
   n_sorted = n_hashes * padded
   # Stably sorting a round's position-ordered buckets sorts by (bucket, position). Sorting
@@ -327,8 +313,35 @@ def lsh_core(x: jnp.ndarray, params, project: Callable, buckets: jnp.ndarray,
       _attend_window, project=project, n=n_sorted, chunk_len=chunk_len,
       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after, causal=causal,
       strict=strict, dropout_rate=dropout_rate)
-  steps = chunks_per_step or default_chunks_per_step(batch, pos_s.shape[1], x.shape[-1],
-                                                     chunk_len)
+  steps = chunks_per_step or default_chunks_per_step(batch, n_heads, x.shape[-1], chunk_len)
+  return attend, pos_s, info, steps, (sort_idx, undo_idx)
+
+
+def lsh_core(x: jnp.ndarray, params, project: Callable, buckets: jnp.ndarray,
+             real: jnp.ndarray, *, chunk_len: int, n_chunks_before: int,
+             n_chunks_after: int, causal: bool, strict: bool, correct_duplicates: bool,
+             dropout_rate: float, dropout_rng: Optional[jax.Array],
+             chunks_per_step: Optional[int]) -> jnp.ndarray:
+  """LSH attention given the buckets; Q/K/V are projected from `x` a step at a time.
+
+  Args:
+    x: per-position rows `[b, 1 or h, Lp, F]`, `Lp` a multiple of `chunk_len`.
+    params, project: `project(params, rows [b, h, m, F]) -> (qk, v)` `[b, h, m, d_head]`.
+    buckets: int32 `[b, h, n_hashes, Lp]` from `lsh_buckets` (padding, round offsets).
+    real: `[b, Lp]` bool, False = padding.
+    chunk_len, n_chunks_before, n_chunks_after, causal, strict, correct_duplicates,
+      dropout_rate, dropout_rng: as in `lsh_attention` (`strict` = causal and strict_causal).
+    chunks_per_step: chunks per step of `windowed_attention` (None: `default_chunks_per_step`).
+
+  Returns:
+    `[b, h, Lp, d_head]`.
+  """
+  batch, n_heads, n_hashes, padded = buckets.shape
+  attend, pos_s, info, steps, (sort_idx, undo_idx) = _lsh_plan(
+      x, project, buckets, real, chunk_len=chunk_len, n_chunks_before=n_chunks_before,
+      n_chunks_after=n_chunks_after, causal=causal, strict=strict,
+      correct_duplicates=correct_duplicates, dropout_rate=dropout_rate,
+      chunks_per_step=chunks_per_step)
   out, lse = windowed_attention(attend, x, params, pos_s, info, dropout_rng, chunk_len,
                                 n_chunks_before, n_chunks_after, steps)
   out = permute(out, undo_idx, sort_idx).reshape(batch, n_heads, n_hashes, padded, -1)
@@ -476,7 +489,8 @@ class LSHSelfAttention(nn.Module):
   def __call__(self, x: jnp.ndarray, mask: Optional[jnp.ndarray] = None,
                deterministic: Optional[bool] = None,
                rotations: Optional[jnp.ndarray] = None,
-               norm: Optional[Tuple[jnp.ndarray, jnp.ndarray]] = None) -> jnp.ndarray:
+               norm: Optional[Tuple[jnp.ndarray, jnp.ndarray]] = None,
+               rebuild: Optional[Tuple[jnp.ndarray, ...]] = None):
     """`x`: `[batch, length, d_model]`, `mask`: `[batch, length]` -> `[batch, length, d_model]`.
 
     `rotations`: optional `[n_heads, d_head, n_hashes, sum(factors) // 2]` used instead of
@@ -484,6 +498,10 @@ class LSHSelfAttention(nn.Module):
     `norm`: optional `(scale, bias)` `[d_model]` of a LayerNorm (epsilon `norm_eps`)
     applied to `x` first, position by position where the rows are used (so no normalised
     copy of `x` is kept for the backward pass).
+    `rebuild`: `(y, dx, dy)` for the backward pass of a reversible layer: returns
+    `(y - out, dx + dout/dx^T dy, param grads, norm grads)` in one pass over the chunks
+    (`rebuild_attention`), or None where that does not apply (several hashing rounds, or
+    see `can_rebuild`).
     """
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
     _check_settings(self.chunk_len, self.n_chunks_before, self.n_chunks_after,
@@ -506,6 +524,9 @@ class LSHSelfAttention(nn.Module):
     out_rng = self.make_rng("dropout") if drop and self.output_dropout > 0. else None
     project = functools.partial(_project_shared_qk, eps=self.norm_eps, dtype=self.dtype)
     chunk = self.position_chunk_len or length
+    if rebuild is not None and (self.n_hashes != 1
+                                or not can_rebuild(rebuild, length, self.chunk_len)):
+      return None
 
     padded, _ = chunk_positions(length, self.chunk_len)
     if padded <= self.chunk_len:
@@ -541,13 +562,18 @@ class LSHSelfAttention(nn.Module):
       buckets = map_positions(hash_chunk, hash_params, jax.lax.stop_gradient(x), chunk)
       buckets = jnp.moveaxis(buckets, 1, 3)
       buckets = lsh_buckets(buckets, real, math.prod(factors))
-      out = lsh_core(x[:, None], params, project, buckets, real, chunk_len=self.chunk_len,
-                     n_chunks_before=self.n_chunks_before,
-                     n_chunks_after=self.n_chunks_after, causal=self.causal,
-                     strict=self.causal and self.strict_causal,
-                     correct_duplicates=self.correct_duplicates,
-                     dropout_rate=self.attention_dropout, dropout_rng=attn_rng,
-                     chunks_per_step=self.chunks_per_step)[:, :, :length]
+      settings = dict(chunk_len=self.chunk_len, n_chunks_before=self.n_chunks_before,
+                      n_chunks_after=self.n_chunks_after, causal=self.causal,
+                      strict=self.causal and self.strict_causal,
+                      correct_duplicates=self.correct_duplicates,
+                      dropout_rate=self.attention_dropout, chunks_per_step=self.chunks_per_step)
+      if rebuild is not None:
+        attend, order, info, steps, _ = _lsh_plan(x[:, None], project, buckets, real,
+                                                  **settings)
+        return rebuild_attention(self, attend, x[:, None], params, w_out, order, info,
+                                 attn_rng, out_rng, rebuild, steps)
+      out = lsh_core(x[:, None], params, project, buckets, real, dropout_rng=attn_rng,
+                     **settings)[:, :, :length]
     return output_projection(out, w_out, self.output_dropout, out_rng, chunk, self.dtype)
 
 

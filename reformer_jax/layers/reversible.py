@@ -84,8 +84,9 @@ def _layer_forward(fns, params, rngs, x1, x2, aux):
 def _block_backward(fn, params, rng, aux, x, y, dx, dy, after=None):
   """Rebuilds `y - fn(x)` and back-propagates `dy` through `fn` at `x`.
 
-  Returns `(y - fn(x), dx + d/dx, d/dparams)`. A position-wise `fn` (one with a
-  `position_chunk` attribute, see `reversible_layers`) is done chunk by chunk in one loop
+  Returns `(y - fn(x), dx + d/dx, d/dparams)`. A `fn` with a `rebuild_vjp` method (see
+  `reversible_layers`) computes all three in one pass where it can. A position-wise `fn`
+  (one with a `position_chunk` attribute) is done chunk by chunk in one loop
   that writes the rebuilt input and the input gradient in place: one forward and one
   backward pass per chunk, and no full-length output or gradient buffers. Any other `fn`
   starts after the gradients `after` of the block before are done (the loop's gradients
@@ -95,6 +96,10 @@ def _block_backward(fn, params, rng, aux, x, y, dx, dy, after=None):
   chunk = min(getattr(fn, "position_chunk", None) or 0, length)
   if not chunk or length % chunk:
     params, rng = _tie((params, rng), (x, after))
+    rebuild_vjp = getattr(fn, "rebuild_vjp", None)
+    fused = None if rebuild_vjp is None else rebuild_vjp(params, x, aux, rng, y, dx, dy)
+    if fused is not None:
+      return fused
     out, vjp = jax.vjp(lambda p, x: fn(p, x, aux, rng), params, x)
     d_params, d_x = vjp(dy.astype(out.dtype))
     return (y - out).astype(y.dtype), dx + d_x.astype(dx.dtype), d_params
@@ -201,7 +206,10 @@ def reversible_layers(fns: Sequence[Tuple[BlockFn, BlockFn]], params: Sequence[T
       an int attribute `position_chunk` and accept `chunk_index=i`, returning its output
       on positions `[i * c, (i + 1) * c)` (axis -2) from those positions of `x` alone, with
       `c = min(position_chunk, length)`; when `c` divides the length, the backward pass
-      rebuilds and differentiates it chunk by chunk, in place.
+      rebuilds and differentiates it chunk by chunk, in place. A function may instead
+      have a method `rebuild_vjp(params, x, aux, rng, y, dx, dy)` returning `(y - F(x),
+      dx + dF/dx^T dy, dF/dparams^T dy)`, computed in one pass (e.g. attention, whose
+      backward recomputes its forward anyway), or None where it cannot.
     params: tuple with one `(params_F, params_G)` pair of pytrees per layer (differentiated).
     rngs: tuple with one `(rng_F, rng_G)` pair per layer: PRNG keys, or pytrees of keys and
       other per-layer inputs that are not differentiated (None allowed). The backward pass
@@ -273,6 +281,13 @@ class _BlockFn:
     return self.block.apply({"params": params}, x, aux, rng["layer_aux"],
                             deterministic=self.deterministic, rngs=rng["rngs"], **chunk_index)
 
+  def rebuild_vjp(self, params, x, aux, rng, y, dx, dy):
+    if not getattr(self.block, "rebuilds", False):
+      return None
+    return self.block.apply({"params": params}, x, aux, rng["layer_aux"],
+                            deterministic=self.deterministic, rngs=rng["rngs"],
+                            rebuild=(y, dx, dy))
+
 
 class ReversibleStack(nn.Module):
   """A stack of reversible layers built from flax block definitions.
@@ -284,6 +299,9 @@ class ReversibleStack(nn.Module):
       rng streams 'dropout' (only drawn when not deterministic) and 'hash'. A
       position-wise block may define a `position_chunk` property and accept
       `chunk_index=` (see `reversible_layers`) to be rebuilt and differentiated in place.
+      A block with a true class attribute `rebuilds` accepts `rebuild=(y, dx, dy)` and
+      returns `(y - out, dx + dout/dx^T dy, param grads)` or None (`rebuild_vjp` of
+      `reversible_layers`).
     names: names of the F and G parameter subtrees inside each layer.
     reversible: if False, the same layers are run as plain residual code under ordinary
       autodiff (stores every layer's activations); for debugging and memory comparisons.

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from reformer_jax.layers.chunking import from_bits, to_bits, zeros_after
+from reformer_jax.layers.dense import output_contributions
 
 
 # attend_fn(params, rows [b, h, W*c, F], info [b, h, W*c, ...], offsets int32 [W*c],
@@ -203,3 +204,112 @@ def _windowed_bwd(attend_fn, chunk_len, n_before, n_after, group_chunks, residua
 
 
 windowed_attention.defvjp(_windowed_fwd, _windowed_bwd)
+
+
+# block_fn(params, rows [b, h, W*c, F], info, offsets int32 [W*c], rng or None,
+#          query_rows int32 [b, h, G*c]) -> contributions [b, h, G*c, d]
+BlockStepFn = Callable[..., jnp.ndarray]
+
+
+def windowed_rebuild_vjp(block_fn: BlockStepFn, x: jnp.ndarray, params: Any,
+                         order: jnp.ndarray, info: Any, rng: Any, y: jnp.ndarray,
+                         dx: jnp.ndarray, dy: jnp.ndarray, chunk_len: int, n_before: int,
+                         n_after: int, group_chunks: int):
+  """Rebuild and VJP of a block made of windowed steps, in one loop over the steps.
+
+  The block is `F(x)[row] = sum of block_fn's contributions whose query row is row`: each
+  step's query entries (the middle G chunks of its window, as in `windowed_attention`)
+  contribute a `[d]` vector to their own row of `x`, e.g. a head's attention output
+  through its slice of the output projection. For a reversible layer `y = x_other + F(x)`
+  this returns `(y - F(x), dx + dF^T dy, dparams)` with one forward and one backward
+  pass per step, where rebuilding `y - F(x)` and then differentiating F would run the
+  steps' forward twice.
+
+  Args:
+    block_fn: pure per-step function (see `BlockStepFn`); may close over traced values.
+    x: rows `[batch, 1, length, F]`, shared by the heads.
+    params: pytree of arrays differentiated through.
+    order, info, rng, chunk_len, n_before, n_after, group_chunks: as in
+      `windowed_attention`; `order` `[batch, h, length]` must hold every position once
+      per head (a permutation, e.g. one hashing round).
+    y: `[batch, length, d]` float32, the stream to rebuild.
+    dx: `[batch, length, F]` float32, the gradient to add to.
+    dy: `[batch, length, d]`, the cotangent of F's output.
+
+  Returns:
+    `(y - F(x), dx + dF/dx^T dy, dF/dparams^T dy)`.
+  """
+  plan = _Plan(x, order, chunk_len, n_before, n_after, group_chunks)
+  if plan.x_heads != 1 or plan.n != plan.length:
+    raise ValueError(f"windowed_rebuild_vjp needs rows shared by the heads and one entry per "
+                     f"position; got x {x.shape} and order {order.shape}")
+  x_bits, dy_bits = to_bits(_flat(x)), to_bits(_flat(dy))
+
+  def body(step, carry):
+    y, dx, dparams = carry
+    rows, info_w, offsets = plan.window(order, info, step)
+    query_rows = rows[:, :, plan.before_len:plan.before_len + plan.query_len]
+    step_rng = None if rng is None else jax.random.fold_in(rng, step)
+    fn = lambda p, r: block_fn(p, r, info_w, offsets, step_rng, query_rows)
+    out, vjp = jax.vjp(fn, params, _gather_rows(x_bits, rows, x.dtype))
+    query_rows = query_rows.reshape(-1)
+    y = y.at[query_rows].add(-_flat(out).astype(y.dtype), mode="promise_in_bounds")
+    d_out = _gather_rows(dy_bits, query_rows, dy.dtype).reshape(out.shape)
+    d_params, d_rows = vjp(d_out.astype(out.dtype))
+    dx = dx.at[rows.reshape(-1)].add(_flat(d_rows).astype(dx.dtype), mode="promise_in_bounds")
+    return y, dx, jax.tree.map(jnp.add, dparams, d_params)
+
+  y_shape, dx_shape = y.shape, dx.shape
+  for name, t in (("y", y), ("dx", dx)):
+    if t.dtype != jnp.float32:
+      raise ValueError(f"windowed_rebuild_vjp accumulates {name} in place in float32; got "
+                       f"{t.dtype}")
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  y, dx, dparams = jax.lax.fori_loop(0, plan.n_steps, body, (_flat(y), _flat(dx), zeros))
+  return y.reshape(y_shape), dx.reshape(dx_shape), dparams
+
+
+def rebuild_attention(module: Any, attend_fn: AttendFn, x: jnp.ndarray, params: Any,
+                      out_kernel: jnp.ndarray, order: jnp.ndarray, info: Any, attn_rng: Any,
+                      out_rng: Any, rebuild, group_chunks: int):
+  """`windowed_rebuild_vjp` of a chunked attention module's windowed attention followed by
+  its `output_projection`.
+
+  Args:
+    module: the bound attention module (its `chunk_len`, `n_chunks_before`,
+      `n_chunks_after`, `output_dropout`, `dtype` and parameters `{name: {'kernel'}}`).
+    attend_fn, x, params, order, info, attn_rng, group_chunks: of its `windowed_attention`
+      (`x` `[b, 1, L, F]`; `params` `{'norm': (scale, bias) or None, name: kernel}`;
+      `attend_fn` returns the head outputs `[b, h, G*c, d_head]` or a tuple starting with
+      them).
+    out_kernel: `[h, d_head, d_model]`; out_rng: the output dropout's key.
+    rebuild: `(y, dx, dy)`, see `windowed_rebuild_vjp`.
+
+  Returns:
+    `(y - F(x), dx + dF/dx^T dy, the module's parameter gradients, (d scale, d bias))`.
+  """
+  y, dx, dy = rebuild
+  n_rows = y.shape[0] * y.shape[1]
+
+  def block_fn(p, rows, info_w, offsets, rng, query_rows):
+    out = attend_fn(p[0], rows, info_w, offsets, rng)
+    out = out[0] if isinstance(out, tuple) else out
+    return output_contributions(out, p[1], module.output_dropout, out_rng, query_rows, n_rows,
+                                module.dtype)
+
+  y, dx, (d_params, d_kernel) = windowed_rebuild_vjp(
+      block_fn, x, (params, out_kernel), order, info, attn_rng, y, dx, dy, module.chunk_len,
+      module.n_chunks_before, module.n_chunks_after, group_chunks)
+  tree = module.variables["params"]
+  grads = {name: {"kernel": (d_kernel if name == "out" else d_params[name]).reshape(
+      tree[name]["kernel"].shape)} for name in tree}
+  return y, dx, grads, d_params["norm"]
+
+
+def can_rebuild(rebuild, length: int, chunk_len: int) -> bool:
+  """Whether `rebuild_attention` applies: float32 streams, `length` a multiple of
+  `chunk_len` (no padding) and longer than one chunk."""
+  y, dx, _ = rebuild
+  return (length % chunk_len == 0 and length > chunk_len
+          and y.dtype == jnp.float32 and dx.dtype == jnp.float32)
+

@@ -18,7 +18,7 @@ Parameter tree (`params[...]`):
   lm_head/kernel                          [2 * d_model, vocab]
   lm_head/bias                            [vocab]            (config.lm_head_bias)
 """
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
@@ -47,14 +47,17 @@ class AttentionBlock(nn.Module):
   """
   config: ReformerConfig
   attention_type: str
+  rebuilds = True  # accepts `rebuild=`; see `ReversibleStack`
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, aux: Dict[str, Any], rotations: Optional[jnp.ndarray],
-               deterministic: bool) -> jnp.ndarray:
+               deterministic: bool, rebuild: Optional[Tuple[jnp.ndarray, ...]] = None):
     """`x` `[batch, length, d_model]` -> `[batch, length, d_model]`.
 
     `aux['mask']`: `[batch, length]` padding mask or None; `rotations`: this layer's LSH
-    rotations or None (drawn from the 'hash' rng).
+    rotations or None (drawn from the 'hash' rng). `rebuild`: `(y, dx, dy)`: returns
+    `(y - out, dx + dout/dx^T dy, param grads)` in one pass (local attention, and LSH
+    attention with one hashing round; see `LocalSelfAttention`), or None.
     """
     cfg = self.config
     norm = LayerNormParams(x.shape[-1], name="norm")()
@@ -69,13 +72,17 @@ class AttentionBlock(nn.Module):
           n_chunks_before=cfg.lsh_n_chunks_before, n_chunks_after=cfg.lsh_n_chunks_after,
           strict_causal=cfg.strict_causal, attention_dropout=cfg.lsh_attention_dropout,
           correct_duplicates=cfg.correct_duplicates, **chunked, **common)
-      return attention(x, mask, deterministic=deterministic, rotations=rotations, norm=norm)
+      return self._grads(attention(x, mask, deterministic=deterministic, rotations=rotations,
+                                   norm=norm, rebuild=rebuild), rebuild)
     if self.attention_type == "local":
       attention = LocalSelfAttention(
           chunk_len=cfg.local_chunk_len, n_chunks_before=cfg.local_n_chunks_before,
           n_chunks_after=cfg.local_n_chunks_after, attention_dropout=cfg.attention_dropout,
           **chunked, **common)
-      return attention(x, mask, deterministic=deterministic, norm=norm)
+      return self._grads(attention(x, mask, deterministic=deterministic, norm=norm,
+                                   rebuild=rebuild), rebuild)
+    if rebuild is not None:
+      return None
     h = layer_norm(x, *norm, cfg.layer_norm_eps).astype(cfg.dtype)
     if self.attention_type == "full":
       h = FullSelfAttention(attention_dropout=cfg.attention_dropout, **common)(
@@ -86,6 +93,14 @@ class AttentionBlock(nn.Module):
     else:
       raise ValueError(f"unknown attention type {self.attention_type!r}")
     return nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+
+  @staticmethod
+  def _grads(result, rebuild):
+    """The attention's rebuild result with the norm's gradients put in this block's tree."""
+    if rebuild is None or result is None:
+      return result
+    y, dx, grads, (d_scale, d_bias) = result
+    return y, dx, {"norm": {"scale": d_scale, "bias": d_bias}, "attention": grads}
 
 
 class FeedForwardBlock(nn.Module):

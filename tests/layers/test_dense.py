@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from reformer_jax.layers.dense import (DenseParams, LayerNormParams, dense, layer_norm,
-                                       merge_heads, project_heads)
+                                       merge_heads, output_contributions, output_projection,
+                                       position_rows, project_heads)
 
 
 def _normal(key, shape):
@@ -50,3 +51,27 @@ def test_layer_norm_matches_flax(dtype):
   tol = 1e-5 if dtype == jnp.float32 else 2e-2
   np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
                              rtol=tol, atol=tol)
+
+
+def test_output_dropout_is_keyed_by_position_and_contributions_sum_to_it():
+  """output_projection's mask does not depend on the chunking, and output_contributions
+  of scattered entries (shared or per-head rows) scatter-add to the same result."""
+  batch, heads, length, d_head, d_model = 2, 3, 12, 4, 5
+  out = _normal(20, (batch, heads, length, d_head))
+  kernel = _normal(21, (heads, d_head, d_model))
+  rng = jax.random.PRNGKey(22)
+  want = output_projection(out, kernel, 0.5, rng, length, jnp.float32)
+  for chunk in (4, 5):
+    np.testing.assert_allclose(output_projection(out, kernel, 0.5, rng, chunk, jnp.float32),
+                               want, rtol=1e-6, atol=1e-6)
+  assert 0.3 < float(jnp.mean(want == 0)) < 0.7
+  n_rows = batch * length
+  perm = jnp.stack([jax.random.permutation(jax.random.PRNGKey(30 + i), length)
+                    for i in range(batch * heads)]).reshape(batch, heads, length)
+  for positions in (perm[:, :1], perm):  # the heads' entries at the same / own positions
+    rows = position_rows(batch, length, positions).astype(jnp.int32)
+    shuffled = jnp.take_along_axis(out, jnp.broadcast_to(positions, out.shape[:3])[..., None],
+                                   axis=2)
+    parts = output_contributions(shuffled, kernel, 0.5, rng, rows, n_rows, jnp.float32)
+    got = jnp.zeros((n_rows, d_model)).at[rows.reshape(-1)].add(parts.reshape(-1, d_model))
+    np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-5, atol=1e-5)

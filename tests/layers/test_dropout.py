@@ -63,3 +63,16 @@ def test_dropout_gradient_is_the_mask_over_keep():
   grad = jax.grad(lambda x: jnp.sum(dropout(x, 0.5, rng)))(x)
   expected = np.where(np.asarray(keep_mask(rng, 0.5, x.shape)), 2., 0.)
   np.testing.assert_allclose(grad, expected)
+
+
+def test_rows_give_the_whole_array_mask_of_those_rows():
+  """Row-keyed masks of gathered rows equal the rows of the whole array's mask."""
+  rng = jax.random.PRNGKey(11)
+  whole = np.asarray(keep_mask(rng, 0.5, (40, 16)))
+  rows = jnp.array([[3, 39, 0], [17, 17, 5]], jnp.int32)
+  got = np.asarray(keep_mask(rng, 0.5, (2, 3, 16), rows, 40))
+  np.testing.assert_array_equal(got, whole[np.asarray(rows)])
+  with pytest.raises(ValueError, match="rows must have shape"):
+    keep_mask(rng, 0.5, (2, 3, 16), rows[:, :2], 40)
+  with pytest.raises(ValueError, match="2\\^32"):
+    keep_mask(rng, 0.5, (2, 3, 16), rows, 1 << 29)

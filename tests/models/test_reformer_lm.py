@@ -8,6 +8,7 @@ import pytest
 
 from reformer_jax.layers.lsh_attention import draw_rotations
 from reformer_jax.models import ReformerConfig, ReformerLM
+from reformer_jax.models.reformer_lm import AttentionBlock
 
 BATCH, LENGTH = 2, 32
 CONFIG = ReformerConfig(vocab_size=16, d_model=16, d_ff=32, n_heads=2, d_head=4, n_layers=2,
@@ -209,3 +210,41 @@ def test_bfloat16_streams_approximate_float32():
   cosine = jnp.dot(flat16, flat32) / (jnp.linalg.norm(flat16) * jnp.linalg.norm(flat32))
   assert cosine > 0.99, cosine
   assert not np.allclose(flat16, flat32)  # the streams really are bfloat16
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_rebuild_gives_the_gradients_of_the_two_pass_backward(causal, monkeypatch):
+  """The attention blocks' one-pass rebuild + VJP (`AttentionBlock.rebuilds`) gives the
+  gradients of the generic rebuild-then-VJP backward, dropout on, padding mask given."""
+  config = CONFIG.replace(causal=causal, dropout_rate=0.2, attention_dropout=0.2,
+                          lsh_attention_dropout=0.2, local_chunk_len=4)
+  model = ReformerLM(config)
+  tokens = _tokens(4)
+  mask = jnp.arange(LENGTH)[None, :] < jnp.array([[LENGTH], [25]])
+  rngs = {"dropout": jax.random.PRNGKey(7), "hash": jax.random.PRNGKey(8)}
+  params = jax.jit(model.init)({"params": jax.random.PRNGKey(5), **rngs}, tokens)["params"]
+  calls = []
+
+  def grads():
+    def loss(p):
+      sums = model.apply({"params": p}, tokens, mask, targets=tokens, rngs=rngs)
+      return sums["loss"] / sums["weight"]
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  original = AttentionBlock.__call__
+
+  def counting(self, *args, rebuild=None, **kw):
+    out = original(self, *args, rebuild=rebuild, **kw)
+    calls.append(rebuild is not None and out is not None)
+    return out
+
+  monkeypatch.setattr(AttentionBlock, "__call__", counting)
+  fused = grads()
+  assert sum(calls) == 2  # both layers' attention took the one-pass backward
+  monkeypatch.setattr(AttentionBlock, "rebuilds", False)
+  calls.clear()
+  two_pass = grads()
+  assert not any(calls)
+  np.testing.assert_allclose(fused[0], two_pass[0], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(fused[1]), jax.tree.leaves(two_pass[1])):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
