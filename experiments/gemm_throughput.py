@@ -1,9 +1,11 @@
 r"""Matrix-multiply throughput of XLA (JAX) and PyTorch on this CPU, side by side.
 
 The feed-forward and projection GEMMs of the crime-and-punishment model at 16,384 tokens
-(`[16384, 256] x [256, 512]` and its weight gradient `[16384, 256]^T x [16384, 512]`), timed
-in one process with the same threads. It bounds what any implementation can reach here:
-most of a Reformer step's FLOPs are these GEMMs.
+(`[16384, 256] x [256, 512]` and its weight gradient `[16384, 256]^T x [16384, 512]`), and
+the batched per-chunk products of its chunked attention (one step of 4,096 queries: 2 heads
+x 64 chunks, each 64 queries against a 128-key window, d_head 64: scores and weighted
+values), timed in one process with the same threads. It bounds what any implementation can
+reach here: most of a Reformer step's FLOPs are these products.
 
 It also counts the matrix-multiply FLOPs of Hugging Face's training step for the same
 model at `--length` (torch's FlopCounterMode over forward and backward; HF's reversible
@@ -14,6 +16,7 @@ matrix products alone take at best. Writes JSON.
   python -m experiments.gemm_throughput
 """
 import argparse
+import functools
 import json
 import pathlib
 import sys
@@ -24,8 +27,25 @@ if __package__ in (None, ""):
 
 from experiments import common  # noqa: E402  pylint: disable=wrong-import-position
 
-SHAPES = {"forward [L,256]x[256,512]": ((16384, 256), (256, 512), False),
-          "weight grad [L,256]^T x [L,512]": ((16384, 256), (16384, 512), True)}
+# name: (einsum spec, operand shapes); FLOPs = 2 * the product of all index sizes.
+PRODUCTS = {
+    "forward [L,256]x[256,512]": ("ld,df->lf", (16384, 256), (256, 512)),
+    "weight grad [L,256]^T x [L,512]": ("ld,lf->df", (16384, 256), (16384, 512)),
+    "chunk scores [128,64,64]x[128,128,64]^T": ("bqd,bkd->bqk", (128, 64, 64), (128, 128, 64)),
+    "chunk values [128,64,128]x[128,128,64]": ("bqk,bkd->bqd", (128, 64, 128), (128, 128, 64)),
+}
+
+
+def einsum_flops(spec: str, a_shape, b_shape) -> int:
+  """2 x the product of the sizes of every index of a two-operand `spec`."""
+  inputs = spec.split("->")[0].split(",")
+  sizes = {}
+  for letters, shape in zip(inputs, (a_shape, b_shape)):
+    sizes.update(zip(letters, shape))
+  flops = 2
+  for size in sizes.values():
+    flops *= size
+  return flops
 
 
 def _best_seconds(fn, repeats):
@@ -45,14 +65,14 @@ def measure(repeats: int, threads: int):
   torch.set_num_threads(threads)
   rng = np.random.default_rng(0)
   rows = []
-  for name, (a_shape, b_shape, transpose_a) in SHAPES.items():
+  for name, (spec, a_shape, b_shape) in PRODUCTS.items():
     a = rng.standard_normal(a_shape, dtype=np.float32)
     b = rng.standard_normal(b_shape, dtype=np.float32)
-    flops = 2 * a.shape[0] * a.shape[1] * b.shape[1]
-    jax_fn = jax.jit((lambda x, y: x.T @ y) if transpose_a else (lambda x, y: x @ y))
+    flops = einsum_flops(spec, a_shape, b_shape)
+    jax_fn = jax.jit(functools.partial(jax.numpy.einsum, spec))
     ja, jb = jax.device_put(a), jax.device_put(b)
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    torch_fn = (lambda: ta.T @ tb) if transpose_a else (lambda: ta @ tb)
+    torch_fn = functools.partial(torch.einsum, spec, ta, tb)
     np.testing.assert_allclose(np.asarray(jax_fn(ja, jb)), torch_fn().numpy(), rtol=1e-3,
                                atol=1e-2)
     t_jax = _best_seconds(lambda: jax_fn(ja, jb).block_until_ready(), repeats)
@@ -115,7 +135,7 @@ def main(argv=None):
   result = {"machine": common.machine_info(args.threads),
             "gemms": measure(args.repeats, args.threads)}
   for row in result["gemms"]:
-    print(f"{row['gemm']:>34}: jax {row['jax_gflops']:6.1f} GFLOP/s, torch "
+    print(f"{row['gemm']:>40}: jax {row['jax_gflops']:6.1f} GFLOP/s, torch "
           f"{row['torch_gflops']:6.1f} GFLOP/s (torch {row['torch_over_jax']:.2f}x)")
   forward_flops, flops = hf_step_matmul_flops(args.length, args.quick)
   best = {lib: max(r[f"{lib}_gflops"] for r in result["gemms"]) for lib in ("jax", "torch")}

@@ -104,7 +104,7 @@ def test_gemm_throughput_quick(tmp_path):
   pytest.importorskip("transformers")
   gemm_throughput.main(["--repeats", "1", "--quick", "--length", "64", "--out", str(tmp_path)])
   result = json.loads((tmp_path / "gemm_throughput.json").read_text())
-  assert len(result["gemms"]) == 2
+  assert len(result["gemms"]) == len(gemm_throughput.PRODUCTS)
   for row in result["gemms"]:
     assert row["jax_s"] > 0 and row["torch_s"] > 0 and row["jax_gflops"] > 0
   counted = result["step_matmuls"]
@@ -112,3 +112,8 @@ def test_gemm_throughput_quick(tmp_path):
   # per forward product (the LM head is not recomputed): about 4x the forward.
   assert 3.2 < counted["hf_matmul_flops"] / counted["hf_forward_matmul_flops"] < 4.2
   assert counted["seconds_at_best_jax_gemm_rate"] > 0
+
+
+def test_einsum_flops():
+  assert gemm_throughput.einsum_flops("ld,df->lf", (8, 4), (4, 3)) == 2 * 8 * 4 * 3
+  assert gemm_throughput.einsum_flops("bqd,bkd->bqk", (2, 5, 4), (2, 6, 4)) == 2 * 2 * 5 * 4 * 6
