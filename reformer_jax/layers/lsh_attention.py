@@ -490,7 +490,8 @@ class LSHSelfAttention(nn.Module):
                deterministic: Optional[bool] = None,
                rotations: Optional[jnp.ndarray] = None,
                norm: Optional[Tuple[jnp.ndarray, jnp.ndarray]] = None,
-               rebuild: Optional[Tuple[jnp.ndarray, ...]] = None):
+               rebuild: Optional[Tuple[jnp.ndarray, ...]] = None,
+               buckets: Optional[jnp.ndarray] = None, return_buckets: bool = False):
     """`x`: `[batch, length, d_model]`, `mask`: `[batch, length]` -> `[batch, length, d_model]`.
 
     `rotations`: optional `[n_heads, d_head, n_hashes, sum(factors) // 2]` used instead of
@@ -502,6 +503,11 @@ class LSHSelfAttention(nn.Module):
     `(y - out, dx + dout/dx^T dy, param grads, norm grads)` in one pass over the chunks
     (`rebuild_attention`), or None where that does not apply (several hashing rounds, or
     see `can_rebuild`).
+    `return_buckets`: returns `(out, buckets)`, the buckets int32 `[batch, n_heads, n_hashes,
+    padded length]` numbered as `lsh_buckets` does (None when the sequence fits in one
+    chunk and is not hashed). `buckets`: such buckets, used instead of hashing `x` (a
+    reversible backward pass gives the forward's back: its rebuilt `x` can differ by
+    rounding, and a vector near a bucket boundary would change bucket).
     """
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
     _check_settings(self.chunk_len, self.n_chunks_before, self.n_chunks_after,
@@ -535,33 +541,19 @@ class LSHSelfAttention(nn.Module):
                            self_mask=True, dropout_rate=self.attention_dropout,
                            dropout_rng=attn_rng)
       out = jnp.swapaxes(out, 1, 2)  # [b, h, L, d_head]
+      buckets = None
     else:
-      n_buckets = resolve_n_buckets(self.n_buckets, padded, self.chunk_len)
-      if rotations is None:
-        if not self.has_rng("hash"):
-          raise ValueError("LSHSelfAttention draws its hash rotations from the 'hash' rng: "
-                           "call apply/init with rngs={'hash': key} (also when "
-                           "deterministic), or pass rotations=")
-        rotations = draw_rotations(self.make_rng("hash"), self.n_heads, self.d_head,
-                                   self.n_hashes, n_buckets)
-      elif rotations.ndim != 4 or rotations.shape[2] != self.n_hashes:
-        raise ValueError(f"rotations must be [n_heads, d_head, n_hashes={self.n_hashes}, "
-                         f"sum(n_buckets factors) // 2], got {tuple(rotations.shape)}")
-      factors = _bucket_factors(n_buckets)
-      _check_rotations(rotations, self.n_heads, self.d_head, factors)
       x = pad_axis(x, padded, axis=1)
       real = jnp.ones((batch, length), bool) if mask is None else mask.astype(bool)
       real = pad_axis(real, padded, axis=1, value=False)
-
-      def hash_chunk(hash_params, rows, index):  # [b, c, d_model] -> [b, c, h, n_hashes]
-        del index
-        qk, _ = project(hash_params[0], rows[:, None])
-        return jnp.moveaxis(_hash_heads(qk, hash_params[1], factors), 3, 1)
-
-      hash_params = jax.lax.stop_gradient((params, rotations))
-      buckets = map_positions(hash_chunk, hash_params, jax.lax.stop_gradient(x), chunk)
-      buckets = jnp.moveaxis(buckets, 1, 3)
-      buckets = lsh_buckets(buckets, real, math.prod(factors))
+      if buckets is None:
+        buckets = self._hash(x, real, params, project, rotations, padded, chunk)
+      elif (buckets.shape != (batch, self.n_heads, self.n_hashes, padded)
+            or not jnp.issubdtype(buckets.dtype, jnp.integer)):
+        raise ValueError(f"buckets must be int [batch, n_heads, n_hashes, padded length] = "
+                         f"{[batch, self.n_heads, self.n_hashes, padded]}, got "
+                         f"{buckets.dtype} {list(buckets.shape)}: pass back those returned "
+                         f"by return_buckets=True for the same x")
       settings = dict(chunk_len=self.chunk_len, n_chunks_before=self.n_chunks_before,
                       n_chunks_after=self.n_chunks_after, causal=self.causal,
                       strict=self.causal and self.strict_causal,
@@ -574,7 +566,33 @@ class LSHSelfAttention(nn.Module):
                                  attn_rng, out_rng, rebuild, steps)
       out = lsh_core(x[:, None], params, project, buckets, real, dropout_rng=attn_rng,
                      **settings)[:, :, :length]
-    return output_projection(out, w_out, self.output_dropout, out_rng, chunk, self.dtype)
+    out = output_projection(out, w_out, self.output_dropout, out_rng, chunk, self.dtype)
+    return (out, buckets) if return_buckets else out
+
+  def _hash(self, x, real, params, project, rotations, padded, chunk):
+    """int32 buckets `[batch, n_heads, n_hashes, padded]` of the padded `x`, `real`."""
+    n_buckets = resolve_n_buckets(self.n_buckets, padded, self.chunk_len)
+    if rotations is None:
+      if not self.has_rng("hash"):
+        raise ValueError("LSHSelfAttention draws its hash rotations from the 'hash' rng: "
+                         "call apply/init with rngs={'hash': key} (also when "
+                         "deterministic), or pass rotations=")
+      rotations = draw_rotations(self.make_rng("hash"), self.n_heads, self.d_head,
+                                 self.n_hashes, n_buckets)
+    elif rotations.ndim != 4 or rotations.shape[2] != self.n_hashes:
+      raise ValueError(f"rotations must be [n_heads, d_head, n_hashes={self.n_hashes}, "
+                       f"sum(n_buckets factors) // 2], got {tuple(rotations.shape)}")
+    factors = _bucket_factors(n_buckets)
+    _check_rotations(rotations, self.n_heads, self.d_head, factors)
+
+    def hash_chunk(hash_params, rows, index):  # [b, c, d_model] -> [b, c, h, n_hashes]
+      del index
+      qk, _ = project(hash_params[0], rows[:, None])
+      return jnp.moveaxis(_hash_heads(qk, hash_params[1], factors), 3, 1)
+
+    hash_params = jax.lax.stop_gradient((params, rotations))
+    buckets = map_positions(hash_chunk, hash_params, jax.lax.stop_gradient(x), chunk)
+    return lsh_buckets(jnp.moveaxis(buckets, 1, 3), real, math.prod(factors))
 
 
 def _project_shared_qk(params, rows, *, eps, dtype):

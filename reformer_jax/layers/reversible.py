@@ -12,7 +12,10 @@ so the activation memory of a stack does not grow with its depth: only the final
 intermediates exist at a time.
 
 Randomness is replayed: F and G receive the same rng keys in the backward recomputation as
-in the forward pass, so dropout masks and LSH random rotations are identical.
+in the forward pass, so dropout masks and LSH random rotations are identical. A block may
+also keep a small state from its forward pass for its backward (`saves_state`: LSH
+attention keeps its buckets, so the backward attends within the forward's buckets even
+where the rebuilt input differs from the forward's by rounding, and skips the hashing).
 
 Layers are unrolled by default. With `scan=True`, layers that repeat with a period (e.g.
 attention types cycling local, lsh, local, lsh ...) run as a `lax.scan` over the cycles,
@@ -72,19 +75,30 @@ def _tie(tree, refs):
   return jax.tree_util.tree_map(tie, tree)
 
 
+def _apply_saving(fn, params, x, aux, rng):
+  """`(fn(x), the state it keeps for the backward pass or None)`."""
+  if getattr(fn, "saves_state", False):
+    return fn(params, x, aux, rng, save_state=True)
+  return fn(params, x, aux, rng), None
+
+
 def _layer_forward(fns, params, rngs, x1, x2, aux):
+  """One layer's outputs `(y1, y2)` and the states `(F's, G's)` its blocks keep."""
   (f, g), (pf, pg), (rf, rg) = fns, params, rngs
   pf, rf = _tie((pf, rf), x2)
-  x1 = x1 + f(pf, x2, aux, rf).astype(x1.dtype)
+  out, state_f = _apply_saving(f, pf, x2, aux, rf)
+  x1 = x1 + out.astype(x1.dtype)
   pg, rg = _tie((pg, rg), x1)
-  x2 = x2 + g(pg, x1, aux, rg).astype(x2.dtype)
-  return x1, x2
+  out, state_g = _apply_saving(g, pg, x1, aux, rg)
+  x2 = x2 + out.astype(x2.dtype)
+  return x1, x2, (state_f, state_g)
 
 
-def _block_backward(fn, params, rng, aux, x, y, dx, dy, after=None):
+def _block_backward(fn, params, rng, aux, x, y, dx, dy, after=None, state=None):
   """Rebuilds `y - fn(x)` and back-propagates `dy` through `fn` at `x`.
 
-  Returns `(y - fn(x), dx + d/dx, d/dparams)`. A `fn` with a `rebuild_vjp` method (see
+  Returns `(y - fn(x), dx + d/dx, d/dparams)`; `state`: what `fn` kept in the forward
+  pass (None if nothing), given back to it. A `fn` with a `rebuild_vjp` method (see
   `reversible_layers`) computes all three in one pass where it can. A position-wise `fn`
   (one with a `position_chunk` attribute) is done chunk by chunk in one loop
   that writes the rebuilt input and the input gradient in place: one forward and one
@@ -96,11 +110,13 @@ def _block_backward(fn, params, rng, aux, x, y, dx, dy, after=None):
   chunk = min(getattr(fn, "position_chunk", None) or 0, length)
   if not chunk or length % chunk:
     params, rng = _tie((params, rng), (x, after))
+    kept = {} if state is None else {"state": state}
     rebuild_vjp = getattr(fn, "rebuild_vjp", None)
-    fused = None if rebuild_vjp is None else rebuild_vjp(params, x, aux, rng, y, dx, dy)
+    fused = None if rebuild_vjp is None else rebuild_vjp(params, x, aux, rng, y, dx, dy,
+                                                         **kept)
     if fused is not None:
       return fused
-    out, vjp = jax.vjp(lambda p, x: fn(p, x, aux, rng), params, x)
+    out, vjp = jax.vjp(lambda p, x: fn(p, x, aux, rng, **kept), params, x)
     d_params, d_x = vjp(dy.astype(out.dtype))
     return (y - out).astype(y.dtype), dx + d_x.astype(dx.dtype), d_params
 
@@ -127,12 +143,12 @@ def _block_backward(fn, params, rng, aux, x, y, dx, dy, after=None):
   return from_bits(y, dtypes["y"]), from_bits(dx, dtypes["dx"]), d_params
 
 
-def _layer_backward(fns, params, rngs, y1, y2, dy1, dy2, aux, after=None):
+def _layer_backward(fns, params, rngs, states, y1, y2, dy1, dy2, aux, after=None):
   """Rebuilds one layer's inputs from its outputs and back-propagates through it, after
   the gradients `after` (of the layer above) are done."""
-  (f, g), (pf, pg), (rf, rg) = fns, params, rngs
-  x2, dy1, dpg = _block_backward(g, pg, rg, aux, y1, y2, dy1, dy2, after)
-  x1, dy2, dpf = _block_backward(f, pf, rf, aux, x2, y1, dy2, dy1, dpg)
+  (f, g), (pf, pg), (rf, rg), (sf, sg) = fns, params, rngs, states
+  x2, dy1, dpg = _block_backward(g, pg, rg, aux, y1, y2, dy1, dy2, after, sg)
+  x1, dy2, dpf = _block_backward(f, pf, rf, aux, x2, y1, dy2, dy1, dpg, sf)
   return x1, x2, dy1, dy2, (dpf, dpg)
 
 
@@ -174,20 +190,26 @@ def _cycle_inputs(params, rngs, period, n_cycles):
 
 
 def _forward(fns, params, rngs, x1, x2, aux, scan):
+  """`(y1, y2, states)`: the layers' kept states, one pair per layer (for scanned cycles,
+  one pair per position in the cycle, stacked over the cycles)."""
   period, n_cycles = _plan(fns, params, rngs, scan)
   start = period * n_cycles
+  states = [None] * len(fns)
   if n_cycles:
     def cycle(carry, xs):
       x1, x2 = carry
+      kept = []
       for j in range(period):
-        x1, x2 = _layer_forward(fns[j], xs[j][0], xs[j][1], x1, x2, aux)
-      return (x1, x2), None
+        x1, x2, state = _layer_forward(fns[j], xs[j][0], xs[j][1], x1, x2, aux)
+        kept.append(state)
+      return (x1, x2), tuple(kept)
 
-    (x1, x2), _ = jax.lax.scan(cycle, (x1, x2),
-                               _cycle_inputs(params, rngs, period, n_cycles))
+    (x1, x2), stacked = jax.lax.scan(cycle, (x1, x2),
+                                     _cycle_inputs(params, rngs, period, n_cycles))
+    states[:period] = stacked
   for i in range(start, len(fns)):
-    x1, x2 = _layer_forward(fns[i], params[i], rngs[i], x1, x2, aux)
-  return x1, x2
+    x1, x2, states[i] = _layer_forward(fns[i], params[i], rngs[i], x1, x2, aux)
+  return x1, x2, tuple(states)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 6))
@@ -209,7 +231,10 @@ def reversible_layers(fns: Sequence[Tuple[BlockFn, BlockFn]], params: Sequence[T
       rebuilds and differentiates it chunk by chunk, in place. A function may instead
       have a method `rebuild_vjp(params, x, aux, rng, y, dx, dy)` returning `(y - F(x),
       dx + dF/dx^T dy, dF/dparams^T dy)`, computed in one pass (e.g. attention, whose
-      backward recomputes its forward anyway), or None where it cannot.
+      backward recomputes its forward anyway), or None where it cannot. A function with
+      a true attribute `saves_state` is called as `F(..., save_state=True) -> (y, state)`
+      in the forward pass and gets `state=state` in the backward (plain calls and
+      `rebuild_vjp`); `state` is a pytree of arrays (or None) kept until then.
     params: tuple with one `(params_F, params_G)` pair of pytrees per layer (differentiated).
     rngs: tuple with one `(rng_F, rng_G)` pair per layer: PRNG keys, or pytrees of keys and
       other per-layer inputs that are not differentiated (None allowed). The backward pass
@@ -224,37 +249,38 @@ def reversible_layers(fns: Sequence[Tuple[BlockFn, BlockFn]], params: Sequence[T
   Returns:
     `(y1, y2)`, the two output streams. The gradient wrt `rngs` and `aux` is zero.
   """
-  return _forward(fns, params, rngs, x1, x2, aux, scan)
+  return _forward(fns, params, rngs, x1, x2, aux, scan)[:2]
 
 
 def _reversible_fwd(fns, params, rngs, x1, x2, aux, scan):
-  y1, y2 = _forward(fns, params, rngs, x1, x2, aux, scan)
-  return (y1, y2), (params, rngs, y1, y2, aux)
+  y1, y2, states = _forward(fns, params, rngs, x1, x2, aux, scan)
+  return (y1, y2), (params, rngs, states, y1, y2, aux)
 
 
 def _reversible_bwd(fns, scan, residuals, cotangents):
-  params, rngs, y1, y2, aux = residuals
+  params, rngs, states, y1, y2, aux = residuals
   dy1, dy2 = cotangents
   period, n_cycles = _plan(fns, params, rngs, scan)
   start = period * n_cycles
   dparams, after = [None] * len(fns), None
   for i in reversed(range(start, len(fns))):
-    y1, y2, dy1, dy2, after = _layer_backward(fns[i], params[i], rngs[i], y1, y2, dy1, dy2,
-                                              aux, after)
+    y1, y2, dy1, dy2, after = _layer_backward(fns[i], params[i], rngs[i], states[i], y1, y2,
+                                              dy1, dy2, aux, after)
     dparams[i] = after
   if n_cycles:
     def cycle(carry, xs):
       y1, y2, dy1, dy2 = carry
+      inputs, kept = xs
       grads, after = [None] * period, None
       for j in reversed(range(period)):
-        y1, y2, dy1, dy2, after = _layer_backward(fns[j], xs[j][0], xs[j][1], y1, y2, dy1,
-                                                  dy2, aux, after)
+        y1, y2, dy1, dy2, after = _layer_backward(fns[j], inputs[j][0], inputs[j][1], kept[j],
+                                                  y1, y2, dy1, dy2, aux, after)
         grads[j] = after
       return (y1, y2, dy1, dy2), tuple(grads)
 
     (y1, y2, dy1, dy2), grads = jax.lax.scan(
-        cycle, (y1, y2, dy1, dy2), _cycle_inputs(params, rngs, period, n_cycles),
-        reverse=True)
+        cycle, (y1, y2, dy1, dy2),
+        (_cycle_inputs(params, rngs, period, n_cycles), states[:period]), reverse=True)
     for c in range(n_cycles):
       for j in range(period):
         dparams[c * period + j] = jax.tree_util.tree_map(lambda g, c=c: g[c], grads[j])
@@ -277,16 +303,21 @@ class _BlockFn:
   def position_chunk(self) -> Optional[int]:
     return getattr(self.block, "position_chunk", None)
 
-  def __call__(self, params, x, aux, rng, **chunk_index):
-    return self.block.apply({"params": params}, x, aux, rng["layer_aux"],
-                            deterministic=self.deterministic, rngs=rng["rngs"], **chunk_index)
+  @property
+  def saves_state(self) -> bool:
+    return getattr(self.block, "saves_state", False)
 
-  def rebuild_vjp(self, params, x, aux, rng, y, dx, dy):
+  def __call__(self, params, x, aux, rng, **options):
+    """`options`: `chunk_index=`, `save_state=`, `state=` (see `reversible_layers`)."""
+    return self.block.apply({"params": params}, x, aux, rng["layer_aux"],
+                            deterministic=self.deterministic, rngs=rng["rngs"], **options)
+
+  def rebuild_vjp(self, params, x, aux, rng, y, dx, dy, **state):
     if not getattr(self.block, "rebuilds", False):
       return None
     return self.block.apply({"params": params}, x, aux, rng["layer_aux"],
                             deterministic=self.deterministic, rngs=rng["rngs"],
-                            rebuild=(y, dx, dy))
+                            rebuild=(y, dx, dy), **state)
 
 
 class ReversibleStack(nn.Module):
@@ -301,7 +332,8 @@ class ReversibleStack(nn.Module):
       `chunk_index=` (see `reversible_layers`) to be rebuilt and differentiated in place.
       A block with a true class attribute `rebuilds` accepts `rebuild=(y, dx, dy)` and
       returns `(y - out, dx + dout/dx^T dy, param grads)` or None (`rebuild_vjp` of
-      `reversible_layers`).
+      `reversible_layers`). A block with a true class attribute `saves_state` accepts
+      `save_state=True` (returns `(out, state)`) and `state=` (`reversible_layers`).
     names: names of the F and G parameter subtrees inside each layer.
     reversible: if False, the same layers are run as plain residual code under ordinary
       autodiff (stores every layer's activations); for debugging and memory comparisons.
@@ -352,7 +384,7 @@ class ReversibleStack(nn.Module):
     fns, params, rngs = tuple(fns), tuple(params), tuple(rngs)
     if self.reversible:
       return reversible_layers(fns, params, rngs, x1, x2, aux, self.scan)
-    return _forward(fns, params, rngs, x1, x2, aux, self.scan)
+    return _forward(fns, params, rngs, x1, x2, aux, self.scan)[:2]
 
   def _init_layer(self, rng, f_block, g_block, x, aux, layer_aux):
     keys = jax.random.split(rng, 4)

@@ -48,16 +48,20 @@ class AttentionBlock(nn.Module):
   config: ReformerConfig
   attention_type: str
   rebuilds = True  # accepts `rebuild=`; see `ReversibleStack`
+  saves_state = True  # LSH keeps its buckets for the backward pass; see `ReversibleStack`
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, aux: Dict[str, Any], rotations: Optional[jnp.ndarray],
-               deterministic: bool, rebuild: Optional[Tuple[jnp.ndarray, ...]] = None):
+               deterministic: bool, rebuild: Optional[Tuple[jnp.ndarray, ...]] = None,
+               save_state: bool = False, state: Optional[jnp.ndarray] = None):
     """`x` `[batch, length, d_model]` -> `[batch, length, d_model]`.
 
     `aux['mask']`: `[batch, length]` padding mask or None; `rotations`: this layer's LSH
     rotations or None (drawn from the 'hash' rng). `rebuild`: `(y, dx, dy)`: returns
     `(y - out, dx + dout/dx^T dy, param grads)` in one pass (local attention, and LSH
     attention with one hashing round; see `LocalSelfAttention`), or None.
+    `save_state`: returns `(out, state)`, the state being LSH attention's buckets (None
+    for the other types); `state`: those buckets, reused instead of hashing `x` again.
     """
     cfg = self.config
     norm = LayerNormParams(x.shape[-1], name="norm")()
@@ -72,15 +76,17 @@ class AttentionBlock(nn.Module):
           n_chunks_before=cfg.lsh_n_chunks_before, n_chunks_after=cfg.lsh_n_chunks_after,
           strict_causal=cfg.strict_causal, attention_dropout=cfg.lsh_attention_dropout,
           correct_duplicates=cfg.correct_duplicates, **chunked, **common)
-      return self._grads(attention(x, mask, deterministic=deterministic, rotations=rotations,
-                                   norm=norm, rebuild=rebuild), rebuild)
+      result = attention(x, mask, deterministic=deterministic, rotations=rotations, norm=norm,
+                         rebuild=rebuild, buckets=state, return_buckets=save_state)
+      return result if save_state else self._grads(result, rebuild)
     if self.attention_type == "local":
       attention = LocalSelfAttention(
           chunk_len=cfg.local_chunk_len, n_chunks_before=cfg.local_n_chunks_before,
           n_chunks_after=cfg.local_n_chunks_after, attention_dropout=cfg.attention_dropout,
           **chunked, **common)
-      return self._grads(attention(x, mask, deterministic=deterministic, norm=norm,
-                                   rebuild=rebuild), rebuild)
+      out = self._grads(attention(x, mask, deterministic=deterministic, norm=norm,
+                                  rebuild=rebuild), rebuild)
+      return (out, None) if save_state else out
     if rebuild is not None:
       return None
     h = layer_norm(x, *norm, cfg.layer_norm_eps).astype(cfg.dtype)
@@ -92,7 +98,8 @@ class AttentionBlock(nn.Module):
                             **common)(h, mask, deterministic=deterministic)
     else:
       raise ValueError(f"unknown attention type {self.attention_type!r}")
-    return nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    out = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    return (out, None) if save_state else out
 
   @staticmethod
   def _grads(result, rebuild):

@@ -236,6 +236,28 @@ def test_short_sequence_falls_back_to_full_attention_without_hash_rng():
   np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
+def test_returned_buckets_replace_hashing():
+  """`return_buckets` gives the round-offset buckets of `hash_vectors`; passed back as
+  `buckets=` they replace the hashing (no 'hash' rng needed) and give the same output."""
+  x = _normal(0, 2, 40, 8)
+  layer = lsh.LSHSelfAttention(n_heads=2, d_head=4, n_hashes=2, n_buckets=4, chunk_len=8,
+                               causal=True, deterministic=True)
+  params = layer.init({"params": jax.random.PRNGKey(1), "hash": jax.random.PRNGKey(2)}, x)
+  apply = jax.jit(layer.apply, static_argnames="return_buckets")
+  rotations = lsh.draw_rotations(jax.random.PRNGKey(3), 2, 4, 2, 4)
+  out, buckets = apply(params, x, rotations=rotations, return_buckets=True)
+  assert buckets.shape == (2, 2, 2, 40) and buckets.dtype == jnp.int32
+  qk = (x @ params["params"]["query_key"]["kernel"]).reshape(2, 40, 2, 4)
+  hashed = lsh.hash_vectors(qk, rotations, 4)
+  np.testing.assert_array_equal(buckets, hashed + 5 * np.arange(2)[None, None, :, None])
+  np.testing.assert_array_equal(apply(params, x, buckets=buckets), out)  # no 'hash' rng
+  other = lsh.draw_rotations(jax.random.PRNGKey(4), 2, 4, 2, 4)
+  assert not np.allclose(apply(params, x, rotations=other), out)  # other buckets
+  np.testing.assert_array_equal(apply(params, x, rotations=other, buckets=buckets), out)
+  with pytest.raises(ValueError, match="buckets must be int"):
+    apply(params, x, buckets=buckets[:, :, :1])
+
+
 def test_more_rounds_approach_full_attention():
   """Tokens near one of 32 centres attend almost only to their cluster; rounds find it.
 

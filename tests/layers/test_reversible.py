@@ -1,4 +1,5 @@
 """Tests for reformer_jax.layers.reversible."""
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -97,6 +98,44 @@ def test_dense_dropout_matches_plain_residual(layout, scan, make_key):
   aux = jax.random.uniform(keys[-1], (2, 5))
   grads = _check_against_plain(fns, params, rngs, x1, x2, aux, scan)
   assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree_util.tree_leaves(grads))
+
+
+@dataclasses.dataclass(frozen=True)
+class Quantised:
+  """F(x) = w x (1 + parity(floor(x 2^22))): a discrete choice made from x (like LSH
+  buckets) that the rounding of a rebuilt input changes. With `saves_state` the forward's
+  choice is kept for the backward pass."""
+  saves_state: bool
+
+  def __call__(self, params, x, aux, rng, save_state=False, state=None):
+    del aux, rng
+    if state is None:
+      state = jnp.floor(jax.lax.stop_gradient(x) * 2. ** 22).astype(jnp.int32) % 2
+    out = params[None, None, :] * x * (1 + state)
+    return (out, state) if save_state else out
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_saved_state_reaches_the_backward_pass(scan):
+  """The gradient uses the forward's choices (as plain autodiff does); recomputing them
+  from the rebuilt inputs would not."""
+  n_layers, d = 4, 8
+  keys = jax.random.split(jax.random.PRNGKey(3), 2 * n_layers + 2)
+  x1, x2 = (jax.random.normal(k, (2, 16, d)) for k in keys[-2:])
+  rngs = tuple((None, jax.random.PRNGKey(i)) for i in range(n_layers))
+  aux = jnp.ones((2, 16))
+  params = tuple((jax.random.uniform(keys[2 * i], (d,)), _dense_params(keys[2 * i + 1], d, 10))
+                 for i in range(n_layers))
+
+  def grads(saves_state, core):
+    fns = ((Quantised(saves_state), dense_dropout_sin),) * n_layers
+    loss = _loss(core, fns, jnp.ones_like(x1), jnp.ones_like(x2))
+    return jax.jit(jax.grad(loss))(params, x1, x2, rngs, aux)
+
+  want = grads(False, plain_layers)
+  _assert_tree_close(grads(True, functools.partial(reversible_layers, scan=scan)), want)
+  with pytest.raises(AssertionError):  # the rebuilt inputs do flip some choices
+    _assert_tree_close(grads(False, functools.partial(reversible_layers, scan=scan)), want)
 
 
 def test_period_detection():
