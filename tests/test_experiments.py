@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from experiments import blog_tables, common, gemm_throughput, hf_side_by_side, memory_vs_length
+from experiments import (blog_tables, common, gemm_throughput, hf_side_by_side,
+                         memory_vs_length, row_reductions)
 
 
 def _written(tmp_path, name):
@@ -91,7 +92,8 @@ def test_axial_shape_multiplies_to_length():
   assert math.prod(hf_side_by_side.axial_shape(3 * 2 ** 10)) == 3 * 2 ** 10
 
 
-@pytest.mark.parametrize("name", ["memory_vs_length", "hf_side_by_side", "blog_tables"])
+@pytest.mark.parametrize("name", ["memory_vs_length", "hf_side_by_side", "blog_tables",
+                                  "row_reductions"])
 def test_scripts_run_by_path(name):
   script = common.REPO / "experiments" / f"{name}.py"
   out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
@@ -112,6 +114,14 @@ def test_gemm_throughput_quick(tmp_path):
   # per forward product (the LM head is not recomputed): about 4x the forward.
   assert 3.2 < counted["hf_matmul_flops"] / counted["hf_forward_matmul_flops"] < 4.2
   assert counted["seconds_at_best_jax_gemm_rate"] > 0
+
+
+def test_row_reductions_quick(tmp_path):
+  row_reductions.main(["--repeats", "1", "--quick", "--out", str(tmp_path)])
+  result = json.loads((tmp_path / "row_reductions.json").read_text())
+  assert [row["reduction"] for row in result["reductions"]] == list(row_reductions.variants())
+  for row in result["reductions"]:
+    assert row["library_s"] > 0 and row["ours_s"] > 0
 
 
 def test_einsum_flops():

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from reformer_jax.layers.chunking import MASK_VALUE, SELF_MASK_VALUE, replace_masked
 from reformer_jax.layers.dropout import dropout
+from reformer_jax.layers.softmax import softmax_lse
 
 
 def attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, keep: Optional[jnp.ndarray],
@@ -38,8 +39,7 @@ def attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, keep: Optional[jnp.nd
   logits = replace_masked(logits, keep, MASK_VALUE)
   if is_self is not None:
     logits = jnp.where(is_self, jnp.asarray(SELF_MASK_VALUE, logits.dtype), logits)
-  probs = jnp.exp(logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True))
-  probs = dropout(probs, dropout_rate, dropout_rng)
+  probs = dropout(softmax_lse(logits)[0], dropout_rate, dropout_rng)
   return jnp.einsum("...qk,...kd->...qd", probs.astype(v.dtype), v)
 
 

@@ -30,6 +30,7 @@ from reformer_jax.layers.dense import (DenseParams, dense, layer_norm, output_pr
                                        project_heads)
 from reformer_jax.layers.dropout import dropout
 from reformer_jax.layers.full_attention import full_attention, normalize_shared_keys
+from reformer_jax.layers.softmax import softmax_lse
 from reformer_jax.layers.windowed import (can_rebuild, default_chunks_per_step, query_chunks,
                                           rebuild_attention, window_keys,
                                           windowed_attention)
@@ -262,12 +263,9 @@ def _attend_window(params, rows, info, offsets, rng, *, project, n, chunk_len,
             & (k_off >= q_off - before * chunk_len))
   logits = replace_masked(logits, keep, MASK_VALUE)
   logits = jnp.where(as_key(pos) == as_query(pos), jnp.float32(SELF_MASK_VALUE), logits)
-  # Normalise by the sum, not by exp(-lse): lse is rounded at the -1e5 self-mask scale.
-  top = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-  unnormalised = jnp.exp(logits - top)
-  total = jnp.sum(unnormalised, axis=-1, keepdims=True)
-  lse = (top + jnp.log(total))[..., 0]
-  probs = dropout(unnormalised / total, dropout_rate, rng)
+  # Normalised by the sum, not by exp(-lse): lse is rounded at the -1e5 self-mask scale.
+  probs, lse = softmax_lse(logits)
+  probs = dropout(probs, dropout_rate, rng)
   out = jnp.einsum("bhgcw,bhgwd->bhgcd", probs.astype(v.dtype), around(v))
   b, h = out.shape[:2]
   return out.reshape(b, h, -1, out.shape[-1]), lse.reshape(b, h, -1)
