@@ -12,14 +12,20 @@ in training, the axial shape is set to two powers of two per length, for both mo
 (so their parameter counts are equal). Lengths are skipped once the next one is predicted
 not to fit in the available memory.
 
+A shared machine's speed drifts between runs, and the ratio of two runs taken minutes
+apart with it. `--rounds R` measures each length R times, alternating which framework
+goes first; the comparison is the ratio of the two medians over the rounds, with every
+round's own ratio alongside (max RSS: the largest of the rounds).
+
   python -m experiments.hf_side_by_side                        # 2^11 .. 2^16 tokens
-  python -m experiments.hf_side_by_side --lengths 16384 --steps 5
+  python -m experiments.hf_side_by_side --lengths 16384 --steps 5 --rounds 3
   python -m experiments.hf_side_by_side --quick --out /tmp/q   # tiny smoke run
 """
 import argparse
 import dataclasses
 import os
 import pathlib
+import statistics
 import sys
 
 if __package__ in (None, ""):
@@ -38,11 +44,15 @@ def parse_args(argv):
   parser.add_argument("--max_len", type=int, default=None, help="drop longer lengths")
   parser.add_argument("--steps", type=int, default=3, help="timed steps per run")
   parser.add_argument("--warmup", type=int, default=1, help="untimed steps per run")
+  parser.add_argument("--rounds", type=int, default=1,
+                      help="runs per framework and length, alternating which goes first")
   parser.add_argument("--threads", type=int, default=common.default_threads())
   parser.add_argument("--timeout", type=float, default=3600.)
   parser.add_argument("--quick", action="store_true", help="tiny model, one length")
   parser.add_argument("--out", default=str(common.RESULTS_DIR))
   args = parser.parse_args(argv)
+  if args.rounds < 1:
+    parser.error(f"--rounds must be at least 1, got {args.rounds}")
   if args.quick:
     args.lengths, args.steps = "128", 1
   return args
@@ -143,26 +153,54 @@ def _available_bytes() -> int:
 
 
 def _predicted_rss(runs, length):
-  """Linear extrapolation of max RSS to `length` from the last two successful runs."""
-  ok = [r for r in runs if "error" not in r]
-  if len(ok) < 2:
+  """Linear extrapolation of max RSS to `length` from the last two lengths that ran."""
+  by_length = {}
+  for r in runs:
+    if "error" not in r:
+      by_length[r["length"]] = max(by_length.get(r["length"], 0), r["max_rss_bytes"])
+  if len(by_length) < 2:
     return None
-  (l0, m0), (l1, m1) = [(r["length"], r["max_rss_bytes"]) for r in ok[-2:]]
+  (l0, m0), (l1, m1) = sorted(by_length.items())[-2:]
   slope = (m1 - m0) / (l1 - l0) if l1 != l0 else 0.
   return m1 + slope * (length - l1)
 
 
-def compare(ours, hf):
-  """Ratios for one length (None where a side failed)."""
-  if "error" in ours or "error" in hf:
+def summarize(runs):
+  """One framework's runs of one length (its rounds) as one record, None if any failed.
+
+  Step time: the median over the rounds of each run's median step; memory: the largest.
+  """
+  if not runs or any("error" in r for r in runs):
     return None
-  return {"length": ours["length"],
+  largest = lambda key: max(r[key] for r in runs)
+  return {"length": runs[0]["length"], "rounds": len(runs),
+          "step_time_s": statistics.median(r["step_time_s"] for r in runs),
+          "max_rss_bytes": largest("max_rss_bytes"),
+          "steps_max_rss_bytes": largest("steps_max_rss_bytes"),
+          "step_transient_bytes": max(r["steps_max_rss_bytes"] - r["rss_before_timed_bytes"]
+                                      for r in runs)}
+
+
+def compare(ours_runs, hf_runs):
+  """Ratios for one length from each side's rounds (None where a side failed).
+
+  `speedup_hf_over_ours` is the ratio of the median step times; `speedup_per_round`
+  pairs the runs of each round.
+  """
+  ours, hf = summarize(ours_runs), summarize(hf_runs)
+  if ours is None or hf is None:
+    return None
+  ours_rounds, hf_rounds = ({r.get("round", 0): r for r in runs} for runs in (ours_runs, hf_runs))
+  return {"length": ours["length"], "rounds": min(ours["rounds"], hf["rounds"]),
+          "step_time_s_ours": ours["step_time_s"], "step_time_s_hf": hf["step_time_s"],
           "speedup_hf_over_ours": hf["step_time_s"] / ours["step_time_s"],
+          "speedup_per_round": [hf_rounds[k]["step_time_s"] / o["step_time_s"]
+                                for k, o in ours_rounds.items() if k in hf_rounds],
           "max_rss_ratio_ours_over_hf": ours["max_rss_bytes"] / hf["max_rss_bytes"],
           "steps_max_rss_ratio_ours_over_hf":
               ours["steps_max_rss_bytes"] / hf["steps_max_rss_bytes"],
-          "step_transient_bytes_ours": ours["steps_max_rss_bytes"] - ours["rss_before_timed_bytes"],
-          "step_transient_bytes_hf": hf["steps_max_rss_bytes"] - hf["rss_before_timed_bytes"]}
+          "step_transient_bytes_ours": ours["step_transient_bytes"],
+          "step_transient_bytes_hf": hf["step_transient_bytes"]}
 
 
 def plot(result, path):
@@ -171,7 +209,11 @@ def plot(result, path):
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
   for name, color in (("reformer_jax", "tab:blue"), ("transformers", "tab:red")):
-    runs = [r for r in result["runs"] if r.get("framework") == name and "error" not in r]
+    lengths = sorted({r["length"] for r in result["runs"] if r.get("framework") == name})
+    runs = [summarize([r for r in result["runs"]
+                       if r.get("framework") == name and r["length"] == length])
+            for length in lengths]
+    runs = [r for r in runs if r is not None]
     if not runs:
       continue
     lengths = [r["length"] for r in runs]
@@ -194,6 +236,40 @@ def plot(result, path):
   plt.close(fig)
 
 
+def _run(framework, length, round_, changes, args, result, skipped):
+  """One measurement in a fresh subprocess, appended to `result['runs']`."""
+  runs = [r for r in result["runs"] if r.get("framework") == framework]
+  predicted = _predicted_rss(runs, length)
+  if predicted is not None and predicted > 0.85 * _available_bytes():
+    print(f"skip {framework} at L={length}: predicted max RSS "
+          f"{predicted / common.GiB:.1f} GiB does not fit", flush=True)
+    result["runs"].append({"framework": framework, "length": length, "round": round_,
+                           "error": "skipped: predicted not to fit in memory",
+                           "predicted_max_rss_bytes": predicted})
+    skipped.add(framework)
+    return
+  spec = {"framework": framework, "config": changes, "length": length,
+          "steps": args.steps, "warmup": args.warmup}
+  if framework == "transformers":
+    config, opt_config = common.crime_and_punishment(**changes)
+    spec["hf_config"] = hf_config(config, length)
+    spec["optimizer"] = dataclasses.asdict(opt_config)
+  record = common.measure("hf_side_by_side", spec, args.threads, args.timeout)
+  record.setdefault("framework", framework)
+  record.setdefault("length", length)
+  record["round"] = round_
+  result["runs"].append(record)
+  if "error" in record:
+    print(f"{framework:>12} L={length:>6}: {record['error']}", flush=True)
+    if "killed" in record["error"] or "timed out" in record["error"]:
+      skipped.add(framework)  # longer sequences will not fit either
+  else:
+    print(f"{framework:>12} L={length:>6} round {round_}: step {record['step_time_s']:.3f} s, "
+          f"max RSS {record['max_rss_bytes'] / common.GiB:.3f} GiB (timed steps "
+          f"{record['steps_max_rss_bytes'] / common.GiB:.3f}), params {record['params']}",
+          flush=True)
+
+
 def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
   common.configure_jax()
@@ -206,49 +282,24 @@ def main(argv=None):
                                f"torch.set_num_threads({args.threads})"),
             "config": common.config_record(common.crime_and_punishment(**base)[0]),
             "runs": [], "comparison": []}
+  result["rounds"] = args.rounds
   skipped = set()
   for length in lengths:
     changes = dict(base, axial_shape=list(axial_shape(length)))
-    pair = {}
-    for framework in ("reformer_jax", "transformers"):
-      if framework in skipped:
-        continue
-      runs = [r for r in result["runs"] if r.get("framework") == framework]
-      predicted = _predicted_rss(runs, length)
-      if predicted is not None and predicted > 0.85 * _available_bytes():
-        print(f"skip {framework} at L={length}: predicted max RSS "
-              f"{predicted / common.GiB:.1f} GiB does not fit", flush=True)
-        result["runs"].append({"framework": framework, "length": length,
-                               "error": "skipped: predicted not to fit in memory",
-                               "predicted_max_rss_bytes": predicted})
-        skipped.add(framework)
-        continue
-      spec = {"framework": framework, "config": changes, "length": length,
-              "steps": args.steps, "warmup": args.warmup}
-      if framework == "transformers":
-        config, opt_config = common.crime_and_punishment(**changes)
-        spec["hf_config"] = hf_config(config, length)
-        spec["optimizer"] = dataclasses.asdict(opt_config)
-      record = common.measure("hf_side_by_side", spec, args.threads, args.timeout)
-      record.setdefault("framework", framework)
-      record.setdefault("length", length)
-      result["runs"].append(record)
-      pair[framework] = record
-      if "error" in record:
-        print(f"{framework:>12} L={length:>6}: {record['error']}", flush=True)
-        if "killed" in record["error"] or "timed out" in record["error"]:
-          skipped.add(framework)  # longer sequences will not fit either
-      else:
-        print(f"{framework:>12} L={length:>6}: step {record['step_time_s']:.3f} s, max RSS "
-              f"{record['max_rss_bytes'] / common.GiB:.3f} GiB (timed steps "
-              f"{record['steps_max_rss_bytes'] / common.GiB:.3f}), params {record['params']}",
-              flush=True)
-    if len(pair) == 2:
-      ratios = compare(pair["reformer_jax"], pair["transformers"])
-      if ratios:
-        result["comparison"].append(ratios)
-        print(f"  L={length}: HF / ours time {ratios['speedup_hf_over_ours']:.2f}x, ours / HF "
-              f"max RSS {ratios['max_rss_ratio_ours_over_hf']:.2f}", flush=True)
+    for round_ in range(args.rounds):
+      frameworks = ("reformer_jax", "transformers")
+      for framework in frameworks[::-1] if round_ % 2 else frameworks:
+        if framework not in skipped:
+          _run(framework, length, round_, changes, args, result, skipped)
+    per_side = [[r for r in result["runs"] if r["framework"] == f and r["length"] == length]
+                for f in ("reformer_jax", "transformers")]
+    ratios = compare(*per_side)
+    if ratios:
+      result["comparison"].append(ratios)
+      rounds = ", ".join(f"{x:.2f}" for x in ratios["speedup_per_round"])
+      print(f"  L={length}: HF / ours time {ratios['speedup_hf_over_ours']:.2f}x (rounds: "
+            f"{rounds}), ours / HF max RSS {ratios['max_rss_ratio_ours_over_hf']:.2f}",
+            flush=True)
   target = [c for c in result["comparison"] if c["length"] == TARGET_LENGTH]
   result["checks"] = {"speedup_at_16384": {
       "target": TARGET_SPEEDUP,

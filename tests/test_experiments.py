@@ -54,19 +54,49 @@ def test_precision_variants_round_trip():
 def test_hf_side_by_side_quick(tmp_path):
   pytest.importorskip("torch")
   pytest.importorskip("transformers")
-  hf_side_by_side.main(["--quick", "--out", str(tmp_path)])
+  hf_side_by_side.main(["--quick", "--rounds", "2", "--out", str(tmp_path)])
   result = _written(tmp_path, "hf_side_by_side")
-  runs = {r["framework"]: r for r in result["runs"]}
-  assert set(runs) == {"reformer_jax", "transformers"}
-  for run in runs.values():
+  # Two rounds, the second with the other framework first.
+  assert [(r["framework"], r["round"]) for r in result["runs"]] == [
+      ("reformer_jax", 0), ("transformers", 0), ("transformers", 1), ("reformer_jax", 1)]
+  for run in result["runs"]:
     assert "error" not in run, run
     assert run["length"] == 128 and run["threads"] == result["machine"]["threads"]
     assert run["step_time_s"] > 0 and all(math.isfinite(x) for x in run["losses"])
+  runs = {r["framework"]: r for r in result["runs"]}
   assert not runs["transformers"]["jax_imported"]  # its RSS is PyTorch's alone
   # The same configuration: identical parameter counts.
   assert runs["reformer_jax"]["params"] == runs["transformers"]["params"]
   (ratios,) = result["comparison"]
+  assert ratios["rounds"] == 2 and len(ratios["speedup_per_round"]) == 2
   assert ratios["speedup_hf_over_ours"] > 0 and ratios["max_rss_ratio_ours_over_hf"] > 0
+
+
+def _run_record(framework, round_, step_s, max_rss):
+  return {"framework": framework, "length": 64, "round": round_, "step_time_s": step_s,
+          "max_rss_bytes": max_rss, "steps_max_rss_bytes": max_rss - 2,
+          "rss_before_timed_bytes": max_rss - 2 - round_}
+
+
+def test_hf_side_by_side_compare_over_rounds():
+  ours = [_run_record("reformer_jax", r, t, m)
+          for r, (t, m) in enumerate([(1., 10), (4., 12), (2., 11)])]
+  hf = [_run_record("transformers", r, t, m)
+        for r, (t, m) in enumerate([(3., 20), (5., 24), (6., 22)])]
+  ratios = hf_side_by_side.compare(ours, hf)
+  assert ratios["rounds"] == 3
+  # Medians of the rounds: ours 2 s, HF 5 s; memory: the largest round.
+  assert ratios["step_time_s_ours"] == 2. and ratios["step_time_s_hf"] == 5.
+  assert ratios["speedup_hf_over_ours"] == pytest.approx(2.5)
+  assert ratios["speedup_per_round"] == pytest.approx([3., 1.25, 3.])
+  assert ratios["max_rss_ratio_ours_over_hf"] == pytest.approx(12 / 24)
+  assert ratios["steps_max_rss_ratio_ours_over_hf"] == pytest.approx(10 / 22)
+  assert ratios["step_transient_bytes_ours"] == 2 and ratios["step_transient_bytes_hf"] == 2
+  # A failed round on either side: no comparison.
+  assert hf_side_by_side.compare(ours, hf + [dict(hf[0], round=3, error="killed")]) is None
+  assert hf_side_by_side.compare([], hf) is None
+  with pytest.raises(SystemExit):
+    hf_side_by_side.parse_args(["--rounds", "0"])
 
 
 def test_blog_tables_quick(tmp_path):
