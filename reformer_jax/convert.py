@@ -26,6 +26,7 @@ LM head, unknown attention types or activations) raise ValueError saying which.
 the same batch (needs torch and transformers); LSH rotations are replayed from
 `hash_seed` exactly as HF draws them (`hf_rotations`).
 """
+import contextlib
 import dataclasses
 import functools
 import json
@@ -484,6 +485,33 @@ def _hf_lsh_modules(hf_model):
   return [m for m in hf_model.modules() if type(m).__name__ == "LSHSelfAttention"]
 
 
+@contextlib.contextmanager
+def _hf_hashing_with(hf_model, hash_seed: int, train: bool):
+  """HF in training (`train`) or eval mode with its LSH layers' `hash_seed` set;
+  restores the seeds, the mode and (after training) clears the gradients on exit."""
+  lsh = _hf_lsh_modules(hf_model)
+  seeds = [m.hash_seed for m in lsh]
+  training = hf_model.training
+  hf_model.train(train)
+  try:
+    for m in lsh:
+      m.hash_seed = hash_seed
+    yield
+  finally:
+    for m, seed in zip(lsh, seeds):
+      m.hash_seed = seed
+    if train:
+      hf_model.zero_grad(set_to_none=True)
+    hf_model.train(training)
+
+
+def _replayed_rotations(config: ReformerConfig, hash_seed: int, hf_model):
+  """HF's LSH rotations for `hash_seed` as float32 (None without LSH layers)."""
+  if "lsh" not in config.attention_types:
+    return None
+  return hf_rotations(config, hash_seed, _dtype_name(hf_model)).astype(np.float32)
+
+
 def _unused_lm_head_bias(hf_model):
   """`lm_head.bias` if transformers' LM head does not add it to the logits (5.x), else None.
 
@@ -528,28 +556,15 @@ def compare_with_hf(hf_model, tokens: np.ndarray, mask: Optional[np.ndarray] = N
   config, params = from_hf_model(hf_model)
   tokens = np.asarray(tokens)
   real = np.ones(tokens.shape, bool) if mask is None else np.asarray(mask).astype(bool)
-  lsh = _hf_lsh_modules(hf_model)
-  seeds = [m.hash_seed for m in lsh]
-  training = hf_model.training
-  hf_model.eval()
-  try:
-    for m in lsh:
-      m.hash_seed = hash_seed
-    with torch.no_grad():
-      hf_mask = None if mask is None else torch.as_tensor(real.astype(np.int64))
-      hidden = hf_model.reformer(torch.as_tensor(tokens, dtype=torch.long),
-                                 attention_mask=hf_mask).last_hidden_state
-      logits = hf_model.lm_head(hidden)
-      unused = _unused_lm_head_bias(hf_model)
-      if unused is not None:
-        logits = logits + unused
-  finally:
-    for m, seed in zip(lsh, seeds):
-      m.hash_seed = seed
-    hf_model.train(training)
-  rotations = None
-  if "lsh" in config.attention_types:
-    rotations = hf_rotations(config, hash_seed, _dtype_name(hf_model)).astype(np.float32)
+  with _hf_hashing_with(hf_model, hash_seed, train=False), torch.no_grad():
+    hf_mask = None if mask is None else torch.as_tensor(real.astype(np.int64))
+    hidden = hf_model.reformer(torch.as_tensor(tokens, dtype=torch.long),
+                               attention_mask=hf_mask).last_hidden_state
+    logits = hf_model.lm_head(hidden)
+    unused = _unused_lm_head_bias(hf_model)
+    if unused is not None:
+      logits = logits + unused
+  rotations = _replayed_rotations(config, hash_seed, hf_model)
   ours_tokens, ours_mask = tokens, None if mask is None else real
   if hf_padding:
     ours_tokens, ours_mask = pad_like_hf(config, tokens, ours_mask)
@@ -604,13 +619,7 @@ def compare_gradients_with_hf(hf_model, tokens: np.ndarray, *,
     raise ValueError(f"gradients are compared without dropout; set these to 0: {rates}")
   config, params = from_hf_model(hf_model)
   tokens = np.asarray(tokens)
-  lsh = _hf_lsh_modules(hf_model)
-  seeds = [m.hash_seed for m in lsh]
-  training = hf_model.training
-  hf_model.train()
-  try:
-    for m in lsh:
-      m.hash_seed = hash_seed
+  with _hf_hashing_with(hf_model, hash_seed, train=True):
     hf_model.zero_grad(set_to_none=True)
     ids = torch.as_tensor(tokens, dtype=torch.long)
     logits = hf_model(ids).logits
@@ -624,15 +633,8 @@ def compare_gradients_with_hf(hf_model, tokens: np.ndarray, *,
                     else p.grad.detach().numpy().copy())
                 for k, p in hf_model.named_parameters()}
     hf_loss = float(loss.detach())
-  finally:
-    for m, seed in zip(lsh, seeds):
-      m.hash_seed = seed
-    hf_model.zero_grad(set_to_none=True)
-    hf_model.train(training)
 
-  rotations = None
-  if "lsh" in config.attention_types:
-    rotations = hf_rotations(config, hash_seed, _dtype_name(hf_model)).astype(np.float32)
+  rotations = _replayed_rotations(config, hash_seed, hf_model)
   model = ReformerLM(config.replace(deterministic=True))
   targets = np.roll(tokens, -1, axis=1)
   weights = np.ones(tokens.shape, np.float32)

@@ -124,6 +124,20 @@ def test_gradients_match_transformers_reversible_backward():
   assert result[worst] < TOL, (worst, result[worst])
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_comparisons_leave_the_hf_model_as_they_found_it(training):
+  model = hf_model(attn_layers=["local", "lsh"], axial_pos_embds=True, axial_pos_shape=[4, 8])
+  lsh = [m for m in model.modules() if type(m).__name__ == "LSHSelfAttention"]
+  seeds = [m.hash_seed for m in lsh]
+  model.train(training)
+  tokens, _ = batch(32)
+  convert.compare_with_hf(model, tokens, hash_seed=7)
+  convert.compare_gradients_with_hf(model, tokens, hash_seed=7)
+  assert model.training == training
+  assert [m.hash_seed for m in lsh] == seeds and 7 not in seeds
+  assert all(p.grad is None for p in model.parameters())
+
+
 def test_transformers_5_lm_head_ignores_its_bias():
   model = hf_model(dtype=torch.float32, attn_layers=["local", "local"]).eval()
   tokens = torch.as_tensor(batch(16)[0])
