@@ -15,6 +15,20 @@ MASK_VALUE = -1e9
 SELF_MASK_VALUE = -1e5
 
 
+def check_sequence(x: jnp.ndarray, **sizes: int) -> None:
+  """Raises ValueError unless `x` is `[batch, length, d_model]` with `length >= 1` and every
+  size given by name (e.g. `n_heads=`, `d_head=`) is >= 1. Checks static shapes only."""
+  for name, size in sizes.items():
+    if size < 1:
+      raise ValueError(f"{name} must be >= 1, got {size}")
+  if x.ndim != 3:
+    fix = "add a batch axis (x[None])" if x.ndim == 2 else "reshape it"
+    raise ValueError(f"x must be [batch, length, d_model], got shape {tuple(x.shape)}; {fix}")
+  if x.shape[1] < 1:
+    raise ValueError(f"x must have at least one position, got shape {tuple(x.shape)}; drop "
+                     "empty sequences before calling the layer")
+
+
 def pad_length(length: int, multiple: int) -> int:
   """Smallest multiple of `multiple` that is >= `length`."""
   return -(-length // multiple) * multiple

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from reformer_jax.layers.chunking import map_positions
+from reformer_jax.layers.chunking import check_sequence, map_positions
 from reformer_jax.layers.dense import DenseParams, dense, layer_norm
 from reformer_jax.layers.dropout import dropout
 
@@ -128,6 +128,7 @@ class ChunkedFeedForward(nn.Module):
     the whole sequence (same dropout).
     """
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+    check_sequence(x)
     activation = get_activation(self.activation)
     d_model = x.shape[-1]
     wi = DenseParams(d_model, self.d_ff, name="wi")()

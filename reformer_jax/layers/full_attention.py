@@ -11,7 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from reformer_jax.layers.chunking import MASK_VALUE, SELF_MASK_VALUE, replace_masked
+from reformer_jax.layers.chunking import (MASK_VALUE, SELF_MASK_VALUE, check_sequence,
+                                          replace_masked)
 from reformer_jax.layers.dropout import dropout
 from reformer_jax.layers.softmax import softmax_lse
 
@@ -122,6 +123,7 @@ class FullSelfAttention(nn.Module):
                deterministic: Optional[bool] = None) -> jnp.ndarray:
     """`x`: `[batch, length, d_model]`, `mask`: `[batch, length]` -> `[batch, length, d_model]`."""
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+    check_sequence(x, n_heads=self.n_heads, d_head=self.d_head)
     d_model = x.shape[-1]
     x = x.astype(self.dtype)
     dense = lambda name: nn.Dense(self.n_heads * self.d_head, use_bias=False, dtype=self.dtype,

@@ -12,7 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from reformer_jax.layers.chunking import chunk_positions, pad_axis, split_chunks
+from reformer_jax.layers.chunking import (check_sequence, chunk_positions, pad_axis,
+                                          split_chunks)
 from reformer_jax.layers.dense import DenseParams, layer_norm, output_projection, project_heads
 from reformer_jax.layers.full_attention import attend, full_attention
 from reformer_jax.layers.windowed import (can_rebuild, default_chunks_per_step, query_chunks,
@@ -200,6 +201,7 @@ class LocalSelfAttention(nn.Module):
     """
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
     _check_settings(self.chunk_len, self.n_chunks_before, self.n_chunks_after)
+    check_sequence(x, n_heads=self.n_heads, d_head=self.d_head)
     batch, length, d_model = x.shape
     if mask is not None and mask.shape != (batch, length):
       raise ValueError(f"mask must be [batch, length] = {(batch, length)}, got {mask.shape}")

@@ -23,9 +23,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from reformer_jax.layers.chunking import (MASK_VALUE, SELF_MASK_VALUE, chunk_positions,
-                                          map_positions, pad_axis, replace_masked,
-                                          split_chunks)
+from reformer_jax.layers.chunking import (MASK_VALUE, SELF_MASK_VALUE, check_sequence,
+                                          chunk_positions, map_positions, pad_axis,
+                                          replace_masked, split_chunks)
 from reformer_jax.layers.dense import (DenseParams, dense, layer_norm, output_projection,
                                        project_heads)
 from reformer_jax.layers.dropout import dropout
@@ -512,6 +512,7 @@ class LSHSelfAttention(nn.Module):
                     self.causal and self.strict_causal)
     if self.n_hashes < 1:
       raise ValueError(f"n_hashes must be >= 1, got {self.n_hashes}")
+    check_sequence(x, n_heads=self.n_heads, d_head=self.d_head)
     batch, length, d_model = x.shape
     if mask is not None and mask.shape != (batch, length):
       raise ValueError(f"mask must be [batch, length] = {(batch, length)}, got {mask.shape}")

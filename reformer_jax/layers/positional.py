@@ -12,6 +12,17 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def check_ids(ids: jnp.ndarray, size: int, what: str, size_name: str, how_to_fix: str) -> None:
+  """Raises if int `ids` fall outside `[0, size)`; only concrete ids are checked (on the
+  host), traced ones are not."""
+  if not isinstance(ids, jax.core.Tracer) and ids.size:
+    ids = np.asarray(ids)  # also concrete ids closed over by a traced function
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= size:
+      raise ValueError(f"{what} must lie in [0, {size}) ({size_name} {size}), got [{lo}, {hi}]; "
+                       f"{how_to_fix}")
+
+
 def _check_positions(positions: jnp.ndarray, max_len: int, how_to_fix: str) -> None:
   """Raises if `positions` `[batch, length]` cannot fit in `max_len` (values checked when concrete)."""
   if positions.ndim != 2:
@@ -22,11 +33,22 @@ def _check_positions(positions: jnp.ndarray, max_len: int, how_to_fix: str) -> N
   if length > max_len:
     raise ValueError(f"sequence length {length} exceeds the maximum length {max_len} of the "
                      f"position embedding; {how_to_fix}")
-  if not isinstance(positions, jax.core.Tracer) and positions.size:
-    lo, hi = int(np.min(positions)), int(np.max(positions))
-    if lo < 0 or hi >= max_len:
-      raise ValueError(f"positions must lie in [0, {max_len}) (maximum length {max_len}), got "
-                       f"[{lo}, {hi}]; {how_to_fix}")
+  check_ids(positions, max_len, "positions", "maximum length", how_to_fix)
+
+
+def _unwrapped(ids: jnp.ndarray, size: int) -> jnp.ndarray:
+  """Int `ids` with negative entries set to `size`: out of range for a `mode='fill'` take,
+  which would otherwise wrap them to the end of the table (one elementwise op)."""
+  if ids.dtype.itemsize < 4:  # make room for `size`
+    ids = ids.astype(jnp.int32)
+  return jnp.where(ids < 0, size, ids)
+
+
+def lookup(table: jnp.ndarray, ids: jnp.ndarray) -> jnp.ndarray:
+  """Rows `table[ids]` `[..., d]` of `table` `[n, d]`; ids outside `[0, n)`, negative ones
+  included, give NaN rows."""
+  return jnp.take(table, _unwrapped(ids, table.shape[0]), axis=0, mode="fill",
+                  fill_value=jnp.nan)
 
 
 class AxialPositionalEmbedding(nn.Module):
@@ -38,7 +60,7 @@ class AxialPositionalEmbedding(nn.Module):
   `concat_i(axis_i[digit_i])`; for two axes (s0, s1): `concat(axis_0[p // s1],
   axis_1[p % s1])`, as Hugging Face. Any positions in `[0, prod(axial_shape))` work, so
   sequences shorter than `prod(axial_shape)` are fine in training and evaluation. Inside
-  `jit` out-of-range positions cannot be checked and give NaN.
+  `jit` out-of-range positions (negative ones too) cannot be checked and give NaN.
 
   Attributes:
     axial_shape: positions per axis; their product is the maximum length.
@@ -74,7 +96,7 @@ class AxialPositionalEmbedding(nn.Module):
     weights = [self.param(f"axis_{i}", nn.initializers.normal(stddev=1.0), (s, d))
                for i, (s, d) in enumerate(zip(self.axial_shape, self.axial_dims))]
     digits = []
-    rest = positions
+    rest = _unwrapped(positions, self.max_len)
     for s in reversed(self.axial_shape[1:]):
       digits.append(rest % s)
       rest = rest // s
@@ -87,6 +109,8 @@ class AxialPositionalEmbedding(nn.Module):
 
 class LearnedPositionalEmbedding(nn.Module):
   """Standard learned position table `embedding [max_len, d_model]` ~ N(0, 0.02).
+
+  Inside `jit` out-of-range positions (negative ones too) cannot be checked and give NaN.
 
   Attributes:
     max_len: number of positions.
@@ -101,7 +125,7 @@ class LearnedPositionalEmbedding(nn.Module):
     _check_positions(positions, self.max_len, "increase max_len")
     table = self.param("embedding", nn.initializers.normal(stddev=0.02),
                        (self.max_len, self.d_model))
-    return jnp.take(table, positions, axis=0, mode="fill", fill_value=jnp.nan)
+    return lookup(table, positions)
 
 
 def sinusoidal_positions(positions: jnp.ndarray, d_model: int) -> jnp.ndarray:

@@ -334,6 +334,9 @@ class ReversibleStack(nn.Module):
       returns `(y - out, dx + dout/dx^T dy, param grads)` or None (`rebuild_vjp` of
       `reversible_layers`). A block with a true class attribute `saves_state` accepts
       `save_state=True` (returns `(out, state)`) and `state=` (`reversible_layers`).
+      Blocks must be pure functions of their parameters: only the 'params' collection is
+      carried, so a block with batch statistics (`nn.BatchNorm`) or sown values
+      (`self.sow`) raises at init; use LayerNorm, or compute such values outside the stack.
     names: names of the F and G parameter subtrees inside each layer.
     reversible: if False, the same layers are run as plain residual code under ordinary
       autodiff (stores every layer's activations); for debugging and memory comparisons.
@@ -389,11 +392,19 @@ class ReversibleStack(nn.Module):
   def _init_layer(self, rng, f_block, g_block, x, aux, layer_aux):
     keys = jax.random.split(rng, 4)
     init_rngs = {"dropout": keys[2], "hash": keys[3]}
-    pf = f_block.init({"params": keys[0], **init_rngs}, x, aux, layer_aux,
-                      deterministic=True)["params"]
-    pg = g_block.init({"params": keys[1], **init_rngs}, x, aux, layer_aux,
-                      deterministic=True)["params"]
-    return {self.names[0]: pf, self.names[1]: pg}
+    layer = {}
+    for name, block, key in zip(self.names, (f_block, g_block), keys[:2]):
+      variables = block.init({"params": key, **init_rngs}, x, aux, layer_aux,
+                             deterministic=True, mutable=True)
+      others = sorted(set(variables) - {"params"})
+      if others:
+        raise ValueError(f"reversible block {name!r} ({type(block).__name__}) has variable "
+                         f"collections {others} besides 'params'; reversible blocks must be "
+                         "pure functions of their params (no batch statistics or sown "
+                         "values): use LayerNorm instead of BatchNorm, or compute the value "
+                         "outside the stack")
+      layer[name] = variables["params"]
+    return layer
 
   def _block_rngs(self, deterministic):
     rngs = {}

@@ -1,12 +1,25 @@
 """Hyperparameters of `ReformerLM`."""
 import dataclasses
 import math
+import numbers
 from typing import Optional, Sequence, Tuple, Union
 
 import jax.numpy as jnp
 
 ATTENTION_TYPES = ("local", "lsh", "full", "shared_qk_full")
 POSITIONAL_TYPES = ("axial", "learned", "sinusoidal", "none")
+
+
+def _is_int(value) -> bool:
+  """A Python or numpy integer, not a bool."""
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _python_ints(value):
+  """`value` with numpy integers (also inside a tuple) as Python ints."""
+  if isinstance(value, tuple):
+    return tuple(_python_ints(v) for v in value)
+  return int(value) if _is_int(value) else value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,11 +105,14 @@ class ReformerConfig:
   deterministic: bool = False
 
   def __post_init__(self):
-    # Sequences given as lists are stored as tuples so the config stays hashable.
+    # Sequences given as lists are stored as tuples so the config stays hashable, and numpy
+    # integers as Python ints.
     for name in ("attention_types", "axial_shape", "axial_dims", "n_buckets"):
       value = getattr(self, name)
       if isinstance(value, Sequence) and not isinstance(value, str):
         object.__setattr__(self, name, tuple(value))
+    for field in dataclasses.fields(self):
+      object.__setattr__(self, field.name, _python_ints(getattr(self, field.name)))
     self.validate()
 
   def replace(self, **changes) -> "ReformerConfig":
@@ -116,19 +132,22 @@ class ReformerConfig:
     for name in ("vocab_size", "d_model", "d_ff", "n_heads", "d_head", "n_layers", "n_hashes",
                  "lsh_chunk_len", "local_chunk_len", "loss_chunk_len"):
       value = getattr(self, name)
-      if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+      if not _is_int(value) or value < 1:
+        raise ValueError(f"{name} must be a positive int (not a bool or float), got {value!r}")
     for name in ("lsh_n_chunks_before", "lsh_n_chunks_after", "local_n_chunks_before",
                  "local_n_chunks_after"):
       value = getattr(self, name)
-      if not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+      if not _is_int(value) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0 (not a bool or float), got {value!r}")
     for name in ("dropout_rate", "attention_dropout", "lsh_attention_dropout"):
       value = getattr(self, name)
       if not 0. <= value < 1.:
         raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-    if self.ff_chunk_size is not None and self.ff_chunk_size < 1:
-      raise ValueError(f"ff_chunk_size must be None (unchunked) or >= 1, got {self.ff_chunk_size}")
+    for name in ("ff_chunk_size", "max_len"):
+      value = getattr(self, name)
+      if value is not None and (not _is_int(value) or value < 1):
+        raise ValueError(f"{name} must be None or an int >= 1 (not a bool or float), got "
+                         f"{value!r}")
     if not isinstance(self.attention_types, tuple) or not self.attention_types:
       raise ValueError("attention_types must be a non-empty sequence such as ('local', 'lsh'), "
                        f"got {self.attention_types!r}")
@@ -137,7 +156,7 @@ class ReformerConfig:
       raise ValueError(f"unknown attention types {unknown}; choose from {ATTENTION_TYPES}")
     if self.n_buckets is not None:
       factors = self.n_buckets if isinstance(self.n_buckets, tuple) else (self.n_buckets,)
-      if any(not isinstance(f, int) or f < 2 or f % 2 for f in factors):
+      if any(not _is_int(f) or f < 2 or f % 2 for f in factors):
         raise ValueError(f"n_buckets must be None, an even int >= 2 or a tuple of them, "
                          f"got {self.n_buckets!r}")
     if (self.causal and self.strict_causal and "lsh" in self.attention_types
@@ -146,16 +165,14 @@ class ReformerConfig:
                        "reaches back into the previous chunk); or set strict_causal=False")
     if self.positional not in POSITIONAL_TYPES:
       raise ValueError(f"positional must be one of {POSITIONAL_TYPES}, got {self.positional!r}")
-    if self.max_len is not None and self.max_len < 1:
-      raise ValueError(f"max_len must be None or >= 1, got {self.max_len}")
     if self.positional == "learned" and self.max_len is None:
       raise ValueError("positional='learned' needs max_len (the size of the position table)")
     if self.positional == "axial":
       shape, dims = self.resolved_axial_shape, self.resolved_axial_dims
       if len(shape) != len(dims):
         raise ValueError(f"axial_shape {shape} and axial_dims {dims} must have the same length")
-      if any(s < 1 for s in shape) or any(d < 1 for d in dims):
-        raise ValueError(f"axial_shape {shape} and axial_dims {dims} must be positive")
+      if any(not _is_int(n) or n < 1 for n in shape + dims):
+        raise ValueError(f"axial_shape {shape} and axial_dims {dims} must be positive ints")
       if sum(dims) != self.d_model:
         raise ValueError(f"axial_dims {dims} must sum to d_model={self.d_model}; e.g. "
                          f"({self.d_model // 4}, {self.d_model - self.d_model // 4})")

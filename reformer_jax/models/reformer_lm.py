@@ -32,7 +32,8 @@ from reformer_jax.layers.full_attention import FullSelfAttention
 from reformer_jax.layers.local_attention import LocalSelfAttention
 from reformer_jax.layers.lsh_attention import LSHSelfAttention
 from reformer_jax.layers.positional import (AxialPositionalEmbedding,
-                                            LearnedPositionalEmbedding, sinusoidal_positions)
+                                            LearnedPositionalEmbedding, check_ids, lookup,
+                                            sinusoidal_positions)
 from reformer_jax.layers.reversible import ReversibleStack
 from reformer_jax.models.config import ReformerConfig
 from reformer_jax.models.loss import chunked_cross_entropy
@@ -190,14 +191,17 @@ class ReformerLM(nn.Module):
     """Runs the model.
 
     Args:
-      tokens: `[batch, length]` int token ids.
+      tokens: `[batch, length]` int token ids in `[0, vocab_size)`; checked when concrete,
+        under `jit` other ids (negative ones too) give NaN.
       mask: `[batch, length]` bool, False = padding (never attended to). None = all real.
-      targets: `[batch, length]` int; if given, returns the loss sums instead of logits.
+      targets: `[batch, length]` int in `[0, vocab_size)` (checked when concrete); if given,
+        returns the loss sums instead of logits.
       weights: `[batch, length]` loss weights; default `mask` (or ones).
       positions: `[batch, length]` int positions; default `0 .. length - 1`.
-      lsh_rotations: one `[n_heads, d_head, n_hashes, n_buckets // 2]` array used by every
-        "lsh" layer, or a sequence with one array per "lsh" layer; None draws them from
-        the 'hash' rng.
+      lsh_rotations: one `[n_heads, d_head, n_hashes, sum(factors) // 2]` array (`factors`:
+        the factors of a factorised `n_buckets`, or `(n_buckets,)`) used by every "lsh"
+        layer, or a sequence with one array per "lsh" layer; None draws them from the
+        'hash' rng.
       deterministic: overrides `config.deterministic` (True disables dropout).
 
     Returns:
@@ -212,11 +216,19 @@ class ReformerLM(nn.Module):
     if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
       raise ValueError(f"tokens must be [batch, length] integers, got {tokens.shape} "
                        f"{tokens.dtype}")
+    check_ids(tokens, cfg.vocab_size, "token ids", "vocab_size",
+              "set ReformerConfig.vocab_size above the largest id, or map the ids into range")
     batch, length = tokens.shape
+    if length < 1:
+      raise ValueError(f"tokens must hold at least one position, got shape {tokens.shape}; "
+                       "drop empty sequences")
     for name, value in (("mask", mask), ("targets", targets), ("weights", weights),
                         ("positions", positions)):
       if value is not None and value.shape != tokens.shape:
         raise ValueError(f"{name} must be [batch, length] = {tokens.shape}, got {value.shape}")
+    if targets is not None:
+      check_ids(targets, cfg.vocab_size, "target ids", "vocab_size",
+                "set ReformerConfig.vocab_size above the largest id, or map the ids into range")
     if weights is not None and targets is None:
       raise ValueError("weights are only used with targets; pass targets too")
     if mask is not None:
@@ -235,7 +247,7 @@ class ReformerLM(nn.Module):
     def embed(params, chunk_tokens, index):  # [b, c] -> [b, c, d_model]; not stored
       table, rng = params
       rng = None if rng is None else jax.random.fold_in(rng, index)
-      x = dropout(jnp.take(table, chunk_tokens, axis=0), cfg.dropout_rate, rng)
+      x = dropout(lookup(table, chunk_tokens), cfg.dropout_rate, rng)
       return x.astype(cfg.stream_dtype)
 
     x = map_positions(embed, (table, embed_rng), tokens, chunk)

@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reformer_jax.layers.chunking import from_bits, map_positions, to_bits, zeros_after
+from reformer_jax.layers.chunking import (check_sequence, from_bits, map_positions, to_bits,
+                                          zeros_after)
 
 
 def _fn(params, inputs, index):
@@ -67,3 +68,16 @@ def test_bits_round_trip():
                                 np.asarray(x, np.float32))
   y = jnp.ones(3)
   assert to_bits(y) is y and from_bits(y, jnp.float32) is y
+
+
+def test_check_sequence_explains_the_fix():
+  check_sequence(jnp.ones((2, 3, 4)), n_heads=1, d_head=2)
+  with pytest.raises(ValueError, match=r"\[batch, length, d_model\], got shape \(3, 4\); add a "
+                     r"batch axis \(x\[None\]\)"):
+    check_sequence(jnp.ones((3, 4)))
+  with pytest.raises(ValueError, match=r"got shape \(1, 2, 3, 4\); reshape it"):
+    check_sequence(jnp.ones((1, 2, 3, 4)))
+  with pytest.raises(ValueError, match="at least one position"):
+    check_sequence(jnp.ones((2, 0, 4)))
+  with pytest.raises(ValueError, match="d_head must be >= 1, got 0"):
+    check_sequence(jnp.ones((2, 3, 4)), n_heads=1, d_head=0)

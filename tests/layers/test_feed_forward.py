@@ -84,6 +84,16 @@ def test_bad_settings():
                                                      deterministic=True)
 
 
+@pytest.mark.parametrize("shape, match", [
+    ((L, D), r"\[batch, length, d_model\], got shape \(11, 4\); add a batch axis"),
+    ((B, 0, D), "at least one position"),
+])
+def test_rejects_bad_input_shapes(shape, match):
+  with pytest.raises(ValueError, match=match):
+    ChunkedFeedForward(d_ff=D_FF).init(jax.random.PRNGKey(0), jnp.ones(shape),
+                                       deterministic=True)
+
+
 def _grad_step_temp_bytes(chunk_size, length=2048, d_model=16, d_ff=1024):
   module = ChunkedFeedForward(d_ff=d_ff, chunk_size=chunk_size, deterministic=True)
   x = jnp.zeros((1, length, d_model), jnp.float32)

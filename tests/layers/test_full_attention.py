@@ -131,3 +131,17 @@ def test_bfloat16_close_to_float32():
   assert bf16.dtype == jnp.bfloat16
   assert jax.tree.leaves(params)[0].dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(bf16, np.float32), np.asarray(f32), atol=0.1, rtol=0.1)
+
+
+@pytest.mark.parametrize("shape, n_heads, d_head, match", [
+    # n_heads=1 used to treat the positions as the batch and return a [8, 1, 6] result.
+    ((8, 6), 1, D, r"\[batch, length, d_model\], got shape \(8, 6\); add a batch axis"),
+    ((8, 6), H, D, r"\[batch, length, d_model\], got shape \(8, 6\); add a batch axis"),
+    ((B, 0, 6), H, D, "at least one position"),
+    ((B, 8, 6), 0, D, "n_heads must be >= 1, got 0"),
+    ((B, 8, 6), H, 0, "d_head must be >= 1, got 0"),
+])
+def test_module_rejects_bad_input_shapes_and_sizes(shape, n_heads, d_head, match):
+  module = FullSelfAttention(n_heads=n_heads, d_head=d_head)
+  with pytest.raises(ValueError, match=match):
+    module.init(jax.random.PRNGKey(0), jnp.ones(shape), deterministic=True)

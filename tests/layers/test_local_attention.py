@@ -188,3 +188,15 @@ def test_dropout_and_errors():
     local_attention(q, k, v, chunk_len=0)
   with pytest.raises(ValueError, match="n_chunks_before"):
     local_attention(q, k, v, chunk_len=4, n_chunks_before=-1)
+
+
+@pytest.mark.parametrize("shape, n_heads, d_head, match", [
+    ((8, 6), H, D, r"\[batch, length, d_model\], got shape \(8, 6\); add a batch axis"),
+    ((B, 0, 6), H, D, "at least one position"),
+    ((B, 8, 6), 0, D, "n_heads must be >= 1, got 0"),
+    ((B, 8, 6), H, 0, "d_head must be >= 1, got 0"),
+])
+def test_module_rejects_bad_input_shapes_and_sizes(shape, n_heads, d_head, match):
+  module = LocalSelfAttention(n_heads=n_heads, d_head=d_head, chunk_len=4)
+  with pytest.raises(ValueError, match=match):
+    module.init(jax.random.PRNGKey(0), jnp.ones(shape), deterministic=True)

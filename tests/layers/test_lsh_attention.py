@@ -442,3 +442,17 @@ def test_module_gradient_is_finite_and_dropout_is_used():
   assert all(bool(jnp.all(jnp.isfinite(g))) and float(jnp.max(jnp.abs(g))) > 0
              for g in jax.tree_util.tree_leaves(grads))
   assert not np.allclose(train_out, eval_out, atol=1e-3)
+
+
+
+@pytest.mark.parametrize("shape, n_heads, d_head, match", [
+    ((8, 6), 2, 4, r"\[batch, length, d_model\], got shape \(8, 6\); add a batch axis"),
+    ((2, 0, 6), 2, 4, "at least one position"),
+    ((2, 8, 6), 0, 4, "n_heads must be >= 1, got 0"),
+    ((2, 8, 6), 2, 0, "d_head must be >= 1, got 0"),
+])
+def test_module_rejects_bad_input_shapes_and_sizes(shape, n_heads, d_head, match):
+  module = lsh.LSHSelfAttention(n_heads=n_heads, d_head=d_head, n_buckets=2, chunk_len=4)
+  with pytest.raises(ValueError, match=match):
+    module.init({"params": jax.random.PRNGKey(0), "hash": jax.random.PRNGKey(1)},
+                jnp.ones(shape), deterministic=True)

@@ -86,6 +86,19 @@ def test_learned_positional_embedding():
     module.apply({"params": params}, jnp.arange(17)[None])
 
 
+@pytest.mark.parametrize("module", [AxialPositionalEmbedding((4, 8), (4, 4)),
+                                    LearnedPositionalEmbedding(max_len=32, d_model=3)])
+def test_out_of_range_positions_give_nan_under_jit_and_raise_when_concrete(module):
+  positions = jnp.arange(4)[None]
+  variables = module.init(jax.random.PRNGKey(0), positions)
+  embed = jax.jit(lambda p: module.apply(variables, p))
+  for bad in (-1, 32):
+    out = np.asarray(embed(positions.at[0, 1].set(bad)))
+    assert np.isnan(out[0, 1]).any() and not np.isnan(out[0, [0, 2, 3]]).any()
+    with pytest.raises(ValueError, match=r"\[0, 32\)"):
+      module.apply(variables, positions.at[0, 1].set(bad))
+
+
 @pytest.mark.parametrize("d_model", [6, 7])
 def test_sinusoidal(d_model):
   positions = np.array([[0, 1, 7, 100]])

@@ -286,6 +286,30 @@ def test_stack_deterministic_needs_no_rng_and_checks_shapes():
     stack.apply(variables, x1, x2[:, 1:], aux, deterministic=True)
 
 
+class BatchNormBlock(nn.Module):
+
+  @nn.compact
+  def __call__(self, x, aux, layer_aux, deterministic):
+    return nn.BatchNorm(use_running_average=True)(x)
+
+
+class SowingBlock(nn.Module):
+
+  @nn.compact
+  def __call__(self, x, aux, layer_aux, deterministic):
+    self.sow("intermediates", "input", x)
+    return nn.Dense(x.shape[-1])(x)
+
+
+@pytest.mark.parametrize("block, collection", [(BatchNormBlock(), "batch_stats"),
+                                               (SowingBlock(), "intermediates")])
+def test_stack_rejects_blocks_with_other_collections(block, collection):
+  stack = ReversibleStack(((DenseDropoutBlock(), block),))
+  x = jnp.zeros((2, 7, 4))
+  with pytest.raises(ValueError, match=rf"'feed_forward'.*\['{collection}'\].*pure functions"):
+    stack.init(jax.random.PRNGKey(0), x, x, x[..., 0], deterministic=True)
+
+
 def _temp_bytes(core, n_layers, length=8192, d=16):
   fns = ((dense_dropout, dense_dropout),) * n_layers
   key = jax.random.PRNGKey(0)

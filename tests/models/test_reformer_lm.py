@@ -143,6 +143,11 @@ def test_dropout_follows_rng_and_eval_ignores_it(setup):
     dict(d_model=0),
     dict(local_chunk_len=0),
     dict(ff_chunk_size=0),
+    dict(ff_chunk_size=2.5),
+    dict(max_len=32.),
+    dict(n_heads=True),
+    dict(lsh_n_chunks_after=False),
+    dict(axial_dims=(4., 12)),
     dict(stream_dtype="int8"),
     dict(dtype="not_a_dtype"),
 ])
@@ -160,6 +165,29 @@ def test_config_defaults_are_valid_and_hashable():
   assert ReformerConfig(max_len=1000).resolved_axial_shape == (32, 32)
 
 
+def test_config_accepts_numpy_ints_as_python_ints():
+  config = CONFIG.replace(d_model=np.int64(16), ff_chunk_size=np.int32(8),
+                          n_buckets=np.int64(4), axial_dims=(np.int64(4), 12))
+  assert config == CONFIG.replace(axial_dims=(4, 12))
+  assert type(config.d_model) is int and type(config.axial_dims[0]) is int
+  assert type(config.replace(n_buckets=[np.int8(2), 4]).n_buckets[0]) is int
+
+
+def test_out_of_range_token_ids(setup):
+  """Concrete ids outside [0, vocab_size) raise; under jit -1 gives NaN like vocab_size."""
+  params, logits_fn, _ = setup
+  tokens = _tokens(12)
+  mask = jnp.ones(tokens.shape, bool)
+  assert not np.isnan(np.asarray(logits_fn(params, tokens, mask))).any()
+  for bad in (-1, CONFIG.vocab_size):
+    changed = tokens.at[0, 3].set(bad)
+    assert np.isnan(np.asarray(logits_fn(params, changed, mask))[0, 3]).all()
+    with pytest.raises(ValueError, match=r"\[0, 16\) \(vocab_size 16\).*set ReformerConfig"):
+      ReformerLM(EVAL).apply({"params": params}, changed)
+    with pytest.raises(ValueError, match=r"target ids must lie in \[0, 16\)"):
+      ReformerLM(EVAL).apply({"params": params}, tokens, targets=changed)
+
+
 def test_bad_inputs_raise():
   model = ReformerLM(EVAL)
   tokens = _tokens(0)
@@ -172,6 +200,8 @@ def test_bad_inputs_raise():
     init(tokens, jnp.ones((BATCH, LENGTH - 1), bool))
   with pytest.raises(ValueError, match="targets"):
     init(tokens, targets=tokens[:, 1:])
+  with pytest.raises(ValueError, match="at least one position"):
+    init(tokens[:, :0])
   rotations = jnp.zeros((EVAL.n_heads, EVAL.d_head, 1, 2))
   with pytest.raises(ValueError, match="lsh_rotations"):
     init(tokens, lsh_rotations=[rotations, rotations])
