@@ -24,7 +24,9 @@ def evaluate(workdir: str, gin_bindings: Sequence[str] = (),
       steps.compile_eval_step(exp.model, mesh), params, exp.make_data(),
       batch_size=batch_size, seq_len=exp.seq_len, n_batches=exp.eval_batches,
       seed=exp.seed, mesh=mesh, split=split)
-  return {"step": step, "split": split, "n_hashes": exp.model.n_hashes,
+  hashing = "lsh" in exp.model.layer_attention_types()
+  return {"step": step, "split": split,
+          **({"n_hashes": exp.model.n_hashes} if hashing else {}),
           **{f"eval_{k}": v for k, v in metrics.items()}}
 
 

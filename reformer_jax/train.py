@@ -5,12 +5,16 @@ r"""Trains a Reformer language model described by gin configs.
 
 The workdir receives `config.gin` (the operative config), `checkpoints/`,
 TensorBoard event files and `metrics.jsonl`. A run on a workdir holding
-checkpoints resumes from the latest one. The last line printed is a JSON
+checkpoints resumes from the latest one; its config.gin is rewritten only once
+the checkpoint has been read (a config that does not fit it is an error and
+changes nothing). A dry run writes nothing. The last line printed is a JSON
 summary.
 """
 import os
+import signal
+import threading
 import time
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,17 +34,28 @@ def console(message: str):
 
 def run(gin_files: Sequence[str], gin_bindings: Sequence[str], workdir: str,
         dry_run: bool = False) -> dict:
-  """Parses the configs, writes `workdir/config.gin`, trains (or dry-runs)."""
+  """Parses the configs, trains (or dry-runs); writes `workdir/config.gin` once
+  the train state is restored or initialised."""
   gin_setup.parse(gin_files, gin_bindings)
   exp = gin_setup.make_experiment()
+  if dry_run:
+    return train_and_evaluate(exp, workdir, dry_run=True)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"--workdir={workdir} is a file; give a directory (a new one, or "
+                     "the workdir of an earlier run to resume it).")
   os.makedirs(workdir, exist_ok=True)
-  gin_setup.write_config(workdir)
-  return train_and_evaluate(exp, workdir, dry_run=dry_run)
+  return train_and_evaluate(exp, workdir, write_config=gin_setup.write_config)
 
 
 def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
-                       dry_run: bool = False) -> dict:
+                       dry_run: bool = False,
+                       write_config: Optional[Callable[[str], None]] = None) -> dict:
   """Trains `exp` in `workdir` (resuming from its checkpoints) and evaluates.
+
+  `write_config(workdir)` is called once the train state is restored or
+  initialised. The first Ctrl-C stops training after the current step and
+  saves it; a second one stops at once. Either way a line names the
+  checkpoint to resume from and KeyboardInterrupt goes on.
 
   Returns:
     The summary printed as the run's last line: step, train_loss, eval_loss,
@@ -53,6 +68,8 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
   eval_batch_size = exp.eval_batch_size or exp.batch_size
   sharding.check_batch(eval_batch_size, mesh, "Experiment.eval_batch_size")
   data = None if dry_run else exp.make_data()
+  if data is not None and exp.sample_length:
+    sampling.check_can_sample(data)
   note = experiment_lib.padding_note(exp.model, exp.seq_len)
   if note:
     console(note)
@@ -80,6 +97,8 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
   else:
     console(f"resuming from the checkpoint at step {int(state.step)} in "
             f"{checkpointer.directory}")
+  if write_config is not None:
+    write_config(workdir)
   start = int(state.step)
   if start >= exp.train_steps:
     console(f"already trained to step {start} (TRAIN_STEPS={exp.train_steps}); "
@@ -92,46 +111,59 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
                           seq_len=exp.seq_len, n_batches=exp.eval_batches,
                           seed=exp.seed, mesh=mesh)
 
-  writer = metrics_lib.MetricWriter(workdir)
+  writer = metrics_lib.MetricWriter(workdir, start)
   batch_sharding = sharding.batch_sharding(mesh, 1)
   tokens_per_step = exp.batch_size * exp.seq_len
   train_metrics, eval_metrics, sums, n_summed = {}, None, None, 0
   bar = tqdm.tqdm(total=exp.train_steps, initial=start, unit="step",
                   desc="train", dynamic_ncols=True, mininterval=1.0)
   timer = _Timer()
-  for step in range(start, exp.train_steps):
-    batch = steps.split_micro(data.train_batch(step, exp.batch_size,
-                                               exp.seq_len),
-                              exp.grad_accum_steps)
-    state, out = train_fn(state, sharding.put(batch, batch_sharding))
-    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    n_summed += 1
-    done = step + 1
-    bar.update(1)
-    if done == start + 1:
-      jax.block_until_ready(state)
-      timer.start(done)
-    last = done == exp.train_steps
-    if done % exp.log_every == 0 or last:
-      host = jax.device_get(sums)
-      train_metrics = metrics_lib.summarize(host)
-      train_metrics["grad_norm"] = float(host["grad_norm"]) / n_summed
-      sums, n_summed = None, 0
-      train_metrics["learning_rate"] = float(schedule(done - 1))
-      rate = timer.stop(done)
-      timer.start(done)
-      if rate is not None:
-        train_metrics["steps_per_second"] = rate
-        train_metrics["tokens_per_second"] = rate * tokens_per_step
-      writer.write(done, "train", train_metrics)
-      bar.set_postfix(loss=f"{train_metrics['loss']:.3f}")
-    if done % exp.eval_every == 0 or last:
-      jax.block_until_ready(state)
-      timer.stop(done)
-      eval_metrics = evaluate(state.params)
-      writer.write(done, "eval", eval_metrics)
-      timer.start(done)
-    checkpointer.save(state, force=last)
+  try:
+    with _StopRequest() as stop:
+      for step in range(start, exp.train_steps):
+        batch = steps.split_micro(data.train_batch(step, exp.batch_size,
+                                                   exp.seq_len),
+                                  exp.grad_accum_steps)
+        state, out = train_fn(state, sharding.put(batch, batch_sharding))
+        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+        n_summed += 1
+        done = step + 1
+        bar.update(1)
+        if done == start + 1:
+          jax.block_until_ready(state)
+          timer.start(done)
+        last = done == exp.train_steps
+        if done % exp.log_every == 0 or last:
+          host = jax.device_get(sums)
+          train_metrics = metrics_lib.summarize(host)
+          train_metrics["grad_norm"] = float(host["grad_norm"]) / n_summed
+          sums, n_summed = None, 0
+          train_metrics["learning_rate"] = float(schedule(done - 1))
+          rate = timer.stop(done)
+          timer.start(done)
+          if rate is not None:
+            train_metrics["steps_per_second"] = rate
+            train_metrics["tokens_per_second"] = rate * tokens_per_step
+          writer.write(done, "train", train_metrics)
+          bar.set_postfix(loss=f"{train_metrics['loss']:.3f}")
+        if done % exp.eval_every == 0 or last:
+          jax.block_until_ready(state)
+          timer.stop(done)
+          eval_metrics = evaluate(state.params)
+          writer.write(done, "eval", eval_metrics)
+          timer.start(done)
+        checkpointer.save(state, force=last or stop.requested)
+        if stop.requested and not last:
+          raise KeyboardInterrupt
+  except KeyboardInterrupt:
+    bar.close()
+    latest = checkpointer.latest_step()
+    checkpointer.close()
+    writer.close()
+    where = (f"the checkpoint at step {latest} in {checkpointer.directory}"
+             if latest is not None else "step 0 (no checkpoint was saved yet)")
+    console(f"interrupted at step {int(state.step)}; the same command resumes from {where}.")
+    raise
   bar.close()
   if eval_metrics is None:
     eval_metrics = evaluate(state.params)
@@ -149,9 +181,32 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
       "eval_loss": eval_metrics["loss"],
       "eval_accuracy": eval_metrics["accuracy"],
       "eval_bits_per_byte": eval_metrics["bits_per_byte"],
-      "tokens_per_second": (timer.steps_per_second() or 0.0) * tokens_per_step,
+      "tokens_per_second": (None if timer.steps_per_second() is None else
+                            timer.steps_per_second() * tokens_per_step),
       "unigram_bits_per_byte": unigram,
   }
+
+
+class _StopRequest:
+  """Turns the first SIGINT (Ctrl-C) into a request (`requested`) that the loop
+  honours after the step in flight; a second SIGINT interrupts at once."""
+
+  def __enter__(self):
+    self.requested, self._previous = False, None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGINT, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    if self.requested:
+      raise KeyboardInterrupt
+    self.requested = True
+    console("Ctrl-C: stopping after this step and saving it (Ctrl-C again stops at once)")
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
 
 
 class _Timer:

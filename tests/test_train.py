@@ -10,9 +10,11 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -21,6 +23,7 @@ import pytest
 from reformer_jax import evaluate, train
 from reformer_jax.data import DuplicationTask, LMData
 from reformer_jax.trainer import cli, gin_setup, sharding, steps
+from reformer_jax.trainer.checkpointing import CheckpointMismatch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 QUICKSTART = ["configs/quickstart.gin"]
@@ -228,20 +231,39 @@ def test_resume_after_an_interrupted_save_matches_an_uninterrupted_run(
   shutil.rmtree(checkpoints / "4")
   (checkpoints / "4.orbax-checkpoint-tmp-1700000000" / "params").mkdir(parents=True)
   (checkpoints / "3" / "params").mkdir(parents=True)
-  lines = (killed / "metrics.jsonl").read_text().splitlines()
-  (killed / "metrics.jsonl").write_text(
-      "".join(l + "\n" for l in lines if json.loads(l)["step"] <= 2))
   capsys.readouterr()
   resumed = train.run(files, bindings, str(killed))
   out = capsys.readouterr().out
   assert "checkpoint step 3" in out and "incomplete" in out
   assert "resuming from the checkpoint at step 2" in out
+  assert (checkpoints / "3.unreadable").is_dir()        # moved aside, not deleted
   want, got = _logged(workdir), _logged(killed)
   assert sorted(got) == [1, 2, 3, 4]
   for step in (3, 4):
     assert got[step] == pytest.approx(want[step], abs=1e-6), step
+  # The killed run's lines after step 2 were superseded, not repeated.
+  rows = [json.loads(l) for l in (killed / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4]
+  old = [json.loads(l) for l in (killed / "metrics_superseded.jsonl").read_text().splitlines()]
+  assert sorted({r["step"] for r in old}) == [3, 4]
   assert resumed["eval_loss"] == pytest.approx(_last_json(proc.stdout)["eval_loss"],
                                                abs=1e-6)
+
+
+def test_resuming_with_another_model_is_an_error_that_changes_nothing(cli_run, tmp_path):
+  workdir, _, files, bindings = cli_run
+  copy = tmp_path / "copy"
+  shutil.copytree(workdir, copy)
+  before = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+  train.run(files, bindings + ["D_MODEL=48"], str(copy), dry_run=True)  # writes nothing
+  with pytest.raises(CheckpointMismatch, match="does not fit this config") as info:
+    train.run(files, bindings + ["D_MODEL=48", "TRAIN_STEPS=6"], str(copy))
+  assert re.search(r"params\.\S+: checkpoint \[\d+(, \d+)*\] float32, config", str(info.value))
+  with pytest.raises(CheckpointMismatch, match="optimiser"):
+    train.run(files, bindings + ["OptimizerConfig.clip_norm=None", "TRAIN_STEPS=6"],
+              str(copy))
+  after = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+  assert after == before
 
 
 # 8: dry run.
@@ -253,7 +275,7 @@ def test_dry_run_compiles_without_training(tmp_path):
   assert report["peak_bytes"] > 4 * report["params"]     # at least the params
   assert report["flops_per_step"] > 0
   assert not (tmp_path / "checkpoints").exists()
-  assert (tmp_path / "config.gin").exists()
+  assert not (tmp_path / "config.gin").exists()        # a dry run writes nothing
 
 
 # 5: 8 devices give the losses of 1.
@@ -320,6 +342,20 @@ def test_cli_unknown_binding_prints_one_line_without_traceback(tmp_path, subproc
     (["crime_and_punishment.gin"], ["SEQ_LEN=1048576"], "valid lengths are 1..524288"),
     (["quickstart.gin"], ["BATCH_SIZE=6", "Experiment.grad_accum_steps=4"],
      "BATCH_SIZE=6 must be a multiple of Experiment.grad_accum_steps=4"),
+    (["quickstart.gin"], ["Experiment.eval_batches=0"],
+     "Experiment.eval_batches must be a positive int or None, got 0"),
+    (["quickstart.gin"], ["Experiment.sample_length=-5"],
+     "Experiment.sample_length must be an int >= 0"),
+    (["quickstart.gin"], ["Experiment.model=@ReformerConfig"],
+     "bind it as @ReformerConfig() (with parentheses)"),
+    (["quickstart.gin"], ["Experiment.data=@shipped_corpus()"],
+     "bind it without parentheses"),
+    (["quickstart.gin"], ["Experiment.seq_len=%SEQ_LENN"],
+     "refers to %SEQ_LENN, which no file or binding defines (did you mean 'SEQ_LEN'?)"),
+    (["quickstart.gin"], ["OptimizerConfig.learning_rate='x'"],
+     "value of the wrong kind (in OptimizerConfig)"),
+    (["duplication_small.gin"], ["Experiment.sample_length=8", "TRAIN_STEPS=1"],
+     "DuplicationTask is not a text source"),
 ])
 def test_user_errors_are_reported_cleanly(tmp_path, capsys, files, bindings, message):
   with pytest.raises(SystemExit) as info:
@@ -329,3 +365,36 @@ def test_user_errors_are_reported_cleanly(tmp_path, capsys, files, bindings, mes
   assert err.startswith("error: ") and message in err
   assert "In call to configurable" not in err
   assert not (tmp_path / "checkpoints").exists()
+  assert not (tmp_path / "config.gin").exists()
+
+
+def test_a_workdir_that_is_a_file_is_reported(tmp_path, capsys):
+  path = tmp_path / "a_file"
+  path.write_text("keep me")
+  with pytest.raises(SystemExit):
+    cli.guarded(lambda: train.run(QUICKSTART, [], str(path)))(["train"])
+  assert "is a file; give a directory" in capsys.readouterr().err
+  assert path.read_text() == "keep me"
+
+
+def test_ctrl_c_saves_the_step_and_names_the_checkpoint(tmp_path, subprocess_env):
+  args = [sys.executable, "-m", "reformer_jax.train", "--gin_file=configs/quickstart.gin",
+          *_bindings(TINY + LOCAL + ["TRAIN_STEPS=100000", "Experiment.checkpoint_every=1000"]),
+          f"--workdir={tmp_path}"]
+  proc = subprocess.Popen(args, cwd=ROOT, env=subprocess_env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.monotonic() + 240
+    metrics = tmp_path / "metrics.jsonl"
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+      assert proc.poll() is None and time.monotonic() < deadline
+      time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+  finally:
+    proc.kill()
+  assert proc.returncode == 130, err[-2000:]
+  assert "Traceback" not in err and "stopping after this step" in out
+  step = int(re.search(r"resumes from the checkpoint at step (\d+)", out).group(1))
+  assert step >= 2 and (tmp_path / "checkpoints" / str(step)).is_dir()
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [str(step)]

@@ -1,14 +1,25 @@
 """Orbax checkpoints of the train state: params, optimiser state, rng and step.
 
 Orbax writes each step to `<step>.orbax-checkpoint-tmp-*` and renames it when
-complete, so a run killed mid-save leaves earlier steps intact; a step that
-still cannot be read is skipped (with a warning) in favour of the one before.
+complete, so a run killed mid-save leaves earlier steps intact. A step that
+still cannot be read (half copied, corrupt files) is skipped with a warning in
+favour of the one before; a resuming run moves it aside to
+`<step>.unreadable`, never deletes it. A step that reads fine but holds arrays
+shaped differently from the config (a changed model or optimiser) is an error:
+nothing is skipped, moved or overwritten.
 """
 import os
 from typing import Any, Optional
 
+import jax
 import orbax.checkpoint as ocp
 import tqdm
+
+ITEMS = ("params", "train")
+
+
+class CheckpointMismatch(ValueError):
+  """A readable checkpoint whose arrays do not fit the configured train state."""
 
 
 class Checkpointer:
@@ -19,7 +30,9 @@ class Checkpointer:
     self.every = every
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=False, create=True)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={k: ocp.StandardCheckpointHandler() for k in ITEMS})
 
   def save(self, state, *, force: bool = False) -> bool:
     """Saves `state` (a TrainState) if its step is due or `force`."""
@@ -38,34 +51,109 @@ class Checkpointer:
   def restore(self, abstract_state) -> Optional[Any]:
     """The latest readable TrainState shaped (and sharded) like `abstract_state`.
 
-    Unreadable newer steps are deleted, so the resumed run can save them again.
+    Unreadable newer steps are moved aside (`<step>.unreadable`), so the
+    resumed run can save them again. Raises CheckpointMismatch if the latest
+    readable step holds differently shaped arrays.
     """
     train = {"opt_state": abstract_state.opt_state, "rng": abstract_state.rng,
              "step": abstract_state.step}
     found = self._restore_latest(
-        remove_incomplete=True, params=abstract_state.params, train=train)
+        move_unreadable=True, params=abstract_state.params, train=train)
     if found is None:
       return None
     return abstract_state.replace(params=found[1].params, **found[1].train)
 
   def restore_params(self, abstract_params) -> Optional[tuple[int, Any]]:
-    """(step, params) of the latest readable checkpoint, or None."""
-    found = self._restore_latest(remove_incomplete=False, params=abstract_params)
+    """(step, params) of the latest readable checkpoint, or None (see `restore`)."""
+    found = self._restore_latest(move_unreadable=False, params=abstract_params)
     return None if found is None else (found[0], found[1].params)
 
-  def _restore_latest(self, remove_incomplete, **abstract):
+  def _restore_latest(self, move_unreadable, **abstract):
     args = ocp.args.Composite(**{k: ocp.args.StandardRestore(v)
                                  for k, v in abstract.items()})
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
+        saved = self._manager.item_metadata(step)
+        saved = {k: _shapes(saved[k]) for k in abstract}
+        missing = [k for k in abstract if not saved[k]]
+        if missing:
+          raise FileNotFoundError(f"no readable metadata for {', '.join(missing)}")
+      except Exception as e:  # pylint: disable=broad-except
+        self._skip(step, e, move_unreadable)
+        continue
+      for name, tree in abstract.items():
+        _check_fits(saved[name], _shapes(tree), name, step, self.directory)
+      try:
         return step, self._manager.restore(step, args=args)
-      except (FileNotFoundError, ValueError, KeyError) as e:
-        tqdm.tqdm.write(f"warning: checkpoint step {step} in {self.directory} "
-                        f"is incomplete ({type(e).__name__}); using the one "
-                        "before it.")
-        if remove_incomplete:
-          self._manager.delete(step)
+      except Exception as e:  # pylint: disable=broad-except
+        self._skip(step, e, move_unreadable)
     return None
+
+  def _skip(self, step: int, error: Exception, move: bool):
+    """Warns that `step` is unreadable and, if `move`, renames it out of the way."""
+    where = os.path.join(self.directory, str(step))
+    message = str(error).strip().splitlines()
+    detail = f"{type(error).__name__}: {message[0][:200]}" if message else type(error).__name__
+    moved = ""
+    if move:
+      aside = _unused(f"{where}.unreadable")
+      os.rename(where, aside)
+      self._manager.reload()
+      moved = f" Moved to {aside}."
+    tqdm.tqdm.write(f"warning: checkpoint step {step} in {self.directory} is "
+                    f"incomplete or unreadable ({detail}); using the one before "
+                    f"it.{moved}")
+
+  def latest_step(self) -> Optional[int]:
+    """The newest saved step (None if there is none)."""
+    return self._manager.latest_step()
 
   def close(self):
     self._manager.close()
+
+
+def _unused(path: str) -> str:
+  """`path`, or `path.1`, `path.2`, ... whichever does not exist yet."""
+  candidate, n = path, 0
+  while os.path.exists(candidate):
+    n += 1
+    candidate = f"{path}.{n}"
+  return candidate
+
+
+def _key_name(key) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def _shapes(tree) -> dict:
+  """{'a.b.0.c': (shape, dtype name)} of the array leaves of `tree` (arrays,
+  ShapeDtypeStructs or orbax metadata), named as orbax names them."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {".".join(_key_name(k) for k in path): (tuple(leaf.shape), str(leaf.dtype))
+          for path, leaf in leaves if hasattr(leaf, "shape")}
+
+
+def _check_fits(saved: dict, wanted: dict, item: str, step: int, directory: str):
+  """Raises CheckpointMismatch naming the arrays that differ."""
+  if saved == wanted:
+    return
+  lines = []
+  for name in sorted(set(saved) | set(wanted)):
+    have, want = saved.get(name), wanted.get(name)
+    if have != want:
+      show = lambda s: "absent" if s is None else f"{list(s[0])} {s[1]}"
+      lines.append(f"  {item}.{name}: checkpoint {show(have)}, config {show(want)}")
+  more = f"\n  ... and {len(lines) - 8} more" if len(lines) > 8 else ""
+  what = ("the model (e.g. D_MODEL, N_LAYERS, d_ff, attention types, the position "
+          "table's max_len / axial_shape)" if item == "params" else
+          "the optimiser (OptimizerConfig: name, clip_norm, weight decay, ...)")
+  raise CheckpointMismatch(
+      f"checkpoint step {step} in {directory} does not fit this config: "
+      f"{len(lines)} array(s) differ in {what}:\n" + "\n".join(lines[:8]) + more +
+      f"\nUse the config it was trained with ({os.path.dirname(directory)}/config.gin; "
+      "bindings may change what leaves the parameters alone: N_HASHES, lsh <-> "
+      "shared_qk_full, eval settings), or train in a new --workdir. Nothing was "
+      "changed in the checkpoint directory.")

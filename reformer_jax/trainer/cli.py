@@ -54,7 +54,8 @@ def configure():
 
 
 def guarded(main):
-  """Wraps an absl main: USER_ERRORS print `error: ...` and exit with status 1."""
+  """Wraps an absl main: USER_ERRORS print `error: ...` and exit with status 1;
+  Ctrl-C exits with status 130 without a traceback."""
 
   def wrapper(argv):
     if len(argv) > 1:
@@ -68,6 +69,9 @@ def guarded(main):
                if not l.startswith("  In call to configurable")]
       print("error: " + "\n".join(lines), file=sys.stderr)
       raise SystemExit(1) from None
+    except KeyboardInterrupt:
+      print("interrupted", file=sys.stderr)
+      raise SystemExit(130) from None
 
   return wrapper
 

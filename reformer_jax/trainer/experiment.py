@@ -52,13 +52,36 @@ class Experiment:
   sample_length: int = 0
 
   def __post_init__(self):
+    if not isinstance(self.model, ReformerConfig):
+      raise ValueError(f"Experiment.model must be a ReformerConfig, got {self.model!r}; "
+                       "bind it as @ReformerConfig() (with parentheses).")
+    if not isinstance(self.optimizer, OptimizerConfig):
+      raise ValueError(f"Experiment.optimizer must be an OptimizerConfig, got "
+                       f"{self.optimizer!r}; bind it as @OptimizerConfig().")
+    if not callable(self.data) or hasattr(self.data, "train_batch"):
+      raise ValueError(f"Experiment.data must be a data source's factory, got "
+                       f"{self.data!r}; bind it without parentheses, e.g. "
+                       "Experiment.data = @shipped_corpus (built only when needed).")
     for name in ("seq_len", "batch_size", "train_steps", "grad_accum_steps",
                  "log_every", "eval_every", "checkpoint_every",
                  "keep_checkpoints"):
       value = getattr(self, name)
-      if not isinstance(value, int) or value < 1:
+      if not _is_int(value) or value < 1:
         raise ValueError(f"Experiment.{name} must be a positive int, got "
                          f"{value!r}.")
+    for name in ("eval_batches", "eval_batch_size"):
+      value = getattr(self, name)
+      if value is not None and (not _is_int(value) or value < 1):
+        raise ValueError(f"Experiment.{name} must be a positive int or None, got "
+                         f"{value!r}.")
+    if not _is_int(self.seed):
+      raise ValueError(f"Experiment.seed must be an int, got {self.seed!r}.")
+    if not _is_int(self.sample_length) or self.sample_length < 0:
+      raise ValueError(f"Experiment.sample_length must be an int >= 0 (0: no sample), "
+                       f"got {self.sample_length!r}.")
+    if not isinstance(self.sample_prompt, str):
+      raise ValueError(f"Experiment.sample_prompt must be a string, got "
+                       f"{self.sample_prompt!r}.")
     if self.batch_size % self.grad_accum_steps:
       raise ValueError(
           f"BATCH_SIZE={self.batch_size} must be a multiple of "
@@ -82,6 +105,10 @@ class Experiment:
   @property
   def eval_config(self) -> ReformerConfig:
     return self.model.replace(deterministic=True)
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
 
 
 def max_length(config: ReformerConfig) -> Optional[int]:

@@ -12,6 +12,7 @@ import inspect
 import logging
 import os
 import pathlib
+import re
 from typing import Sequence
 
 import gin
@@ -65,7 +66,10 @@ def parse(gin_files: Sequence[str], gin_bindings: Sequence[str] = ()):
   """Clears gin, then parses `gin_files` (later override earlier) and bindings.
 
   Bindings are checked before parsing: an unknown macro, configurable or
-  parameter raises ValueError naming it and the closest valid name.
+  parameter raises ValueError naming it and the closest valid name; so does a
+  reference to an undefined macro (`%NAME`), in bindings and files. Relative
+  paths of the data sources (`PATH_PARAMETERS`) are made absolute, so the
+  config written to the workdir works from any directory.
   """
   gin.clear_config()
   # gin's package-resource reader logs an error for each search-path miss of
@@ -83,11 +87,26 @@ def parse(gin_files: Sequence[str], gin_bindings: Sequence[str] = ()):
       if isinstance(statement, config_parser.BindingStatement):
         _check_binding(statement, binding, macros)
   gin.parse_config(list(gin_bindings))
+  _check_macro_references(_defined_macros())
+  _make_paths_absolute()
 
 
 def make_experiment() -> Experiment:
-  """The Experiment the parsed config describes."""
-  return CONFIGURABLES["Experiment"]()
+  """The Experiment the parsed config describes.
+
+  A value of the wrong kind that a configurable's own checks do not catch
+  (TypeError inside a gin call) is reported as a ValueError naming the call.
+  """
+  try:
+    return CONFIGURABLES["Experiment"]()
+  except TypeError as e:
+    message = str(e).splitlines()
+    calls = re.findall(r"In call to configurable '([^']+)'", str(e))
+    where = f" (in {calls[-1]})" if calls else ""
+    raise ValueError(f"the gin config gives a value of the wrong kind{where}: "
+                     f"{message[0]}. Check the bindings of that configurable "
+                     "(numbers unquoted, strings quoted, @name() for a config "
+                     "object, @name without () for a data source).") from e
 
 
 def write_config(workdir: str):
@@ -106,6 +125,53 @@ def _defined_macros() -> set[str]:
       gin.config_str(), gin.config.ParserDelegate(skip_unknown=True))
   return {s.selector for s in statements
           if isinstance(s, config_parser.BindingStatement) and not s.arg_name}
+
+
+def _macro_references(value):
+  """Names of the macros `value` (a parsed binding value) refers to as `%NAME`."""
+  if isinstance(value, gin.config.ConfigurableReference):
+    if value.selector == "gin.macro":
+      yield "/".join(value.scopes)
+  elif isinstance(value, (list, tuple, set)):
+    for item in value:
+      yield from _macro_references(item)
+  elif isinstance(value, dict):
+    for item in value.values():
+      yield from _macro_references(item)
+
+
+def _check_macro_references(macros: set[str]):
+  """Raises ValueError for a binding that refers to an undefined macro."""
+  statements = config_parser.ConfigParser(
+      gin.config_str(), gin.config.ParserDelegate(skip_unknown=True))
+  for statement in statements:
+    if not isinstance(statement, config_parser.BindingStatement):
+      continue
+    for name in _macro_references(statement.value):
+      if name not in macros:
+        target = ".".join(filter(None, (statement.selector, statement.arg_name)))
+        raise ValueError(f"gin binding {target} refers to %{name}, which no "
+                         f"file or binding defines{_suggest(name, macros)}. "
+                         f"Macros: {', '.join(sorted(macros)) or 'none'}.")
+
+
+# Data-source parameters that hold paths, made absolute when parsed.
+PATH_PARAMETERS = ("local_file.path", "tfds_text.data_dir")
+
+
+def _make_paths_absolute():
+  """Rebinds relative path parameters (or the macros they use) as absolute paths."""
+  for name in PATH_PARAMETERS:
+    try:
+      value = gin.query_parameter(name)
+    except ValueError:  # not bound
+      continue
+    while (isinstance(value, gin.config.ConfigurableReference)
+           and value.selector == "gin.macro"):
+      name = f"{'/'.join(value.scopes)}/gin.macro.value"
+      value = gin.query_parameter(name)
+    if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
+      gin.bind_parameter(name, os.path.abspath(value))
 
 
 def _check_binding(statement, binding: str, macros: set[str]):

@@ -25,14 +25,21 @@ def add_sums(a, b):
 
 
 class MetricWriter:
-  """Writes scalars to TensorBoard event files, `metrics.jsonl` and the console."""
+  """Writes scalars to TensorBoard event files, `metrics.jsonl` and the console.
 
-  def __init__(self, workdir: str):
+  A run that starts (or resumes) at step `start` supersedes what an earlier run in the
+  workdir logged after it: TensorBoard hides those events (`purge_step`), and their
+  `metrics.jsonl` lines move to `metrics_superseded.jsonl`.
+  """
+
+  def __init__(self, workdir: str, start: int = 0):
     # Imported here: tensorboardX imports torch whenever it is installed (about 170 MB of
     # RSS and 1.5 s), which code that only builds or benchmarks models should not pay.
     import tensorboardX  # pylint: disable=import-outside-toplevel
-    self._tb = tensorboardX.SummaryWriter(logdir=workdir)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    self._tb = tensorboardX.SummaryWriter(logdir=workdir, purge_step=start + 1)
+    path = os.path.join(workdir, "metrics.jsonl")
+    _supersede(path, os.path.join(workdir, "metrics_superseded.jsonl"), start)
+    self._jsonl = open(path, "a")
 
   def write(self, step: int, split: str, metrics: Mapping[str, float]):
     for name, value in metrics.items():
@@ -46,6 +53,30 @@ class MetricWriter:
   def close(self):
     self._tb.close()
     self._jsonl.close()
+
+
+def _supersede(path: str, superseded: str, start: int):
+  """Moves the lines of `path` logged after step `start` to the end of `superseded`."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  later = [_step(l) > start for l in lines]
+  if not any(later):
+    return
+  with open(superseded, "a") as f:
+    f.writelines(l for l, move in zip(lines, later) if move)
+  with open(path + ".tmp", "w") as f:
+    f.writelines(l for l, move in zip(lines, later) if not move)
+  os.replace(path + ".tmp", path)
+
+
+def _step(line: str) -> float:
+  """The step a metrics line was logged at (-inf for a line cut short by a kill)."""
+  try:
+    return json.loads(line)["step"]
+  except (ValueError, KeyError, TypeError):
+    return -math.inf
 
 
 def _fmt(value: float) -> str:

@@ -14,6 +14,15 @@ from reformer_jax.models import ReformerConfig, ReformerLM
 from reformer_jax.trainer.experiment import max_length
 
 
+def check_can_sample(data):
+  """Raises ValueError unless `data` can encode text prompts and decode tokens."""
+  if not (hasattr(data, "encode") and hasattr(data, "decode")):
+    raise ValueError(f"{type(data).__name__} is not a text source: it cannot encode a "
+                     "text prompt, so there is nothing to sample from; sample from models "
+                     "trained on text (shipped_corpus, local_file, tfds_text), or set "
+                     "Experiment.sample_length = 0.")
+
+
 def generate(config: ReformerConfig, params, data, prompt: str, *,
              length: int, temperature: float = 0.8, top_k: int = 40,
              seed: int = 0) -> str:
@@ -29,6 +38,7 @@ def generate(config: ReformerConfig, params, data, prompt: str, *,
     top_k: sample among the k likeliest tokens (0: all).
     seed: seed of sampling and LSH hashing.
   """
+  check_can_sample(data)
   tokens = np.asarray(data.encode(prompt), np.int32)
   if not tokens.size:
     raise ValueError("the prompt is empty; give at least one character, e.g. "

@@ -5,9 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from reformer_jax.trainer import sharding
-from reformer_jax.trainer.checkpointing import Checkpointer
+from reformer_jax.trainer.checkpointing import CheckpointMismatch, Checkpointer
 from reformer_jax.trainer.steps import TrainState, abstract_state
 
 
@@ -80,4 +81,66 @@ def test_interrupted_save_falls_back_to_the_last_complete_step(tmp_path, capsys)
   assert "checkpoint step 5" in capsys.readouterr().out
   assert _save(reader, 5.)                               # the step can be saved again
   assert int(reader.restore(shapes).step) == 5
+  reader.close()
+
+
+def test_a_changed_model_or_optimiser_is_an_error_and_keeps_every_step(tmp_path):
+  mesh = sharding.make_mesh()
+  checkpointer = Checkpointer(str(tmp_path), every=1, keep=5)
+  _save(checkpointer, 3.)
+  _save(checkpointer, 4.)
+  directory = checkpointer.directory
+  before = sorted(os.listdir(directory))
+
+  def wider():
+    params = {"dense": {"kernel": jnp.zeros((4, 2), jnp.float32)}}
+    return TrainState(step=jnp.asarray(0, jnp.int32), params=params,
+                      opt_state=optax.adam(1e-3).init(params), rng=jax.random.PRNGKey(0))
+
+  with pytest.raises(CheckpointMismatch, match=r"params\.dense\.kernel: checkpoint \[3, 2\] "
+                     r"float32, config \[4, 2\] float32") as error:
+    checkpointer.restore(abstract_state(wider, mesh))
+  assert "config.gin" in str(error.value) and "new --workdir" in str(error.value)
+  with pytest.raises(CheckpointMismatch):
+    checkpointer.restore_params(abstract_state(wider, mesh).params)
+
+  def clipped():  # same params, an optimiser state with another structure
+    params = {"dense": {"kernel": jnp.zeros((3, 2), jnp.float32)}}
+    tx = optax.chain(optax.clip_by_global_norm(1.), optax.sgd(1e-3, momentum=0.9))
+    return TrainState(step=jnp.asarray(0, jnp.int32), params=params,
+                      opt_state=tx.init(params), rng=jax.random.PRNGKey(0))
+
+  with pytest.raises(CheckpointMismatch, match="optimiser"):
+    checkpointer.restore(abstract_state(clipped, mesh))
+  assert sorted(os.listdir(directory)) == before
+  assert int(checkpointer.restore(abstract_state(_init_fn(0.), mesh)).step) == 4
+  checkpointer.close()
+
+
+def test_a_corrupt_step_is_moved_aside_not_deleted(tmp_path, capsys):
+  mesh = sharding.make_mesh()
+  shapes = abstract_state(_init_fn(0.), mesh)
+  checkpointer = Checkpointer(str(tmp_path), every=1, keep=5)
+  _save(checkpointer, 4.)
+  _save(checkpointer, 5.)
+  checkpointer.close()
+  directory = checkpointer.directory
+  data_files = [os.path.join(root, name)
+                for root, _, names in os.walk(os.path.join(directory, "5", "params"))
+                for name in names if os.sep + "d" in root]
+  assert data_files
+  for path in data_files:  # the arrays' bytes gone, the metadata intact
+    with open(path, "wb") as f:
+      f.write(b"\0" * 7)
+
+  reader = Checkpointer(str(tmp_path), every=1, keep=5)
+  step, _ = reader.restore_params(shapes.params)  # read-only: skips, keeps step 5
+  assert step == 4 and os.path.isdir(os.path.join(directory, "5"))
+  assert int(reader.restore(shapes).step) == 4
+  out = capsys.readouterr().out
+  assert "checkpoint step 5" in out and "unreadable" in out
+  assert not os.path.exists(os.path.join(directory, "5"))
+  assert sorted(os.listdir(os.path.join(directory, "5.unreadable"))) == sorted(
+      os.listdir(os.path.join(directory, "4")))
+  assert _save(reader, 5.) and int(reader.restore(shapes).step) == 5
   reader.close()

@@ -1,4 +1,5 @@
 """Gin parsing: search paths, override order, binding checks, operative config."""
+import gin
 import pytest
 
 from reformer_jax.trainer import gin_setup
@@ -47,3 +48,28 @@ def test_operative_config_keeps_macros_so_bindings_can_change_them(tmp_path):
   gin_setup.parse([str(tmp_path / "config.gin")], ["N_HASHES=4"])
   exp = gin_setup.make_experiment()
   assert exp.model.n_hashes == 4 and exp.seq_len == 96
+
+
+def test_relative_data_paths_are_recorded_absolute(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  gin_setup.parse(["crime_and_punishment.gin"], ["DATA_PATH='texts/book.txt'"])
+  gin_setup.write_config(str(tmp_path))
+  assert "local_file.path = %DATA_PATH" in (tmp_path / "config.gin").read_text()
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  monkeypatch.chdir(elsewhere)             # e.g. evaluate run from another directory
+  gin_setup.parse([str(tmp_path / "config.gin")])
+  assert gin.query_parameter("DATA_PATH/gin.macro.value") == str(tmp_path / "texts" /
+                                                                 "book.txt")
+  monkeypatch.chdir(tmp_path)
+  gin_setup.parse(["quickstart.gin"], ["Experiment.data=@local_file",
+                                       "local_file.path='mine.txt'"])
+  assert gin.query_parameter("local_file.path") == str(tmp_path / "mine.txt")
+
+
+def test_undefined_macro_in_a_file_is_named(tmp_path):
+  config = tmp_path / "typo.gin"
+  config.write_text("include 'quickstart.gin'\nExperiment.batch_size = %BATCH_SIZ\n")
+  with pytest.raises(ValueError, match=r"Experiment.batch_size refers to %BATCH_SIZ, which "
+                     r"no file or binding defines \(did you mean 'BATCH_SIZE'\?\)"):
+    gin_setup.parse([str(config)])
