@@ -12,11 +12,11 @@ from reformer_jax.trainer.checkpointing import CheckpointMismatch, Checkpointer
 from reformer_jax.trainer.steps import TrainState, abstract_state
 
 
-def _init_fn(value):
-  tx = optax.adam(1e-3)
+def _init_fn(value, shape=(3, 2), tx=None):
+  tx = tx or optax.adam(1e-3)
 
   def init():
-    params = {"dense": {"kernel": jnp.full((3, 2), value, jnp.float32)}}
+    params = {"dense": {"kernel": jnp.full(shape, value, jnp.float32)}}
     return TrainState(step=jnp.asarray(int(value), jnp.int32), params=params,
                       opt_state=tx.init(params),
                       rng=jax.random.PRNGKey(int(value)))
@@ -92,11 +92,7 @@ def test_a_changed_model_or_optimiser_is_an_error_and_keeps_every_step(tmp_path)
   directory = checkpointer.directory
   before = sorted(os.listdir(directory))
 
-  def wider():
-    params = {"dense": {"kernel": jnp.zeros((4, 2), jnp.float32)}}
-    return TrainState(step=jnp.asarray(0, jnp.int32), params=params,
-                      opt_state=optax.adam(1e-3).init(params), rng=jax.random.PRNGKey(0))
-
+  wider = _init_fn(0., shape=(4, 2))
   with pytest.raises(CheckpointMismatch, match=r"params\.dense\.kernel: checkpoint \[3, 2\] "
                      r"float32, config \[4, 2\] float32") as error:
     checkpointer.restore(abstract_state(wider, mesh))
@@ -104,12 +100,9 @@ def test_a_changed_model_or_optimiser_is_an_error_and_keeps_every_step(tmp_path)
   with pytest.raises(CheckpointMismatch):
     checkpointer.restore_params(abstract_state(wider, mesh).params)
 
-  def clipped():  # same params, an optimiser state with another structure
-    params = {"dense": {"kernel": jnp.zeros((3, 2), jnp.float32)}}
-    tx = optax.chain(optax.clip_by_global_norm(1.), optax.sgd(1e-3, momentum=0.9))
-    return TrainState(step=jnp.asarray(0, jnp.int32), params=params,
-                      opt_state=tx.init(params), rng=jax.random.PRNGKey(0))
-
+  # Same params, an optimiser state with another structure.
+  clipped = _init_fn(0., tx=optax.chain(optax.clip_by_global_norm(1.),
+                                        optax.sgd(1e-3, momentum=0.9)))
   with pytest.raises(CheckpointMismatch, match="optimiser"):
     checkpointer.restore(abstract_state(clipped, mesh))
   assert sorted(os.listdir(directory)) == before
