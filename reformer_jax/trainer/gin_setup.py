@@ -77,7 +77,10 @@ def parse(gin_files: Sequence[str], gin_bindings: Sequence[str] = ()):
   logging.disable(logging.ERROR)
   try:
     for name in gin_files:
-      gin.parse_config_file(resolve_file(name))
+      try:
+        gin.parse_config_file(resolve_file(name))
+      except ValueError as e:
+        raise ValueError(_with_suggestion(str(e))) from None
   finally:
     logging.disable(logging.NOTSET)
   macros = _defined_macros()
@@ -191,6 +194,21 @@ def _check_binding(statement, binding: str, macros: set[str]):
   if arg not in params:
     raise ValueError(f"unknown gin binding {binding!r}: {configurable} has no "
                      f"parameter {arg!r}{_suggest(arg, params)}.")
+
+
+def _with_suggestion(message: str) -> str:
+  """gin's error for an unknown configurable or parameter in a file, with the closest
+  valid name added to its first line."""
+  first, _, rest = message.partition("\n")
+  first, hint = first.rstrip("."), ""
+  unknown = re.match(r"No configurable matching '([\w.]+)'", first)
+  if unknown:
+    hint = _suggest(unknown.group(1).rsplit(".", 1)[-1], REGISTERED)
+  unknown = re.match(r"Configurable '(\w+)' doesn't have a parameter named '(\w+)'", first)
+  if unknown and unknown.group(1) in REGISTERED:
+    hint = _suggest(unknown.group(2), _parameters(REGISTERED[unknown.group(1)]))
+  first = f"{first}{hint}."
+  return f"{first}\n{rest}" if rest else first
 
 
 def _parameters(fn) -> list[str]:

@@ -73,3 +73,16 @@ def test_undefined_macro_in_a_file_is_named(tmp_path):
   with pytest.raises(ValueError, match=r"Experiment.batch_size refers to %BATCH_SIZ, which "
                      r"no file or binding defines \(did you mean 'BATCH_SIZE'\?\)"):
     gin_setup.parse([str(config)])
+
+
+@pytest.mark.parametrize("line, fragment", [
+    ("ReformerConfig.n_hashs = 2", "named 'n_hashs' (did you mean 'n_hashes'?).\n"),
+    ("ReformerConfg.n_hashes = 2", "'ReformerConfg' (did you mean 'ReformerConfig'?).\n"),
+])
+def test_unknown_name_in_a_file_is_named_with_the_closest_valid_name(tmp_path, line,
+                                                                     fragment):
+  config = tmp_path / "typo.gin"
+  config.write_text(f"include 'quickstart.gin'\n{line}\n")
+  with pytest.raises(ValueError) as info:
+    gin_setup.parse([str(config)])
+  assert fragment in str(info.value) and "line 2" in str(info.value)
