@@ -24,7 +24,8 @@ LM head, unknown attention types or activations) raise ValueError saying which.
 
 `compare_with_hf` and `compare_gradients_with_hf` run a torch model and its conversion on
 the same batch (needs torch and transformers); LSH rotations are replayed from
-`hash_seed` exactly as HF draws them (`hf_rotations`).
+`hash_seed` exactly as HF draws them (`hf_rotations`), with the bucket count HF uses
+(`hf_num_buckets`).
 """
 import contextlib
 import dataclasses
@@ -33,7 +34,7 @@ import json
 import math
 import os
 import pathlib
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import flax
 import gin
@@ -42,9 +43,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from reformer_jax.data.lm_data import LMData
+from reformer_jax.data.offset_bytes import offset_tokens
 from reformer_jax.layers.feed_forward import ACTIVATIONS
 from reformer_jax.models import ReformerConfig, ReformerLM
+from reformer_jax.trainer.experiment import max_length
 
 # transformers' ReformerConfig defaults (5.23, same in 4.x): config.json written by
 # `save_pretrained` may leave out values equal to these.
@@ -438,12 +440,33 @@ def hf_rotations(config: ReformerConfig, hash_seed: int, dtype: str = "float32")
   import torch  # pylint: disable=g-import-not-at-top
   if config.n_buckets is None:
     raise ValueError("config.n_buckets is None: HF picks num_buckets at its first forward "
-                     "(from the length and max_position_embeddings); set it explicitly to "
-                     "replay HF's rotations")
+                     "(from the length); replay HF's rotations with config.replace("
+                     "n_buckets=hf_num_buckets(hf_config, length))")
   factors = config.n_buckets if isinstance(config.n_buckets, tuple) else (config.n_buckets,)
   generator = torch.Generator().manual_seed(hash_seed)
   shape = (config.n_heads, config.d_head, config.n_hashes, sum(factors) // 2)
   return torch.randn(shape, generator=generator, dtype=getattr(torch, dtype)).numpy()
+
+
+def hf_num_buckets(hf: Mapping[str, Any], length: int) -> Union[int, Tuple[int, int]]:
+  """The `num_buckets` HF's LSH layers use for a forward of `length` tokens.
+
+  A set `hf['num_buckets']` is returned as is (factors as a tuple). None is what
+  `LSHSelfAttention._set_num_buckets` picks at a layer's first forward, from `length`
+  after HF's padding (`pad_like_hf`): the power of two at or below
+  `2 * length // lsh_attn_chunk_length` (at least 2), factorised into two powers of two
+  when it exceeds `2 * max(sqrt(max_position_embeddings // chunk), chunk)`.
+  """
+  hf = {**HF_DEFAULTS, **hf}
+  if hf["num_buckets"] is not None:
+    n_buckets = hf["num_buckets"]
+    return tuple(n_buckets) if isinstance(n_buckets, list) else n_buckets
+  chunk = hf["lsh_attn_chunk_length"]
+  power = max(1, (2 * (length // chunk)).bit_length() - 1)
+  limit = 2 * max(int((hf["max_position_embeddings"] // chunk) ** 0.5), chunk)
+  if 2 ** power > limit:
+    return (2 ** (power // 2), 2 ** (power - power // 2))
+  return 2 ** power
 
 
 def pad_like_hf(config: ReformerConfig, tokens: np.ndarray, mask: Optional[np.ndarray] = None
@@ -488,9 +511,12 @@ def _hf_lsh_modules(hf_model):
 @contextlib.contextmanager
 def _hf_hashing_with(hf_model, hash_seed: int, train: bool):
   """HF in training (`train`) or eval mode with its LSH layers' `hash_seed` set;
-  restores the seeds, the mode and (after training) clears the gradients on exit."""
+  restores the seeds, the bucket counts (HF sets unset ones at a forward), the mode and
+  (after training) clears the gradients on exit."""
   lsh = _hf_lsh_modules(hf_model)
   seeds = [m.hash_seed for m in lsh]
+  buckets = [m.num_buckets for m in lsh]
+  config_buckets = hf_model.config.num_buckets
   training = hf_model.training
   hf_model.train(train)
   try:
@@ -498,18 +524,22 @@ def _hf_hashing_with(hf_model, hash_seed: int, train: bool):
       m.hash_seed = hash_seed
     yield
   finally:
-    for m, seed in zip(lsh, seeds):
-      m.hash_seed = seed
+    for m, seed, n_buckets in zip(lsh, seeds, buckets):
+      m.hash_seed, m.num_buckets = seed, n_buckets
+    hf_model.config.num_buckets = config_buckets
     if train:
       hf_model.zero_grad(set_to_none=True)
     hf_model.train(training)
 
 
-def _replayed_rotations(config: ReformerConfig, hash_seed: int, hf_model):
-  """HF's LSH rotations for `hash_seed` as float32 (None without LSH layers)."""
+def _replayed_rotations(config: ReformerConfig, hash_seed: int, hf_model, length: int):
+  """`(config, rotations)`: `config` with the num_buckets HF uses for `length` tokens, and
+  HF's LSH rotations for `hash_seed` as float32 (None without LSH layers)."""
   if "lsh" not in config.attention_types:
-    return None
-  return hf_rotations(config, hash_seed, _dtype_name(hf_model)).astype(np.float32)
+    return config, None
+  padded = pad_like_hf(config, np.zeros((1, length), np.int32))[0].shape[1]
+  config = config.replace(n_buckets=hf_num_buckets(hf_model.config.to_dict(), padded))
+  return config, hf_rotations(config, hash_seed, _dtype_name(hf_model)).astype(np.float32)
 
 
 def _unused_lm_head_bias(hf_model):
@@ -532,8 +562,10 @@ def compare_with_hf(hf_model, tokens: np.ndarray, mask: Optional[np.ndarray] = N
   """Runs a transformers `ReformerModelWithLMHead` (eval mode) and its conversion.
 
   HF's LSH rotations are fixed by `hash_seed` (set on its LSH layers for this call) and
-  replayed in ours. When transformers does not add `lm_head.bias` (5.x), the HF logits
-  are compared after adding it, since the converted model adds it.
+  replayed in ours; an unset `num_buckets` is the count HF picks for this length
+  (`hf_num_buckets`; HF's pick is undone afterwards). When transformers does not add
+  `lm_head.bias` (5.x), the HF logits are compared after adding it, since the converted
+  model adds it.
 
   Run HF in float64 (`hf_model.double()`) to compare with its exact arithmetic: in
   float32 HF combines hash rounds as `exp(l - logsumexp(l))` with `l` about -1e5 (float32
@@ -564,7 +596,7 @@ def compare_with_hf(hf_model, tokens: np.ndarray, mask: Optional[np.ndarray] = N
     unused = _unused_lm_head_bias(hf_model)
     if unused is not None:
       logits = logits + unused
-  rotations = _replayed_rotations(config, hash_seed, hf_model)
+  config, rotations = _replayed_rotations(config, hash_seed, hf_model, tokens.shape[1])
   ours_tokens, ours_mask = tokens, None if mask is None else real
   if hf_padding:
     ours_tokens, ours_mask = pad_like_hf(config, tokens, ours_mask)
@@ -634,7 +666,7 @@ def compare_gradients_with_hf(hf_model, tokens: np.ndarray, *,
                 for k, p in hf_model.named_parameters()}
     hf_loss = float(loss.detach())
 
-  rotations = _replayed_rotations(config, hash_seed, hf_model)
+  config, rotations = _replayed_rotations(config, hash_seed, hf_model, tokens.shape[1])
   model = ReformerLM(config.replace(deterministic=True))
   targets = np.roll(tokens, -1, axis=1)
   weights = np.ones(tokens.shape, np.float32)
@@ -659,47 +691,11 @@ def compare_gradients_with_hf(hf_model, tokens: np.ndarray, *,
 # Workdirs: a converted model as a checkpoint + config.gin for train / evaluate / sample.
 
 
-class OffsetByteCodec:
-  """UTF-8 bytes as token ids `byte + offset` (google/reformer-enwik8 uses offset 2)."""
-
-  def __init__(self, offset: int):
-    if offset < 0:
-      raise ValueError(f"token offset must be >= 0, got {offset}")
-    self.offset = offset
-    self.vocab_size = 256 + offset
-
-  def encode(self, text: str) -> np.ndarray:
-    """`[n_bytes]` int32 token ids of `text`."""
-    return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32) + self.offset
-
-  def decode(self, tokens) -> str:
-    """Text of `[length]` token ids; ids below the offset (special tokens) are dropped."""
-    tokens = np.asarray(tokens)
-    tokens = tokens[(tokens >= self.offset) & (tokens < self.vocab_size)] - self.offset
-    return tokens.astype(np.uint8).tobytes().decode("utf-8", errors="replace")
-
-
-def offset_tokens(source, offset: int = 0):
-  """A byte-level data source with token ids shifted by `offset`.
-
-  gin: `@reformer_jax.convert.offset_tokens` (full name: it is also registered as
-  `__main__.offset_tokens` when this module runs as a program).
-
-  Args:
-    source: a () -> LMData callable such as `@shipped_corpus` or `@local_file`.
-    offset: added to every byte (2 for google/reformer-enwik8, whose ids 0 and 1 are
-      special).
-
-  Returns:
-    LMData over the same splits with an `OffsetByteCodec`.
-  """
-  data = source()
-  codec = OffsetByteCodec(offset)
-  splits = {k: np.asarray(v, np.uint16) + np.uint16(offset) for k, v in data.splits.items()}
-  return LMData(splits, codec=codec, seed=data.seed)
-
-
-gin.external_configurable(offset_tokens, "offset_tokens")
+# Registered under this module's name, which converted workdirs' config.gin use. Run as a
+# program, this file executes twice (as __main__, and as reformer_jax.convert when a
+# config.gin imports it); the function lives in reformer_jax.data, so both executions
+# register the same function under the same name and gin sees one configurable.
+gin.external_configurable(offset_tokens, "offset_tokens", module="reformer_jax.convert")
 
 
 def default_seq_len(config: ReformerConfig, limit: int = 2048) -> int:
@@ -708,10 +704,7 @@ def default_seq_len(config: ReformerConfig, limit: int = 2048) -> int:
   At most `limit` and the position table's size, and a multiple of the chunk lengths' LCM
   when possible, so that HF pads nothing and both compute the same LSH windows.
   """
-  if config.positional == "axial":
-    length = min(limit, math.prod(config.resolved_axial_shape))
-  else:
-    length = min(limit, config.max_len)
+  length = min(limit, max_length(config))
   chunks = [getattr(config, f"{kind}_chunk_len")
             for kind in set(config.layer_attention_types()) if kind in ("local", "lsh")]
   lcm = math.lcm(*chunks) if chunks else 1
@@ -727,7 +720,9 @@ def workdir_config(config: ReformerConfig, *, seq_len: int, token_offset: int = 
   e.g. enwik8) or the corpus shipped with the package, token ids shifted by `token_offset`.
   """
   lines = [f"# Converted by reformer_jax.convert{' from ' + origin if origin else ''}.",
-           "# strict_causal = False reproduces Hugging Face's LSH attention windows.", ""]
+           "# strict_causal = False reproduces Hugging Face's LSH attention windows.",
+           f"# The converted weights fix vocab_size and the position table: SEQ_LEN <= "
+           f"{max_length(config)}.", ""]
   if token_offset:
     lines += ["import reformer_jax.convert", ""]
   lines += [f"SEQ_LEN = {seq_len}", "BATCH_SIZE = 8", "TRAIN_STEPS = 1000",
@@ -753,6 +748,28 @@ def workdir_config(config: ReformerConfig, *, seq_len: int, token_offset: int = 
   return "\n".join(lines)
 
 
+def _check_workdir_inputs(config: ReformerConfig, workdir: str, *,
+                          seq_len: Optional[int] = None, token_offset: int = 0,
+                          data_file: Optional[str] = None) -> None:
+  """Raises ValueError (FileNotFoundError) for inputs `write_workdir` cannot use.
+
+  Called before anything is written; the messages name the command-line flags.
+  """
+  checkpoints = os.path.join(workdir, "checkpoints")
+  if os.path.isdir(checkpoints) and os.listdir(checkpoints):
+    raise ValueError(f"{checkpoints} already holds checkpoints; convert into a new --workdir")
+  if data_file is not None and not os.path.isfile(data_file):
+    raise FileNotFoundError(f"--data_file {data_file!r} does not exist")
+  if token_offset < 0:
+    raise ValueError(f"--token_offset={token_offset}: the data's token ids are byte + "
+                     "offset, so give an offset >= 0 (2 for google/reformer-enwik8, else 0)")
+  limit = max_length(config)
+  if seq_len is not None and not 1 <= seq_len <= limit:
+    raise ValueError(f"--seq_len={seq_len}: the converted model's position table holds "
+                     f"{limit} positions and the converted weights fix its size; give "
+                     f"--seq_len between 1 and {limit} (default {default_seq_len(config)})")
+
+
 def write_workdir(config: ReformerConfig, params, workdir: str, *, seq_len: Optional[int] = None,
                   token_offset: int = 0, data_file: Optional[str] = None,
                   origin: str = "") -> str:
@@ -764,14 +781,11 @@ def write_workdir(config: ReformerConfig, params, workdir: str, *, seq_len: Opti
   Returns:
     The path of the config.gin written.
   """
-  # Imported here: the trainer (and its TensorBoard writer) is not needed to convert.
+  # Imported here: checkpointing and the rest of the trainer are not needed to convert.
   # pylint: disable-next=g-import-not-at-top
   from reformer_jax.trainer import checkpointing, gin_setup, optim, sharding, steps
-  checkpoints = os.path.join(workdir, "checkpoints")
-  if os.path.isdir(checkpoints) and os.listdir(checkpoints):
-    raise ValueError(f"{checkpoints} already holds checkpoints; convert into a new --workdir")
-  if data_file is not None and not os.path.isfile(data_file):
-    raise FileNotFoundError(f"--data_file {data_file!r} does not exist")
+  _check_workdir_inputs(config, workdir, seq_len=seq_len, token_offset=token_offset,
+                        data_file=data_file)
   seq_len = default_seq_len(config) if seq_len is None else seq_len
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "config.gin")
@@ -821,18 +835,26 @@ def _define_flags():
 def import_hf(hf_dir: str, workdir: str, *, seq_len: Optional[int] = None,
               token_offset: int = 0, data_file: Optional[str] = None,
               verify: bool = False) -> Dict[str, Any]:
-  """The CLI's import: `hf_dir` -> `workdir`. Returns the summary printed as JSON."""
+  """The CLI's import: `hf_dir` -> `workdir`. Returns the summary printed as JSON.
+
+  The inputs are checked, and the model compared with transformers (`verify`), before
+  anything is written.
+  """
   hf = read_hf_config(hf_dir)
   config = config_from_hf(hf)
   params = params_from_hf(read_hf_weights(hf_dir), config)
-  path = write_workdir(config, params, workdir, seq_len=seq_len, token_offset=token_offset,
-                       data_file=data_file, origin=os.path.abspath(hf_dir))
-  summary = {"workdir": workdir, "config": path,
-             "params": int(sum(np.size(x) for x in jax.tree.leaves(params))),
-             "attention_types": list(config.attention_types)}
+  _check_workdir_inputs(config, workdir, seq_len=seq_len, token_offset=token_offset,
+                        data_file=data_file)
+  notes = []
   if hf.get("hash_seed") is not None:
-    summary["note"] = ("hash_seed is ignored: rotations come from the 'hash' rng; "
-                       "replay HF's with reformer_jax.convert.hf_rotations")
+    notes.append("hash_seed is ignored: rotations come from the 'hash' rng; replay HF's "
+                 "with reformer_jax.convert.hf_rotations")
+  if config.vocab_size < 256 + token_offset:
+    notes.append(f"the model has {config.vocab_size} token ids but the written byte-level "
+                 f"data needs {256 + token_offset} (256 bytes + --token_offset): evaluate, "
+                 "sample and train refuse it; bind Experiment.data to a source whose ids "
+                 f"are below {config.vocab_size} (the converted weights fix vocab_size)")
+  verified = None
   if verify:
     from transformers import ReformerModelWithLMHead  # pylint: disable=g-import-not-at-top
     # float64: HF's float32 combination of hash rounds is off by up to ~1% at queries
@@ -840,7 +862,16 @@ def import_hf(hf_dir: str, workdir: str, *, seq_len: Optional[int] = None,
     hf_model = ReformerModelWithLMHead.from_pretrained(hf_dir).double()
     length = min(default_seq_len(config, limit=256), hf["max_position_embeddings"])
     tokens = np.random.default_rng(0).integers(0, config.vocab_size, (2, length))
-    summary["verify"] = compare_with_hf(hf_model, tokens)
+    verified = compare_with_hf(hf_model, tokens)
+  path = write_workdir(config, params, workdir, seq_len=seq_len, token_offset=token_offset,
+                       data_file=data_file, origin=os.path.abspath(hf_dir))
+  summary = {"workdir": workdir, "config": path,
+             "params": int(sum(np.size(x) for x in jax.tree.leaves(params))),
+             "attention_types": list(config.attention_types)}
+  if notes:
+    summary["notes"] = notes
+  if verified is not None:
+    summary["verify"] = verified
   return summary
 
 

@@ -248,3 +248,60 @@ def test_cli_import_then_evaluate_and_sample(tmp_path):
   text = "\n".join(_cli("reformer_jax.sample", f"--workdir={workdir}", "--prompt=ab",
                         "--length=8", "--temperature=0"))
   assert text.startswith("ab")
+
+
+@pytest.mark.parametrize("length, expected", [(64, 32), (128, (8, 8))])
+def test_unset_num_buckets_resolved_as_hf_does(length, expected):
+  # max_position_embeddings, not the length, caps HF's unfactorised count: 2 * max(16, 4).
+  overrides = dict(attn_layers=["lsh", "lsh"], lsh_attn_chunk_length=4, num_buckets=None,
+                   max_position_embeddings=1024, num_hashes=2)
+  model = hf_model(**overrides)
+  assert convert.hf_num_buckets(model.config.to_dict(), length) == expected
+  tokens, _ = batch(length)
+  result = convert.compare_with_hf(model, tokens, hash_seed=3)
+  assert result["hidden"] < TOL and result["logits"] < TOL, result
+  lsh = [m for m in model.modules() if type(m).__name__ == "LSHSelfAttention"]
+  assert model.config.num_buckets is None and all(m.num_buckets is None for m in lsh)
+  with torch.no_grad():
+    model.eval()(torch.as_tensor(tokens))
+  picked = model.config.num_buckets
+  assert (tuple(picked) if isinstance(picked, list) else picked) == expected
+
+
+def test_import_checks_inputs_and_verifies_before_writing(tmp_path, monkeypatch):
+  hf_model(dtype=torch.float32, num_buckets=None).save_pretrained(tmp_path / "hf")
+  hf_dir, workdir = str(tmp_path / "hf"), tmp_path / "out"
+  with pytest.raises(ValueError, match="--token_offset=-1"):
+    convert.import_hf(hf_dir, str(workdir), token_offset=-1)
+  with pytest.raises(ValueError, match="--seq_len=128.*between 1 and 64"):
+    convert.import_hf(hf_dir, str(workdir), seq_len=128)
+
+  def fail(*unused_args, **unused_kwargs):
+    raise RuntimeError("verification failed")
+
+  with monkeypatch.context() as patch:
+    patch.setattr(convert, "compare_with_hf", fail)
+    with pytest.raises(RuntimeError, match="verification failed"):
+      convert.import_hf(hf_dir, str(workdir), verify=True)
+  assert not workdir.exists()
+  summary = convert.import_hf(hf_dir, str(workdir), verify=True)
+  assert summary["verify"]["logits"] < TOL and summary["verify"]["hidden"] < TOL, summary
+  assert "bind Experiment.data" in summary["notes"][0]
+
+
+def test_cli_exports_a_workdir_whose_config_train_rewrote(tmp_path):
+  from reformer_jax.trainer import gin_setup  # pylint: disable=import-outside-toplevel
+  model = hf_model(dtype=torch.float32, vocab_size=258, axial_pos_embds=True)
+  model.save_pretrained(tmp_path / "hf")
+  workdir = tmp_path / "out"
+  convert.import_hf(str(tmp_path / "hf"), str(workdir), token_offset=2)
+  # As `reformer_jax.train` does: config.gin rewritten from gin, with short names.
+  gin_setup.parse([str(workdir / "config.gin")])
+  gin_setup.write_config(str(workdir))
+  assert "offset_tokens.offset = 2" in (workdir / "config.gin").read_text()
+  summary = json.loads(_cli("reformer_jax.convert", f"--workdir={workdir}",
+                            f"--to_hf_dir={tmp_path / 'export'}")[-1])
+  assert summary["step"] == 0
+  exported = transformers.ReformerModelWithLMHead.from_pretrained(str(tmp_path / "export"))
+  for key, value in model.state_dict().items():
+    np.testing.assert_array_equal(exported.state_dict()[key].numpy(), value.numpy())

@@ -4,7 +4,8 @@ Sources (plain functions, gin-free, for `gin.external_configurable`):
   shipped_corpus  byte-level text shipped with the package (Hamlet + Macbeth);
   local_file      byte-level data from any local file (enwik8-style splits);
   tfds_text       byte-level data from a TensorFlow Datasets text feature;
-  duplication     the paper's synthetic `0 w 0 w` copy task.
+  duplication     the paper's synthetic `0 w 0 w` copy task;
+  offset_tokens   another byte-level source with token ids shifted (converted models).
 Each returns an object with `vocab_size`, `train_batch(step, batch_size,
 seq_len)` (a pure function of seed and step) and `eval_batches(batch_size,
 seq_len, n_batches=None, split='eval')`.
@@ -16,6 +17,8 @@ from reformer_jax.data.duplication_task import duplication
 from reformer_jax.data.duplication_task import DuplicationTask
 from reformer_jax.data.lm_data import LMData
 from reformer_jax.data.local_files import local_file
+from reformer_jax.data.offset_bytes import OffsetByteCodec
+from reformer_jax.data.offset_bytes import offset_tokens
 from reformer_jax.data.shipped import CORPUS_PATH
 from reformer_jax.data.shipped import shipped_corpus
 from reformer_jax.data.splits import contiguous_split
