@@ -61,7 +61,7 @@ def parse_args(argv):
   parser.add_argument("--ff_chunk", type=int, default=64,
                       help="positions per feed-forward chunk in table 2")
   parser.add_argument("--quick", action="store_true", help="tiny models and sizes")
-  parser.add_argument("--out", default=str(common.RESULTS_DIR))
+  common.add_out_argument(parser)
   args = parser.parse_args(argv)
   unknown = set(args.tables.split(",")) - set(TABLES)
   if unknown:
@@ -361,7 +361,7 @@ def main(argv=None):
                                             if quick else {}, 2 if quick else 8,
                                             64 if quick else 512, quick)
   result["load_average_after"] = list(os.getloadavg())
-  out = pathlib.Path(args.out)
+  out = common.out_dir(args)
   common.write_json(out / "blog_tables.json", result)
   plot(result, out / "blog_tables.png")
   print(f"wrote {out / 'blog_tables.json'} and .png")

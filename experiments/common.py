@@ -11,6 +11,8 @@
   source operation that made them.
 * Measured runs: `measure` runs a worker in a fresh subprocess (so its max RSS is its
   own), pinned to the same CPUs for every framework; `jax_train_worker` is the JAX one.
+* Results go to `RESULTS_DIR` (committed) or `--out`; a `--quick` run without `--out`
+  writes to `QUICK_RESULTS_DIR` instead (`add_out_argument`, `out_dir`).
 """
 import ctypes
 import dataclasses
@@ -24,11 +26,14 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "experiments" / "results"
+# Where --quick runs write without --out: never over the committed results.
+QUICK_RESULTS_DIR = pathlib.Path(tempfile.gettempdir()) / "reformer_jax_quick_results"
 MiB = 2 ** 20
 GiB = 2 ** 30
 
@@ -118,7 +123,10 @@ def train_batch_shapes(length: int, batch: int = 1):
           "weights": jax.ShapeDtypeStruct(shape, jnp.float32)}
 
 
-def build_train_step(config, opt_config, length: int, total_steps: int = 1000):
+TRAIN_STEPS = 1000  # the schedule's length in the benchmarks' train steps
+
+
+def build_train_step(config, opt_config, length: int, total_steps: int = TRAIN_STEPS):
   """The trainer's (init_state, jitted train step, abstract state) for `config`."""
   from reformer_jax.trainer import optim, sharding, steps  # pylint: disable=import-outside-toplevel
   mesh = sharding.make_mesh()
@@ -466,6 +474,21 @@ def machine_info(threads: int) -> Dict[str, Any]:
   except OSError:
     pass
   return info
+
+
+def add_out_argument(parser):
+  """Adds `--out` to a script's parser that has `--quick`; read it with `out_dir`."""
+  parser.add_argument("--out", default=None,
+                      help=f"results directory (default: {RESULTS_DIR}; with --quick: "
+                           f"{QUICK_RESULTS_DIR}, so a smoke run never overwrites the "
+                           "committed results)")
+
+
+def out_dir(args) -> pathlib.Path:
+  """`--out` when given; else `RESULTS_DIR`, or `QUICK_RESULTS_DIR` for a --quick run."""
+  if args.out is not None:
+    return pathlib.Path(args.out)
+  return QUICK_RESULTS_DIR if args.quick else RESULTS_DIR
 
 
 def write_json(path: pathlib.Path, record: Dict[str, Any]) -> pathlib.Path:

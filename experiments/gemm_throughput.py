@@ -129,7 +129,7 @@ def main(argv=None):
   parser.add_argument("--length", type=int, default=16384,
                         help="sequence length of the counted HF training step")
   parser.add_argument("--quick", action="store_true", help="tiny model for the FLOP count")
-  parser.add_argument("--out", default=str(common.RESULTS_DIR))
+  common.add_out_argument(parser)
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   common.configure_jax()
   result = {"machine": common.machine_info(args.threads),
@@ -148,7 +148,7 @@ def main(argv=None):
         f"{result['step_matmuls']['seconds_at_best_jax_gemm_rate']:.2f} s at XLA's best GEMM "
         f"rate, {result['step_matmuls']['seconds_at_best_torch_gemm_rate']:.2f} s at "
         "PyTorch's")
-  path = common.write_json(pathlib.Path(args.out) / "gemm_throughput.json", result)
+  path = common.write_json(common.out_dir(args) / "gemm_throughput.json", result)
   print(json.dumps({"wrote": str(path)}))
   return result
 

@@ -15,11 +15,12 @@ below ~1e-6, float32 rounding can pick the other bucket, and the LSH outputs the
 legitimately differ (the enwik8-layout row; with 8 buckets the margins are wide).
 
   python -m experiments.hf_parity            # writes experiments/results/hf_parity.{json,md}
-  python -m experiments.hf_parity --quick    # the tiny rows only
+  python -m experiments.hf_parity --quick    # the tiny rows only, to a temporary directory
 """
 import argparse
 import contextlib
 import json
+import os
 import pathlib
 import platform
 import sys
@@ -34,6 +35,7 @@ import jax  # noqa: E402  pylint: disable=wrong-import-position
 import torch  # noqa: E402  pylint: disable=wrong-import-position
 import transformers  # noqa: E402  pylint: disable=wrong-import-position
 
+from experiments import common  # noqa: E402  pylint: disable=wrong-import-position
 from reformer_jax import convert  # noqa: E402  pylint: disable=wrong-import-position
 
 HASH_SEED = 3
@@ -211,13 +213,14 @@ def markdown(report):
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="tiny models only")
-  parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"))
+  common.add_out_argument(parser)
   args = parser.parse_args(argv)
   jax.config.update("jax_default_matmul_precision", "highest")
   transformers.logging.set_verbosity_error()
   start = time.time()
   rows = OUTPUT_ROWS + ([] if args.quick else FULL_ROWS)
   report = {
+      "machine": common.machine_info(common.default_threads()), "quick": args.quick,
       "versions": {"transformers": transformers.__version__, "torch": torch.__version__,
                    "jax": jax.__version__, "python": platform.python_version()},
       "device": "cpu", "hash_seed": HASH_SEED, "weight_noise": NOISE,
@@ -225,7 +228,8 @@ def main(argv=None):
       "gradients": [gradient_row(*row) for row in GRADIENT_ROWS],
   }
   report["seconds"] = time.time() - start
-  out = pathlib.Path(args.out)
+  report["load_average_after"] = list(os.getloadavg())
+  out = common.out_dir(args)
   out.mkdir(parents=True, exist_ok=True)
   (out / "hf_parity.json").write_text(json.dumps(report, indent=2) + "\n")
   table = markdown(report)

@@ -7,9 +7,11 @@ sized by pinning the process to `--threads` CPUs (plus `torch.set_num_threads`).
 forward + backward + gradient-norm clipping + Adam update; the time is the median of
 `--steps` steps after `--warmup` untimed ones. Hugging Face's `ReformerModelWithLMHead`
 gets the same settings (layers, widths, chunks, buckets, hashes, dropout, feed-forward
-chunking); its `hash_seed` is fixed, and since it requires prod(axial_pos_shape) == length
-in training, the axial shape is set to two powers of two per length, for both models
-(so their parameter counts are equal). Lengths are skipped once the next one is predicted
+chunking, Adam with the same warmup learning rates step by step); its `hash_seed` is fixed,
+and since it requires prod(axial_pos_shape) == length in training, the axial shape is set
+to two powers of two per length, for both models (so their parameter counts are equal).
+Our LSH layers use HF's causal windows (`strict_causal=False`) rather than our default
+strictly causal ones, so both compute the same attention. Lengths are skipped once the next one is predicted
 not to fit in the available memory.
 
 A shared machine's speed drifts between runs, and the ratio of two runs taken minutes
@@ -19,7 +21,7 @@ round's own ratio alongside (max RSS: the largest of the rounds).
 
   python -m experiments.hf_side_by_side                        # 2^11 .. 2^16 tokens
   python -m experiments.hf_side_by_side --lengths 16384 --steps 5 --rounds 3
-  python -m experiments.hf_side_by_side --quick --out /tmp/q   # tiny smoke run
+  python -m experiments.hf_side_by_side --quick                 # tiny smoke run
 """
 import argparse
 import dataclasses
@@ -49,7 +51,7 @@ def parse_args(argv):
   parser.add_argument("--threads", type=int, default=common.default_threads())
   parser.add_argument("--timeout", type=float, default=3600.)
   parser.add_argument("--quick", action="store_true", help="tiny model, one length")
-  parser.add_argument("--out", default=str(common.RESULTS_DIR))
+  common.add_out_argument(parser)
   args = parser.parse_args(argv)
   if args.rounds < 1:
     parser.error(f"--rounds must be at least 1, got {args.rounds}")
@@ -95,11 +97,19 @@ def hf_config(config, length: int):
       use_cache=False)
 
 
+def hf_learning_rates(opt_config, n_steps: int):
+  """Our schedule's learning rate for each of the first `n_steps` updates (as
+  `common.build_train_step` builds the optimiser), for HF's Adam."""
+  from reformer_jax.trainer import optim  # pylint: disable=import-outside-toplevel
+  schedule = optim.make_schedule(opt_config, common.TRAIN_STEPS)
+  return [float(schedule(i)) for i in range(n_steps)]
+
+
 def hf_train_worker(spec):
   """Trains HF's ReformerModelWithLMHead for a few steps (see `common.jax_train_worker`).
 
-  spec: {'hf_config': `hf_config(...)`, 'optimizer': Adam settings, 'length', 'batch',
-  'steps', 'warmup', 'threads'}. The process imports neither JAX nor reformer_jax, so its
+  spec: {'hf_config': `hf_config(...)`, 'optimizer': Adam settings, 'learning_rates': one
+  per step (ours, `hf_learning_rates`), 'length', 'batch', 'steps', 'warmup', 'threads'}. The process imports neither JAX nor reformer_jax, so its
   RSS is PyTorch's alone.
   """
   import numpy as np  # pylint: disable=import-outside-toplevel
@@ -117,12 +127,15 @@ def hf_train_worker(spec):
   record["params"] = sum(p.numel() for p in model.parameters())
   optimizer = torch.optim.Adam(model.parameters(), lr=opt["learning_rate"],
                                betas=(opt["b1"], opt["b2"]), eps=opt["eps"])
+  learning_rates = iter(spec["learning_rates"])
   vocab_size = spec["hf_config"]["vocab_size"]
   tokens = np.random.default_rng(0).integers(0, vocab_size, (batch, length + 1))
   inputs = torch.from_numpy(tokens[:, :-1].astype(np.int64))
   losses = []
 
   def step():
+    for group in optimizer.param_groups:
+      group["lr"] = next(learning_rates)
     optimizer.zero_grad(set_to_none=True)
     loss = model(input_ids=inputs, labels=inputs).loss
     loss.backward()
@@ -133,6 +146,7 @@ def hf_train_worker(spec):
 
   record.update(common.timed_steps(step, spec.get("steps", 2), spec.get("warmup", 1)))
   record["losses"] = losses
+  record["learning_rates"] = spec["learning_rates"]
   record["tokens_per_s"] = batch * length / record["step_time_s"]
   record["jax_imported"] = "jax" in sys.modules
   return record
@@ -254,6 +268,7 @@ def _run(framework, length, round_, changes, args, result, skipped):
     config, opt_config = common.crime_and_punishment(**changes)
     spec["hf_config"] = hf_config(config, length)
     spec["optimizer"] = dataclasses.asdict(opt_config)
+    spec["learning_rates"] = hf_learning_rates(opt_config, args.warmup + args.steps)
   record = common.measure("hf_side_by_side", spec, args.threads, args.timeout)
   record.setdefault("framework", framework)
   record.setdefault("length", length)
@@ -274,6 +289,7 @@ def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
   common.configure_jax()
   base = dict(common.QUICK_CHANGES, n_layers=2) if args.quick else {}
+  base["strict_causal"] = False  # HF's causal LSH windows
   lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
   if args.max_len:
     lengths = [n for n in lengths if n <= args.max_len]
@@ -308,7 +324,7 @@ def main(argv=None):
       "pass": (bool(target[0]["speedup_hf_over_ours"] >= TARGET_SPEEDUP
                     and target[0]["max_rss_ratio_ours_over_hf"] <= 1.0) if target else None)}}
   result["load_average_after"] = list(os.getloadavg())
-  out = pathlib.Path(args.out)
+  out = common.out_dir(args)
   common.write_json(out / "hf_side_by_side.json", result)
   plot(result, out / "hf_side_by_side.png")
   print(f"wrote {out / 'hf_side_by_side.json'} and .png")

@@ -73,8 +73,7 @@ def parse_args(argv):
                       help="skip listing the buffers live at the peak")
   parser.add_argument("--quick", action="store_true",
                       help="tiny model and lengths (smoke test)")
-  parser.add_argument("--out", default=str(common.RESULTS_DIR),
-                      help="directory for memory_vs_length.json / .png")
+  common.add_out_argument(parser)
   args = parser.parse_args(argv)
   if args.quick:  # 2 tiny layers, 64 tokens, float32: three small compiles
     args.min_len, args.max_len, args.dtypes = 64, 64, "float32"
@@ -285,7 +284,7 @@ def main(argv=None):
   result["load_average_after"] = list(os.getloadavg())
   result["checks"] = checks(result["compiled"], result["depth"], result["measured"],
                             lengths[-1])
-  out = pathlib.Path(args.out)
+  out = common.out_dir(args)
   common.write_json(out / "memory_vs_length.json", result)
   plot(result, out / "memory_vs_length.png")
   (out / "memory_vs_length.md").write_text(markdown(result) + "\n")

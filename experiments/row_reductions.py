@@ -79,7 +79,7 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--repeats", type=int, default=50)
   parser.add_argument("--quick", action="store_true", help="small logits")
-  parser.add_argument("--out", default=str(common.RESULTS_DIR))
+  common.add_out_argument(parser)
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   common.configure_jax()
   shape = (1, 2, 4, 8, 16) if args.quick else STEP_LOGITS
@@ -88,7 +88,7 @@ def main(argv=None):
   for row in result["reductions"]:
     print(f"{row['reduction']:>28}: library {row['library_s'] * 1e3:6.3f} ms, ours "
           f"{row['ours_s'] * 1e3:6.3f} ms ({row['library_over_ours']:.2f}x)")
-  path = common.write_json(pathlib.Path(args.out) / "row_reductions.json", result)
+  path = common.write_json(common.out_dir(args) / "row_reductions.json", result)
   print(f"wrote {path}")
 
 

@@ -1,6 +1,7 @@
 """Smoke tests of the benchmark scripts: each runs at tiny sizes and writes valid JSON + PNG."""
 import json
 import math
+import pathlib
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ import pytest
 
 from experiments import (blog_tables, common, gemm_throughput, hf_side_by_side,
                          memory_vs_length, row_reductions)
+from reformer_jax.trainer import optim
 
 
 def _written(tmp_path, name):
@@ -65,8 +67,15 @@ def test_hf_side_by_side_quick(tmp_path):
     assert run["step_time_s"] > 0 and all(math.isfinite(x) for x in run["losses"])
   runs = {r["framework"]: r for r in result["runs"]}
   assert not runs["transformers"]["jax_imported"]  # its RSS is PyTorch's alone
-  # The same configuration: identical parameter counts.
+  # The same configuration: identical parameter counts, HF's causal LSH windows in ours,
+  # our warmup learning rates in HF's Adam (not its peak rate from the first step).
   assert runs["reformer_jax"]["params"] == runs["transformers"]["params"]
+  assert result["config"]["strict_causal"] is False
+  _, opt_config = common.crime_and_punishment()
+  schedule = optim.make_schedule(opt_config, common.TRAIN_STEPS)
+  assert runs["transformers"]["learning_rates"] == pytest.approx(
+      [float(schedule(0)), float(schedule(1))])
+  assert runs["transformers"]["learning_rates"][0] < opt_config.learning_rate / 100
   (ratios,) = result["comparison"]
   assert ratios["rounds"] == 2 and len(ratios["speedup_per_round"]) == 2
   assert ratios["speedup_hf_over_ours"] > 0 and ratios["max_rss_ratio_ours_over_hf"] > 0
@@ -152,6 +161,27 @@ def test_row_reductions_quick(tmp_path):
   assert [row["reduction"] for row in result["reductions"]] == list(row_reductions.variants())
   for row in result["reductions"]:
     assert row["library_s"] > 0 and row["ours_s"] > 0
+
+
+def test_quick_runs_write_elsewhere_unless_out_is_given(tmp_path, monkeypatch):
+  pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+  from experiments import hf_parity  # pylint: disable=import-outside-toplevel
+  committed, quick = tmp_path / "committed", tmp_path / "quick"
+  monkeypatch.setattr(common, "RESULTS_DIR", committed)
+  monkeypatch.setattr(common, "QUICK_RESULTS_DIR", quick)
+  monkeypatch.setattr(hf_parity, "OUTPUT_ROWS", hf_parity.OUTPUT_ROWS[:1])
+  monkeypatch.setattr(hf_parity, "GRADIENT_ROWS", [])
+  hf_parity.main(["--quick"])
+  row_reductions.main(["--repeats", "1", "--quick"])
+  assert not committed.exists()
+  record = json.loads((quick / "hf_parity.json").read_text())
+  assert record["quick"] and record["machine"]["time"] and len(record["outputs"]) == 1
+  assert (quick / "hf_parity.md").is_file() and (quick / "row_reductions.json").is_file()
+  for parse_args in (blog_tables.parse_args, memory_vs_length.parse_args):
+    assert common.out_dir(parse_args(["--quick"])) == quick
+    assert common.out_dir(parse_args([])) == committed
+    assert common.out_dir(parse_args(["--quick", "--out", "x"])) == pathlib.Path("x")
 
 
 def test_einsum_flops():
