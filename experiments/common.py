@@ -309,15 +309,20 @@ def default_threads() -> int:
 
 
 def measure(module: str, spec: Dict[str, Any], threads: int, timeout: float = 3600.,
-            xla_flags: Optional[str] = None) -> Dict[str, Any]:
+            xla_flags: Optional[str] = None, platforms: Optional[str] = "cpu"
+            ) -> Dict[str, Any]:
   """Runs `python -m experiments.<module> --worker '<spec json>'` in a fresh process.
 
   The child pins itself to the first `threads` CPUs (its XLA thread pool and torch's
   intra-op threads then have that size; see `worker_main`) and reports its own max RSS. Returns the
   worker's JSON record, or {'error': ...} when it failed (e.g. out of memory).
+  `platforms`: the child's `JAX_PLATFORMS` (None: JAX's default backend, e.g. a GPU).
   """
-  env = dict(os.environ, JAX_PLATFORMS="cpu", OMP_NUM_THREADS=str(threads),
+  env = dict(os.environ, OMP_NUM_THREADS=str(threads),
              PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+  env.pop("JAX_PLATFORMS", None)
+  if platforms is not None:
+    env["JAX_PLATFORMS"] = platforms
   if xla_flags is not None:
     env["XLA_FLAGS"] = xla_flags
   spec = dict(spec, threads=threads, cpus=sorted(os.sched_getaffinity(0))[:threads])
@@ -423,7 +428,9 @@ def jax_train_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
   """Trains `crime_and_punishment(**spec['config'])` for a few steps on random tokens.
 
   spec: {'config': ReformerConfig changes, 'length', 'batch' (1), 'steps', 'warmup'}.
-  Returns compiled memory, the per-step losses, step times and RSS (see `timed_steps`).
+  Returns compiled memory, the per-step losses, step times and RSS (see `timed_steps`),
+  the device it ran on and, where the backend reports it (GPU, TPU; not CPU), the
+  device's `peak_bytes_in_use` over the process's life.
   """
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
@@ -454,6 +461,11 @@ def jax_train_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
   record.update(timed_steps(step, spec.get("steps", 2), spec.get("warmup", 1)))
   record["losses"] = losses
   record["tokens_per_s"] = batch * length / record["step_time_s"]
+  device = jax.local_devices()[0]
+  record["device"] = {"platform": device.platform, "kind": device.device_kind,
+                      "count": jax.device_count()}
+  stats = device.memory_stats() or {}
+  record["device_peak_bytes_in_use"] = stats.get("peak_bytes_in_use")
   return record
 
 

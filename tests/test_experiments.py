@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from experiments import (blog_tables, common, gemm_throughput, hf_side_by_side,
-                         memory_vs_length, row_reductions)
+from experiments import (accelerator_step, blog_tables, common, gemm_throughput,
+                         hf_side_by_side, memory_vs_length, row_reductions)
 from reformer_jax.trainer import optim
 
 
@@ -132,7 +132,7 @@ def test_axial_shape_multiplies_to_length():
 
 
 @pytest.mark.parametrize("name", ["memory_vs_length", "hf_side_by_side", "blog_tables",
-                                  "row_reductions"])
+                                  "row_reductions", "accelerator_step"])
 def test_scripts_run_by_path(name):
   script = common.REPO / "experiments" / f"{name}.py"
   out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
@@ -178,7 +178,8 @@ def test_quick_runs_write_elsewhere_unless_out_is_given(tmp_path, monkeypatch):
   record = json.loads((quick / "hf_parity.json").read_text())
   assert record["quick"] and record["machine"]["time"] and len(record["outputs"]) == 1
   assert (quick / "hf_parity.md").is_file() and (quick / "row_reductions.json").is_file()
-  for parse_args in (blog_tables.parse_args, memory_vs_length.parse_args):
+  for parse_args in (blog_tables.parse_args, memory_vs_length.parse_args,
+                     accelerator_step.parse_args):
     assert common.out_dir(parse_args(["--quick"])) == quick
     assert common.out_dir(parse_args([])) == committed
     assert common.out_dir(parse_args(["--quick", "--out", "x"])) == pathlib.Path("x")
@@ -187,3 +188,35 @@ def test_quick_runs_write_elsewhere_unless_out_is_given(tmp_path, monkeypatch):
 def test_einsum_flops():
   assert gemm_throughput.einsum_flops("ld,df->lf", (8, 4), (4, 3)) == 2 * 8 * 4 * 3
   assert gemm_throughput.einsum_flops("bqd,bkd->bqk", (2, 5, 4), (2, 6, 4)) == 2 * 2 * 5 * 4 * 6
+
+
+def test_accelerator_step_quick(tmp_path):
+  cpu = {"measured": [{"length": 64, "config": {"dtype": "float32"}, "step_time_s": 2.0,
+                       "max_rss_bytes": 3 * common.GiB, "threads": 2},
+                      {"length": 64, "config": {"dtype": "bfloat16"}, "error": "killed"}]}
+  (tmp_path / "cpu.json").write_text(json.dumps(cpu))
+  result = accelerator_step.main(["--quick", "--dtypes", "float32,bfloat16-streams",
+                                  "--steps", "2", "--warmup", "1", "--platform", "cpu",
+                                  "--cpu_results", str(tmp_path / "cpu.json"),
+                                  "--out", str(tmp_path)])
+  assert json.loads((tmp_path / "accelerator_step.json").read_text())["runs"] == json.loads(
+      json.dumps(result["runs"]))
+  fp32, streams = result["runs"]
+  for run in (fp32, streams):
+    assert "error" not in run, run
+    assert run["device"] == {"platform": "cpu", "kind": "cpu", "count": 1}
+    assert run["device_peak_bytes_in_use"] is None  # the CPU backend keeps no allocator stats
+    assert run["tokens_per_s"] == pytest.approx(64 / run["step_time_s"])
+    assert _peak_is_consistent(run) and len(run["step_times_s"]) == 2
+  assert fp32["cpu"] == {"step_time_s": 2.0, "max_rss_bytes": 3 * common.GiB, "threads": 2}
+  assert streams["cpu"] is None  # no CPU run of that variant to compare with
+  table = (tmp_path / "accelerator_step.md").read_text().splitlines()
+  assert table[2].startswith("| cpu | 64 | float32 |") and table[2].endswith(
+      f"| 2.00 | 3.00 | {2.0 / fp32['step_time_s']:.1f}x |")
+  assert table[3].endswith("| — | — | — |")
+
+
+def test_accelerator_step_refuses_missing_cpu_results(tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    accelerator_step.parse_args(["--cpu_results", str(tmp_path / "nope.json")])
+  assert "does not exist" in capsys.readouterr().err

@@ -4,11 +4,12 @@ Reads through `tfds.data_source` (array_record files, random access) and needs
 no TensorFlow. TensorFlow is needed only to *prepare* datasets whose TFDS
 builder code calls `tf.io.gfile` (tiny_shakespeare and pg19 do), and to read
 datasets that were prepared as tfrecord files; the errors say so.
+tensorflow-datasets itself is imported on first use, so training on other
+sources (and importing the package) does without it.
 """
 from typing import Optional
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 from reformer_jax.data.lm_data import LMData
 
@@ -64,6 +65,7 @@ def _split_bytes(name, split, data_dir, feature, download,
 
 def _examples(name, split, data_dir, download):
   """Returns the examples (dicts of numpy values) of one TFDS split."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   try:
     return tfds.data_source(
         name, split=split, data_dir=data_dir, download=download,

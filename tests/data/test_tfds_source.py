@@ -1,5 +1,8 @@
 """Tests for reformer_jax/data/tfds_source.py: offline, without TensorFlow."""
 import importlib.util
+import os
+import pathlib
+import subprocess
 import sys
 
 import numpy as np
@@ -118,3 +121,14 @@ def test_missing_importlib_resources_says_what_to_install(monkeypatch):
   monkeypatch.setattr(tfds, "data_source", tfds_without_backport)
   with pytest.raises(ImportError, match="pip install importlib_resources"):
     tfds_text("tiny_shakespeare")
+
+
+def test_tensorflow_datasets_is_imported_on_first_use():
+  code = ("import sys\n"
+          "import reformer_jax.train\n"
+          "from reformer_jax.trainer import gin_setup\n"
+          "gin_setup.parse(['quickstart.gin'])\n"
+          "gin_setup.make_experiment().make_data()\n"
+          "assert 'tensorflow_datasets' not in sys.modules, 'imported at start-up'\n")
+  subprocess.run([sys.executable, "-c", code], check=True, cwd=pathlib.Path(__file__).parents[2],
+                 env=dict(os.environ, JAX_PLATFORMS="cpu"))
