@@ -250,6 +250,21 @@ def test_resume_after_an_interrupted_save_matches_an_uninterrupted_run(
                                                abs=1e-6)
 
 
+def test_rerun_after_the_last_step_evaluates_again_and_keeps_one_eval_line(
+    cli_run, tmp_path, capsys):
+  workdir, _, files, bindings = cli_run
+  copy = tmp_path / "copy"
+  shutil.copytree(workdir, copy)
+  before = _logged(copy, "eval")
+  train.run(files, bindings, str(copy))
+  assert "already trained to step 4 (TRAIN_STEPS=4); evaluating only" in capsys.readouterr().out
+  rows = [json.loads(l) for l in (copy / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if r["split"] == "eval"] == [4]
+  assert _logged(copy, "eval") == pytest.approx(before, abs=1e-6)  # the same parameters
+  old = [json.loads(l) for l in (copy / "metrics_superseded.jsonl").read_text().splitlines()]
+  assert [(r["step"], r["split"]) for r in old] == [(4, "eval")]
+
+
 def test_resuming_with_another_model_is_an_error_that_changes_nothing(cli_run, tmp_path):
   workdir, _, files, bindings = cli_run
   copy = tmp_path / "copy"

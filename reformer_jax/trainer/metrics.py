@@ -29,7 +29,9 @@ class MetricWriter:
 
   A run that starts (or resumes) at step `start` supersedes what an earlier run in the
   workdir logged after it: TensorBoard hides those events (`purge_step`), and their
-  `metrics.jsonl` lines move to `metrics_superseded.jsonl`.
+  `metrics.jsonl` lines move to `metrics_superseded.jsonl`. So do a line written again
+  for the same step and split (an evaluation-only rerun: `metrics.jsonl` keeps the latest)
+  and a line cut short by a kill.
   """
 
   def __init__(self, workdir: str, start: int = 0):
@@ -37,14 +39,21 @@ class MetricWriter:
     # RSS and 1.5 s), which code that only builds or benchmarks models should not pay.
     import tensorboardX  # pylint: disable=import-outside-toplevel
     self._tb = tensorboardX.SummaryWriter(logdir=workdir, purge_step=start + 1)
-    path = os.path.join(workdir, "metrics.jsonl")
-    _supersede(path, os.path.join(workdir, "metrics_superseded.jsonl"), start)
-    self._jsonl = open(path, "a")
+    self._path = os.path.join(workdir, "metrics.jsonl")
+    self._superseded = os.path.join(workdir, "metrics_superseded.jsonl")
+    self._logged = _supersede(self._path, self._superseded, lambda key: key[0] > start)
+    self._jsonl = open(self._path, "a")
 
   def write(self, step: int, split: str, metrics: Mapping[str, float]):
     for name, value in metrics.items():
       self._tb.add_scalar(f"{split}/{name}", value, step)
     self._tb.flush()
+    if (step, split) in self._logged:
+      self._jsonl.close()
+      self._logged = _supersede(self._path, self._superseded,
+                                lambda key: key == (step, split))
+      self._jsonl = open(self._path, "a")
+    self._logged.add((step, split))
     self._jsonl.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
     self._jsonl.flush()
     text = "  ".join(f"{k} {_fmt(v)}" for k, v in metrics.items())
@@ -55,28 +64,31 @@ class MetricWriter:
     self._jsonl.close()
 
 
-def _supersede(path: str, superseded: str, start: int):
-  """Moves the lines of `path` logged after step `start` to the end of `superseded`."""
+def _supersede(path: str, superseded: str, move) -> set:
+  """Moves the lines of `path` whose (step, split) satisfies `move`, and lines cut short
+  by a kill, to the end of `superseded`; returns the (step, split) of the lines left."""
   if not os.path.exists(path):
-    return
+    return set()
   with open(path) as f:
-    lines = f.readlines()
-  later = [_step(l) > start for l in lines]
-  if not any(later):
-    return
-  with open(superseded, "a") as f:
-    f.writelines(l for l, move in zip(lines, later) if move)
-  with open(path + ".tmp", "w") as f:
-    f.writelines(l for l, move in zip(lines, later) if not move)
-  os.replace(path + ".tmp", path)
+    lines = [l if l.endswith("\n") else l + "\n" for l in f.readlines()]
+  keys = [_key(l) for l in lines]
+  moved = [k is None or move(k) for k in keys]
+  if any(moved):
+    with open(superseded, "a") as f:
+      f.writelines(l for l, m in zip(lines, moved) if m)
+    with open(path + ".tmp", "w") as f:
+      f.writelines(l for l, m in zip(lines, moved) if not m)
+    os.replace(path + ".tmp", path)
+  return {k for k, m in zip(keys, moved) if not m}
 
 
-def _step(line: str) -> float:
-  """The step a metrics line was logged at (-inf for a line cut short by a kill)."""
+def _key(line: str) -> Optional[tuple]:
+  """(step, split) of a metrics line; None for a line cut short by a kill."""
   try:
-    return json.loads(line)["step"]
+    record = json.loads(line)
+    return record["step"], record["split"]
   except (ValueError, KeyError, TypeError):
-    return -math.inf
+    return None
 
 
 def _fmt(value: float) -> str:
