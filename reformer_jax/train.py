@@ -29,7 +29,9 @@ from reformer_jax.trainer import steps
 
 
 def console(message: str):
-  tqdm.tqdm.write(message)
+  """Prints above the progress bar; on the first process only (multi-host)."""
+  if cli.is_primary():
+    tqdm.tqdm.write(message)
 
 
 def run(gin_files: Sequence[str], gin_bindings: Sequence[str], workdir: str,
@@ -97,7 +99,7 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
   else:
     console(f"resuming from the checkpoint at step {int(state.step)} in "
             f"{checkpointer.directory}")
-  if write_config is not None:
+  if write_config is not None and cli.is_primary():
     write_config(workdir)
   start = int(state.step)
   if start >= exp.train_steps:
@@ -111,12 +113,14 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
                           seq_len=exp.seq_len, n_batches=exp.eval_batches,
                           seed=exp.seed, mesh=mesh)
 
-  writer = metrics_lib.MetricWriter(workdir, start)
+  writer = (metrics_lib.MetricWriter(workdir, start) if cli.is_primary()
+            else metrics_lib.NoWriter())
   batch_sharding = sharding.batch_sharding(mesh, 1)
   tokens_per_step = exp.batch_size * exp.seq_len
   train_metrics, eval_metrics, sums, n_summed = {}, None, None, 0
   bar = tqdm.tqdm(total=exp.train_steps, initial=start, unit="step",
-                  desc="train", dynamic_ncols=True, mininterval=1.0)
+                  desc="train", dynamic_ncols=True, mininterval=1.0,
+                  disable=not cli.is_primary())
   timer = _Timer()
   try:
     with _StopRequest() as stop:
@@ -246,6 +250,18 @@ def define_flags():
   flags.DEFINE_bool(
       "dry_run", False, "Compile the train step without running it; print "
       "params, peak_bytes and flops_per_step.")
+  flags.DEFINE_bool(
+      "distributed", False, "Multi-host: run this command once per host; the "
+      "processes join with jax.distributed.initialize, and only the first "
+      "writes metrics, config.gin and the console log. The three flags below "
+      "default to what the cluster says (Cloud TPU, SLURM, Open MPI, ...).")
+  flags.DEFINE_string(
+      "coordinator_address", None, "With --distributed: host:port of process 0.")
+  flags.DEFINE_integer(
+      "num_processes", None, "With --distributed: the number of processes.")
+  flags.DEFINE_integer(
+      "process_id", None, "With --distributed: this process's index, 0 .. "
+      "num_processes - 1.")
 
 
 def main():
@@ -256,6 +272,13 @@ def main():
   if not args.gin_file:
     raise ValueError("give at least one --gin_file, e.g. "
                      "--gin_file=configs/quickstart.gin.")
+  given = [f"--{name}" for name in ("coordinator_address", "num_processes", "process_id")
+           if getattr(args, name) is not None]
+  if given and not args.distributed:
+    raise ValueError(f"{', '.join(given)} only apply with --distributed.")
+  if args.distributed:
+    cli.initialize_distributed(args.coordinator_address, args.num_processes,
+                               args.process_id)
   cli.print_json(run(args.gin_file, args.gin_bindings, args.workdir,
                      args.dry_run))
 

@@ -11,6 +11,7 @@ import pathlib
 import re
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -322,6 +323,59 @@ def test_eight_devices_give_the_losses_of_one(cli_run, tmp_path, subprocess_env)
   assert sorted(eight) == [1, 2, 3, 4]
   for step in eight:
     assert eight[step] == pytest.approx(one[step], rel=1e-5, abs=1e-5)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _run_two_processes(files, bindings, workdir, env):
+  """`reformer_jax.train --distributed` as 2 processes of 1 CPU device: their outputs."""
+  address = f"localhost:{_free_port()}"
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "reformer_jax.train", *[f"--gin_file={f}" for f in files],
+       *_bindings(bindings), f"--workdir={workdir}", "--distributed",
+       f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in (0, 1)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  return outs
+
+
+def test_two_processes_give_the_losses_of_one_and_log_once(cli_run, tmp_path, subprocess_env):
+  workdir, _, files, bindings = cli_run
+  shared = tmp_path / "two_hosts"
+  (first, first_err), (second, second_err) = _run_two_processes(files, bindings, shared,
+                                                                subprocess_env)
+  one, two = _logged(workdir), _logged(shared)
+  assert sorted(two) == [1, 2, 3, 4]  # one line per step: only process 0 writes
+  for step in two:
+    assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-5)
+  timing = lambda record: {k: v for k, v in record.items() if k != "tokens_per_second"}
+  assert timing(_last_json(second)) == timing(_last_json(first))
+  for line in ("[train]", "[eval]", "starting at step 0", "unigram entropy"):
+    assert line in first and line not in second  # process 1 logs nothing
+  assert "train:" in first_err and "train:" not in second_err  # nor shows a progress bar
+  assert (shared / "config.gin").is_file()
+  # An unreadable last checkpoint: process 0 moves it aside, both resume from step 2.
+  checkpoints = shared / "checkpoints"
+  shutil.rmtree(checkpoints / "4" / "params")
+  (checkpoints / "4" / "params").mkdir()
+  (first, _), (second, _) = _run_two_processes(files, bindings, shared, subprocess_env)
+  assert "resuming from the checkpoint at step 2" in first
+  assert sorted(os.listdir(checkpoints)) == ["2", "4", "4.unreadable"]
+  assert _logged(shared) == pytest.approx(two, abs=1e-6)
+
+
+def test_process_flags_need_distributed(tmp_path, subprocess_env):
+  proc = _cli(subprocess_env, "reformer_jax.train", "--gin_file=configs/quickstart.gin",
+              f"--workdir={tmp_path}", "--num_processes=2")
+  assert proc.returncode == 1
+  assert "error: --num_processes only apply with --distributed." in proc.stderr
 
 
 # 4: gradient accumulation and bf16 activations.

@@ -12,6 +12,7 @@ import os
 from typing import Any, Optional
 
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 import tqdm
 
@@ -95,14 +96,19 @@ class Checkpointer:
     message = str(error).strip().splitlines()
     detail = f"{type(error).__name__}: {message[0][:200]}" if message else type(error).__name__
     moved = ""
+    primary = jax.process_index() == 0
     if move:
       aside = _unused(f"{where}.unreadable")
-      os.rename(where, aside)
+      if primary:  # multi-host: one process renames, all wait for it
+        os.rename(where, aside)
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"reformer_jax: moved {where} aside")
       self._manager.reload()
       moved = f" Moved to {aside}."
-    tqdm.tqdm.write(f"warning: checkpoint step {step} in {self.directory} is "
-                    f"incomplete or unreadable ({detail}); using the one before "
-                    f"it.{moved}")
+    if primary:
+      tqdm.tqdm.write(f"warning: checkpoint step {step} in {self.directory} is "
+                      f"incomplete or unreadable ({detail}); using the one before "
+                      f"it.{moved}")
 
   def latest_step(self) -> Optional[int]:
     """The newest saved step (None if there is none)."""

@@ -4,7 +4,7 @@ import os
 import re
 import sys
 import tokenize
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import jax
 from absl import logging
@@ -51,6 +51,21 @@ def configure():
   # hashes on 1 or 8 devices.
   jax.config.update("jax_threefry_partitionable", True)
   logging.set_verbosity(logging.WARNING)
+
+
+def initialize_distributed(coordinator_address: Optional[str] = None,
+                           num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None):
+  """Joins a multi-process (multi-host) run: `jax.distributed.initialize`, one process per
+  host. Arguments left None come from the cluster (Cloud TPU, SLURM, Open MPI, ...); on CPU
+  the processes talk through gloo. Call before JAX's first computation."""
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def is_primary() -> bool:
+  """Whether this is the process that writes files and prints (the first one)."""
+  return jax.process_index() == 0
 
 
 def guarded(main):

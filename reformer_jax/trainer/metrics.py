@@ -64,6 +64,16 @@ class MetricWriter:
     self._jsonl.close()
 
 
+class NoWriter:
+  """Stands in for MetricWriter on the processes of a multi-host run but the first."""
+
+  def write(self, step: int, split: str, metrics: Mapping[str, float]):
+    del step, split, metrics
+
+  def close(self):
+    pass
+
+
 def _supersede(path: str, superseded: str, move) -> set:
   """Moves the lines of `path` whose (step, split) satisfies `move`, and lines cut short
   by a kill, to the end of `superseded`; returns the (step, split) of the lines left."""
