@@ -72,6 +72,18 @@ def parse(gin_files: Sequence[str], gin_bindings: Sequence[str] = ()):
   config written to the workdir works from any directory.
   """
   gin.clear_config()
+  try:
+    _parse(gin_files, gin_bindings)
+  except ImportError as e:  # a gin `import` statement
+    raise ValueError(f"{e}\nThe config imports a module Python cannot find: install it "
+                     "or add its directory to PYTHONPATH.") from None
+  except KeyError as e:  # e.g. a selector that names two configurables
+    raise ValueError(str(e.args[0] if e.args else e)) from None
+  _check_macro_references(_defined_macros())
+  _make_paths_absolute()
+
+
+def _parse(gin_files: Sequence[str], gin_bindings: Sequence[str]):
   # gin's package-resource reader logs an error for each search-path miss of
   # an `include`; the misses are expected.
   logging.disable(logging.ERROR)
@@ -90,8 +102,6 @@ def parse(gin_files: Sequence[str], gin_bindings: Sequence[str] = ()):
       if isinstance(statement, config_parser.BindingStatement):
         _check_binding(statement, binding, macros)
   gin.parse_config(list(gin_bindings))
-  _check_macro_references(_defined_macros())
-  _make_paths_absolute()
 
 
 def make_experiment() -> Experiment:

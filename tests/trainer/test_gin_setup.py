@@ -86,3 +86,24 @@ def test_unknown_name_in_a_file_is_named_with_the_closest_valid_name(tmp_path, l
   with pytest.raises(ValueError) as info:
     gin_setup.parse([str(config)])
   assert fragment in str(info.value) and "line 2" in str(info.value)
+
+
+def test_a_missing_imported_module_is_a_value_error_saying_what_to_do(tmp_path):
+  config = tmp_path / "imports.gin"
+  config.write_text("include 'quickstart.gin'\nimport reformer_jax_no_such_module\n")
+  with pytest.raises(ValueError, match="No module named 'reformer_jax_no_such_module'"
+                     "(.|\n)*install it or add its directory to PYTHONPATH"):
+    gin_setup.parse([str(config)])
+
+
+def test_an_ambiguous_selector_is_a_value_error(tmp_path):
+  for module in ("twin_a", "twin_b"):
+    gin.external_configurable(lambda x=0: x, name="reformer_jax_twin", module=module)
+  config = tmp_path / "twins.gin"
+  config.write_text("include 'quickstart.gin'\nreformer_jax_twin.x = 1\n")
+  try:
+    with pytest.raises(ValueError, match="Ambiguous selector 'reformer_jax_twin'"):
+      gin_setup.parse([str(config)])
+  finally:
+    for module in ("twin_a", "twin_b"):
+      gin.config._REGISTRY.pop(f"{module}.reformer_jax_twin")  # pylint: disable=protected-access
