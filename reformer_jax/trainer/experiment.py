@@ -94,8 +94,11 @@ class Experiment:
     if data.vocab_size > self.model.vocab_size:
       raise ValueError(
           f"the data has {data.vocab_size} token ids but the model's "
-          f"vocab_size is {self.model.vocab_size}; set ReformerConfig."
-          f"vocab_size >= {data.vocab_size}.")
+          f"vocab_size is {self.model.vocab_size}; for a new model set "
+          f"ReformerConfig.vocab_size >= {data.vocab_size}. A trained (or "
+          f"converted) model's vocabulary is fixed by its checkpoint: use data "
+          f"whose ids are below {self.model.vocab_size}, such as the data it was "
+          f"trained with.")
     return data
 
   @property
@@ -131,13 +134,15 @@ def check_length(config: ReformerConfig, seq_len: int):
     raise ValueError(
         f"SEQ_LEN={seq_len} does not fit the axial position table "
         f"{config.resolved_axial_shape}: valid lengths are 1..{limit}. Use "
-        f"SEQ_LEN <= {limit}, or bind ReformerConfig.axial_shape=(...) with a "
-        f"product >= {seq_len}, e.g. {fit} (or None with "
-        f"ReformerConfig.max_len={seq_len}).")
+        f"SEQ_LEN <= {limit}, or, for a new model, bind "
+        f"ReformerConfig.axial_shape=(...) with a product >= {seq_len}, e.g. "
+        f"{fit} (or None with ReformerConfig.max_len={seq_len}); a trained "
+        f"model's table is fixed by its checkpoint.")
   raise ValueError(
       f"SEQ_LEN={seq_len} exceeds the learned position table: valid lengths "
-      f"are 1..{limit}; use SEQ_LEN <= {limit} or bind "
-      f"ReformerConfig.max_len={seq_len}.")
+      f"are 1..{limit}; use SEQ_LEN <= {limit} or, for a new model, bind "
+      f"ReformerConfig.max_len={seq_len} (a trained model's table is fixed by "
+      f"its checkpoint).")
 
 
 def padding_note(config: ReformerConfig, seq_len: int) -> Optional[str]:

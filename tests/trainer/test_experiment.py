@@ -14,6 +14,7 @@ def test_length_beyond_the_axial_table_names_the_valid_lengths():
     check_length(_AXIAL, 129)
   message = str(info.value)
   assert "valid lengths are 1..128" in message and "(16, 16)" in message
+  assert "a trained model's table is fixed by its checkpoint" in message
 
 
 def test_length_beyond_the_learned_table():
@@ -39,5 +40,6 @@ def test_batch_must_split_into_micro_batches():
 def test_data_vocabulary_must_fit_the_model():
   exp = Experiment(model=_AXIAL.replace(vocab_size=128), data=shipped_corpus,
                    seq_len=64)
-  with pytest.raises(ValueError, match="vocab_size >= 256"):
+  with pytest.raises(ValueError, match="vocab_size >= 256") as info:
     exp.make_data()
+  assert "use data whose ids are below 128" in str(info.value)  # for a trained model
