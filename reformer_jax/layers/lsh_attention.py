@@ -599,8 +599,11 @@ def _project_shared_qk(params, rows, *, eps, dtype):
   if params["norm"] is not None:
     rows = layer_norm(rows, *params["norm"], eps)
   rows = rows.astype(dtype)
-  proj = lambda w: jnp.stack([dense(rows[:, i], w[:, i].astype(dtype))
-                              for i in range(rows.shape[1])], axis=1)
+  # One product with both kernels side by side (one weight-gradient product too).
+  kernel = jnp.concatenate([params["query_key"], params["value"]], axis=-1).astype(dtype)
   if rows.shape[1] == 1:
-    proj = lambda w: project_heads(rows[:, 0], w.astype(dtype))
-  return proj(params["query_key"]), proj(params["value"])
+    both = project_heads(rows[:, 0], kernel)
+  else:
+    both = jnp.stack([dense(rows[:, i], kernel[:, i]) for i in range(rows.shape[1])], axis=1)
+  qk, v = jnp.split(both, [params["query_key"].shape[-1]], axis=-1)
+  return qk, v
