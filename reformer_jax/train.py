@@ -91,7 +91,7 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
     console(f"unigram entropy of the training split: {unigram:.3f} bits/byte "
             "(the loss of a model that ignores context)")
   checkpointer = checkpointing.Checkpointer(
-      workdir, every=exp.checkpoint_every, keep=exp.keep_checkpoints)
+      workdir, every=exp.checkpoint_every, keep=exp.keep_checkpoints, clean_up=True)
   state = checkpointer.restore(state_shapes)
   if state is None:
     state = init_state()

@@ -238,6 +238,7 @@ def test_resume_after_an_interrupted_save_matches_an_uninterrupted_run(
   assert "checkpoint step 3" in out and "incomplete" in out
   assert "resuming from the checkpoint at step 2" in out
   assert (checkpoints / "3.unreadable").is_dir()        # moved aside, not deleted
+  assert not (checkpoints / "4.orbax-checkpoint-tmp-1700000000").exists()  # cleaned up
   want, got = _logged(workdir), _logged(killed)
   assert sorted(got) == [1, 2, 3, 4]
   for step in (3, 4):

@@ -1,7 +1,8 @@
 """Orbax checkpoints of the train state: params, optimiser state, rng and step.
 
 Orbax writes each step to `<step>.orbax-checkpoint-tmp-*` and renames it when
-complete, so a run killed mid-save leaves earlier steps intact. A step that
+complete, so a run killed mid-save leaves earlier steps intact (the resumed run
+deletes the unfinished temporary directory). A step that
 still cannot be read (half copied, corrupt files) is skipped with a warning in
 favour of the one before; a resuming run moves it aside to
 `<step>.unreadable`, never deletes it. A step that reads fine but holds arrays
@@ -24,13 +25,20 @@ class CheckpointMismatch(ValueError):
 
 
 class Checkpointer:
-  """Saves every `every` steps (and when forced), keeping the last `keep`."""
+  """Saves every `every` steps (and when forced), keeping the last `keep`.
 
-  def __init__(self, workdir: str, *, every: int = 1000, keep: int = 3):
+  `clean_up`: delete the temporary directories of saves a killed run left unfinished
+  (for the training run; readers such as `evaluate` leave them alone, since a run
+  training in the same workdir may be saving).
+  """
+
+  def __init__(self, workdir: str, *, every: int = 1000, keep: int = 3,
+               clean_up: bool = False):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     self.every = every
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, enable_async_checkpointing=False, create=True)
+        max_to_keep=keep, enable_async_checkpointing=False, create=True,
+        cleanup_tmp_directories=clean_up)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={k: ocp.StandardCheckpointHandler() for k in ITEMS})

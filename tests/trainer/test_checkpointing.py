@@ -71,7 +71,10 @@ def test_interrupted_save_falls_back_to_the_last_complete_step(tmp_path, capsys)
   with open(os.path.join(directory, "5", "params", "partial"), "w") as f:
     f.write("half a file")
 
-  reader = Checkpointer(str(tmp_path), every=1, keep=5)
+  tmp = os.path.join(directory, "6.orbax-checkpoint-tmp-1700000000")
+  Checkpointer(str(tmp_path), every=1, keep=5).close()  # a reader keeps orbax's tmp dir
+  assert os.path.isdir(tmp)
+  reader = Checkpointer(str(tmp_path), every=1, keep=5, clean_up=True)
   step, params = reader.restore_params(shapes.params)   # read-only: keeps step 5
   assert step == 4 and os.path.isdir(os.path.join(directory, "5"))
   restored = reader.restore(shapes)                      # resuming: removes step 5
@@ -80,6 +83,7 @@ def test_interrupted_save_falls_back_to_the_last_complete_step(tmp_path, capsys)
   assert not os.path.exists(os.path.join(directory, "5"))
   assert "checkpoint step 5" in capsys.readouterr().out
   assert _save(reader, 5.)                               # the step can be saved again
+  assert not os.path.exists(tmp)                         # the training run's clean-up
   assert int(reader.restore(shapes).step) == 5
   reader.close()
 
