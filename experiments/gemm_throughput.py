@@ -5,12 +5,14 @@ The feed-forward and projection GEMMs of the crime-and-punishment model at 16,38
 the batched per-chunk products of its chunked attention (one step of 4,096 queries: 2 heads
 x 64 chunks, each 64 queries against a 128-key window, d_head 64: scores and weighted
 values), timed in one process with the same threads. It bounds what any implementation can
-reach here: most of a Reformer step's FLOPs are these products.
+reach here: most of a Reformer step's FLOPs are these products. One more row times the
+forward product in bfloat16 (not part of the float32 step): on CPUs with bfloat16 matrix
+units (Intel AMX) PyTorch uses them and XLA:CPU does not.
 
 It also counts the matrix-multiply FLOPs of Hugging Face's training step for the same
 model at `--length` (torch's FlopCounterMode over forward and backward; HF's reversible
 backward recomputes each layer as ours does, and our windowed attention does a little
-more) and divides them by each library's best measured GEMM rate: the time the step's
+more) and divides them by each library's best measured float32 GEMM rate: the time the step's
 matrix products alone take at best. Writes JSON.
 
   python -m experiments.gemm_throughput
@@ -27,12 +29,16 @@ if __package__ in (None, ""):
 
 from experiments import common  # noqa: E402  pylint: disable=wrong-import-position
 
-# name: (einsum spec, operand shapes); FLOPs = 2 * the product of all index sizes.
+# name: (einsum spec, operand shapes, dtype); FLOPs = 2 * the product of all index sizes.
 PRODUCTS = {
-    "forward [L,256]x[256,512]": ("ld,df->lf", (16384, 256), (256, 512)),
-    "weight grad [L,256]^T x [L,512]": ("ld,lf->df", (16384, 256), (16384, 512)),
-    "chunk scores [128,64,64]x[128,128,64]^T": ("bqd,bkd->bqk", (128, 64, 64), (128, 128, 64)),
-    "chunk values [128,64,128]x[128,128,64]": ("bqk,bkd->bqd", (128, 64, 128), (128, 128, 64)),
+    "forward [L,256]x[256,512]": ("ld,df->lf", (16384, 256), (256, 512), "float32"),
+    "weight grad [L,256]^T x [L,512]": ("ld,lf->df", (16384, 256), (16384, 512), "float32"),
+    "chunk scores [128,64,64]x[128,128,64]^T": ("bqd,bkd->bqk", (128, 64, 64), (128, 128, 64),
+                                                "float32"),
+    "chunk values [128,64,128]x[128,128,64]": ("bqk,bkd->bqd", (128, 64, 128), (128, 128, 64),
+                                               "float32"),
+    # Not in the float32 step; what each library makes of bfloat16 on this CPU.
+    "forward [L,256]x[256,512] bfloat16": ("ld,df->lf", (16384, 256), (256, 512), "bfloat16"),
 }
 
 
@@ -65,19 +71,23 @@ def measure(repeats: int, threads: int):
   torch.set_num_threads(threads)
   rng = np.random.default_rng(0)
   rows = []
-  for name, (spec, a_shape, b_shape) in PRODUCTS.items():
-    a = rng.standard_normal(a_shape, dtype=np.float32)
-    b = rng.standard_normal(b_shape, dtype=np.float32)
+  for name, (spec, a_shape, b_shape, dtype) in PRODUCTS.items():
+    # Operands exactly representable in bfloat16, so both libraries multiply the same values.
+    a, b = (rng.standard_normal(shape, dtype=np.float32).astype(jax.numpy.bfloat16)
+            .astype(np.float32) for shape in (a_shape, b_shape))
     flops = einsum_flops(spec, a_shape, b_shape)
     jax_fn = jax.jit(functools.partial(jax.numpy.einsum, spec))
-    ja, jb = jax.device_put(a), jax.device_put(b)
-    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    ja, jb = (jax.device_put(t.astype(jax.numpy.dtype(dtype))) for t in (a, b))
+    ta, tb = (torch.from_numpy(t).to(getattr(torch, dtype)) for t in (a, b))
     torch_fn = functools.partial(torch.einsum, spec, ta, tb)
-    np.testing.assert_allclose(np.asarray(jax_fn(ja, jb)), torch_fn().numpy(), rtol=1e-3,
-                               atol=1e-2)
+    # float32: both exact to rounding; bfloat16: outputs rounded to 8 significant bits.
+    tolerance = {"rtol": 1e-3, "atol": 1e-2} if dtype == "float32" else {"rtol": 2e-2,
+                                                                          "atol": 0.5}
+    np.testing.assert_allclose(np.asarray(jax_fn(ja, jb), np.float32),
+                               torch_fn().float().numpy(), **tolerance)
     t_jax = _best_seconds(lambda: jax_fn(ja, jb).block_until_ready(), repeats)
     t_torch = _best_seconds(torch_fn, repeats)
-    rows.append({"gemm": name, "flops": flops, "jax_s": t_jax, "torch_s": t_torch,
+    rows.append({"gemm": name, "dtype": dtype, "flops": flops, "jax_s": t_jax, "torch_s": t_torch,
                  "jax_gflops": flops / t_jax / 1e9, "torch_gflops": flops / t_torch / 1e9,
                  "torch_over_jax": t_jax / t_torch})
   return rows
@@ -138,7 +148,8 @@ def main(argv=None):
     print(f"{row['gemm']:>40}: jax {row['jax_gflops']:6.1f} GFLOP/s, torch "
           f"{row['torch_gflops']:6.1f} GFLOP/s (torch {row['torch_over_jax']:.2f}x)")
   forward_flops, flops = hf_step_matmul_flops(args.length, args.quick)
-  best = {lib: max(r[f"{lib}_gflops"] for r in result["gemms"]) for lib in ("jax", "torch")}
+  best = {lib: max(r[f"{lib}_gflops"] for r in result["gemms"] if r["dtype"] == "float32")
+          for lib in ("jax", "torch")}
   result["step_matmuls"] = {
       "length": args.length, "quick": args.quick, "hf_forward_matmul_flops": forward_flops,
       "hf_matmul_flops": flops,

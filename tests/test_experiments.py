@@ -148,7 +148,12 @@ def test_gemm_throughput_quick(tmp_path):
   assert len(result["gemms"]) == len(gemm_throughput.PRODUCTS)
   for row in result["gemms"]:
     assert row["jax_s"] > 0 and row["torch_s"] > 0 and row["jax_gflops"] > 0
+  assert {row["dtype"] for row in result["gemms"]} == {"float32", "bfloat16"}
   counted = result["step_matmuls"]
+  # The float32 step is bounded by float32 rates only, not by the bfloat16 row.
+  best_torch = max(r["torch_gflops"] for r in result["gemms"] if r["dtype"] == "float32")
+  assert counted["seconds_at_best_torch_gemm_rate"] == pytest.approx(
+      counted["hf_matmul_flops"] / (best_torch * 1e9))
   # Reversible training: forward, the backward's recomputation and two backward products
   # per forward product (the LM head is not recomputed): about 4x the forward.
   assert 3.2 < counted["hf_matmul_flops"] / counted["hf_forward_matmul_flops"] < 4.2
