@@ -100,17 +100,52 @@ def _check_rotations(rotations: jnp.ndarray, n_heads: int, d_head: int,
   return shape[2]
 
 
-def _hash_heads(x: jnp.ndarray, rotations: jnp.ndarray,
-                factors: Tuple[int, ...]) -> jnp.ndarray:
-  """Buckets `[b, h, n_hashes, L]` in [0, prod(factors)) of `x` `[b, h, L, d]` (float32 math)."""
-  rotated = jnp.einsum("bhld,hdrk->bhrlk", jax.lax.stop_gradient(x).astype(jnp.float32),
-                       rotations.astype(jnp.float32))
-  buckets, start, scale = 0, 0, 1
-  for f in factors:
-    part = rotated[..., start:start + f // 2]
-    buckets = buckets + scale * jnp.argmax(jnp.concatenate([part, -part], -1), axis=-1)
-    start, scale = start + f // 2, scale * f
-  return buckets.astype(jnp.int32)
+# Widths above this are halved with elementwise comparisons before the final reduction.
+_ARGMAX_TREE_WIDTH = 8
+
+
+def _signed_argmax(part: jnp.ndarray) -> jnp.ndarray:
+  """`argmax(concatenate([part, -part], -1), -1)` as int32 `[...]` of `part` `[..., w]`.
+
+  Without the concatenation, and with XLA:CPU's slow variadic row reduction only over the
+  last few columns: the entry of largest `|part|` (bucket `i` where `part[i] >= 0`, else
+  `w + i`), found by halving the row with elementwise comparisons. Ties go to the smaller
+  bucket, as argmax's first maximum; NaN counts as the largest value (unless an infinity
+  comes first).
+  """
+  width = part.shape[-1]
+  value = jnp.where(jnp.isnan(part), jnp.inf, jnp.abs(part))
+  columns = jnp.arange(width, dtype=jnp.int32).reshape((1,) * (part.ndim - 1) + (width,))
+  index = jnp.where(part < 0, width, 0) + columns
+  while value.shape[-1] > _ARGMAX_TREE_WIDTH and value.shape[-1] % 2 == 0:
+    half = value.shape[-1] // 2
+    (a, b), (ia, ib) = ((t[..., :half], t[..., half:]) for t in (value, index))
+    take_b = (b > a) | ((b == a) & (ib < ia))
+    value, index = jnp.where(take_b, b, a), jnp.where(take_b, ib, ia)
+  top = jnp.max(value, axis=-1, keepdims=True)
+  return jnp.min(jnp.where(value == top, index, 2 * width), axis=-1)
+
+
+def _hash_rows(x: jnp.ndarray, rotations: jnp.ndarray, factors: Tuple[int, ...]
+               ) -> jnp.ndarray:
+  """Buckets int32 `[b, L, h, n_hashes]` in [0, prod(factors)) of `x` `[b, L, h, d]`.
+
+  float32 math; each head's rotation is one 2-D matrix product over the positions, whose
+  output (positions major) feeds `_signed_argmax` without a transposing copy.
+  """
+  batch, length, n_heads, d = x.shape
+  n_hashes, width = rotations.shape[2:]
+  x = jax.lax.stop_gradient(x).astype(jnp.float32)
+  heads = []
+  for i in range(n_heads):
+    rotated = dense(x[:, :, i], rotations[i].astype(jnp.float32).reshape(d, -1))
+    rotated = rotated.reshape(batch, length, n_hashes, width)
+    buckets, start, scale = 0, 0, 1
+    for f in factors:
+      buckets = buckets + scale * _signed_argmax(rotated[..., start:start + f // 2])
+      start, scale = start + f // 2, scale * f
+    heads.append(buckets)
+  return jnp.stack(heads, axis=2)
 
 
 def hash_vectors(qk: jnp.ndarray, rotations: jnp.ndarray, n_buckets: NBuckets) -> jnp.ndarray:
@@ -122,7 +157,7 @@ def hash_vectors(qk: jnp.ndarray, rotations: jnp.ndarray, n_buckets: NBuckets) -
   """
   factors = _bucket_factors(n_buckets)
   _check_rotations(rotations, qk.shape[2], qk.shape[3], factors)
-  return _hash_heads(jnp.swapaxes(qk, 1, 2), rotations, factors)
+  return jnp.moveaxis(_hash_rows(qk, rotations, factors), 1, 3)
 
 
 def _take(x: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
@@ -408,8 +443,10 @@ def lsh_attention(qk: jnp.ndarray, v: jnp.ndarray, rotations: jnp.ndarray, *,
 
   real = jnp.ones((batch, length), bool) if mask is None else mask.astype(bool)
   real = pad_axis(real, padded, axis=1, value=False)
-  qk, v = (pad_axis(jnp.swapaxes(t, 1, 2), padded, axis=2) for t in (qk, v))  # [b, h, Lp, d]
-  buckets = lsh_buckets(_hash_heads(qk, rotations, factors), real, math.prod(factors))
+  qk, v = (pad_axis(t, padded, axis=1) for t in (qk, v))
+  buckets = lsh_buckets(jnp.moveaxis(_hash_rows(qk, rotations, factors), 1, 3), real,
+                        math.prod(factors))
+  qk, v = (jnp.swapaxes(t, 1, 2) for t in (qk, v))  # [b, h, Lp, d]
   out = lsh_core(jnp.concatenate([qk, v], axis=-1), None, _split_rows, buckets, real,
                  chunk_len=chunk_len, n_chunks_before=n_chunks_before,
                  n_chunks_after=n_chunks_after, causal=causal, strict=strict,
@@ -546,7 +583,7 @@ class LSHSelfAttention(nn.Module):
       real = jnp.ones((batch, length), bool) if mask is None else mask.astype(bool)
       real = pad_axis(real, padded, axis=1, value=False)
       if buckets is None:
-        buckets = self._hash(x, real, params, project, rotations, padded, chunk)
+        buckets = self._hash(x, real, params, rotations, padded, chunk)
       elif (buckets.shape != (batch, self.n_heads, self.n_hashes, padded)
             or not jnp.issubdtype(buckets.dtype, jnp.integer)):
         raise ValueError(f"buckets must be int [batch, n_heads, n_hashes, padded length] = "
@@ -568,7 +605,7 @@ class LSHSelfAttention(nn.Module):
     out = output_projection(out, w_out, self.output_dropout, out_rng, chunk, self.dtype)
     return (out, buckets) if return_buckets else out
 
-  def _hash(self, x, real, params, project, rotations, padded, chunk):
+  def _hash(self, x, real, params, rotations, padded, chunk):
     """int32 buckets `[batch, n_heads, n_hashes, padded]` of the padded `x`, `real`."""
     n_buckets = resolve_n_buckets(self.n_buckets, padded, self.chunk_len)
     if rotations is None:
@@ -586,8 +623,12 @@ class LSHSelfAttention(nn.Module):
 
     def hash_chunk(hash_params, rows, index):  # [b, c, d_model] -> [b, c, h, n_hashes]
       del index
-      qk, _ = project(hash_params[0], rows[:, None])
-      return jnp.moveaxis(_hash_heads(qk, hash_params[1], factors), 3, 1)
+      params, rotations = hash_params
+      if params["norm"] is not None:
+        rows = layer_norm(rows, *params["norm"], self.norm_eps)
+      kernel = params["query_key"]  # [d_model, h, d_head]; only the shared QK is hashed
+      qk = dense(rows.astype(self.dtype), kernel.reshape(kernel.shape[0], -1).astype(self.dtype))
+      return _hash_rows(qk.reshape(rows.shape[:2] + kernel.shape[1:]), rotations, factors)
 
     hash_params = jax.lax.stop_gradient((params, rotations))
     buckets = map_positions(hash_chunk, hash_params, jax.lax.stop_gradient(x), chunk)

@@ -236,6 +236,37 @@ def test_short_sequence_falls_back_to_full_attention_without_hash_rng():
   np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("width", [1, 2, 3, 5, 8, 9, 16, 18, 64])
+def test_signed_argmax_is_first_argmax_of_both_signs(width):
+  """`_signed_argmax(p)` equals argmax over `[p, -p]` (first maximum on ties), with many
+  ties (small integers, also of opposite signs), zeros, -0.0 and NaN."""
+  rng = np.random.RandomState(width)
+  part = rng.randint(-2, 3, size=(300, width)).astype(np.float32)
+  part[:10] = 0.
+  part[10:20] = -0.
+  part[20:30, rng.randint(width)] = np.nan
+  part[30:] += rng.randn(270, width).astype(np.float32) * (rng.rand(270, 1) < 0.5)
+  expected = np.argmax(np.concatenate([part, -part], axis=-1), axis=-1)
+  got = jax.jit(lsh._signed_argmax)(jnp.asarray(part))
+  assert got.dtype == jnp.int32
+  np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("n_buckets", [128, (64, 32), (6, 10), 36])
+def test_hash_vectors_match_numpy(n_buckets):
+  """Buckets of every head and round against numpy's argmax over `[xR; -xR]`, for bucket
+  counts whose rotation slices are wide (halved before the reduction) and odd."""
+  qk, _ = _qkv(5, 2, 300, 2, 8)
+  rot = _rotations(6, 2, 8, 2, n_buckets)
+  got = np.asarray(jax.jit(lsh.hash_vectors, static_argnums=2)(qk, rot, n_buckets))
+  assert got.shape == (2, 2, 2, 300)
+  for b in range(2):
+    for h in range(2):
+      for r in range(2):
+        np.testing.assert_array_equal(
+            got[b, h, r], _np_buckets(qk[b, :, h], rot[h, :, r], _factors(n_buckets)))
+
+
 def test_returned_buckets_replace_hashing():
   """`return_buckets` gives the round-offset buckets of `hash_vectors`; passed back as
   `buckets=` they replace the hashing (no 'hash' rng needed) and give the same output."""
