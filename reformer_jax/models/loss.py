@@ -11,17 +11,28 @@ import jax
 import jax.numpy as jnp
 
 from reformer_jax.layers.chunking import map_positions
+from reformer_jax.layers.softmax import row_max, row_sum
 
 
 def _chunk_losses(hidden, kernel, bias, targets, weights):
-  """Weighted (loss, correct) per position `[b, c]`; hidden `[b, c, d]`, targets/weights `[b, c]`."""
+  """Weighted (loss, correct) per position `[b, c]`; hidden `[b, c, d]`, targets/weights `[b, c]`.
+
+  Row maxima and sums as in `layers/softmax.py` (a halving tree, products with ones); the
+  target's logit is selected by comparison, so its gradient is a select, not a scatter.
+  """
   logits = jnp.einsum("bcd,dv->bcv", hidden, kernel.astype(hidden.dtype),
                       preferred_element_type=jnp.float32)
   if bias is not None:
     logits = logits + bias.astype(jnp.float32)[None, None, :]
-  lse = jax.nn.logsumexp(logits, axis=-1)
-  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  return (lse - target_logit) * weights, (jnp.argmax(logits, axis=-1) == targets) * weights
+  top = row_max(logits)
+  lse = (top + jnp.log(row_sum(jnp.exp(logits - top))))[..., 0]
+  columns = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 2)
+  is_target = columns == targets[..., None]
+  target_logit = row_sum(jnp.where(is_target, logits, 0.))[..., 0]
+  # argmax == target: the target's logit is the maximum and no earlier column reaches it.
+  earlier_max = row_sum(jnp.where((columns < targets[..., None]) & (logits >= top), 1., 0.))
+  correct = (target_logit >= top[..., 0]) & (earlier_max[..., 0] == 0)
+  return (lse - target_logit) * weights, correct * weights
 
 
 def chunked_cross_entropy(hidden: Union[jnp.ndarray, Sequence[jnp.ndarray]],

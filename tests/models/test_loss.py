@@ -43,6 +43,25 @@ def test_matches_full_logits_value_and_grad(chunk_len):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
 
+def test_correct_is_argmax_with_ties():
+  # Integer logits (hidden through an identity kernel) tie often: a target is correct only
+  # where it is argmax's first maximum.
+  vocab = 6
+  hidden = jax.random.randint(jax.random.PRNGKey(3), (2, 200, vocab), 0, 3).astype(jnp.float32)
+  targets = jax.random.randint(jax.random.PRNGKey(4), (2, 200), 0, vocab)
+  weights = jnp.ones(targets.shape)
+  kernel, bias = jnp.eye(vocab), jnp.zeros(vocab)
+  logits = hidden
+  top = logits.max(-1, keepdims=True)
+  tied_target = ((jnp.take_along_axis(logits, targets[..., None], -1) == top)[..., 0]
+                 & (jnp.argmax(logits, -1) != targets))
+  assert int(tied_target.sum()) > 10  # targets that reach the maximum after an earlier one
+  got = chunked_cross_entropy(hidden, kernel, bias, targets, weights, chunk_len=64)
+  want = full_cross_entropy(hidden, kernel, bias, targets, weights)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+  assert float(got[2]) == float(want[2]) > 0
+
+
 def test_no_bias_and_default_weights():
   hidden, kernel, _, targets, _ = _inputs(length=12)
   loss, weight, _ = chunked_cross_entropy(hidden, kernel, None, targets, chunk_len=4)
