@@ -320,15 +320,37 @@ def lsh_buckets(buckets: jnp.ndarray, real: jnp.ndarray, n_total: int) -> jnp.nd
   return buckets + (n_total + 1) * jnp.arange(n_hashes, dtype=jnp.int32)[None, None, :, None]
 
 
+def sort_rounds(buckets: jnp.ndarray, n_values: Optional[int] = None) -> jnp.ndarray:
+  """Each round's positions sorted by (bucket, position): int32 `[b, h, n_hashes, Lp]`.
+
+  Args:
+    buckets: int `[b, h, n_hashes, Lp]` from `lsh_buckets`.
+    n_values: buckets per round including padding's (`n_total + 1` of `lsh_buckets`), or
+      None if unknown. When `n_values * Lp <= 2^32` the rounds are sorted as unique uint32
+      keys `bucket * Lp + position` (one sort of one operand: ~4x faster on XLA:CPU than
+      a stable argsort); otherwise by a stable argsort of the buckets. Buckets outside
+      round r's `[r * n_values, (r + 1) * n_values)` then sort as its nearest end.
+  """
+  n_hashes, padded = buckets.shape[2:]
+  if n_values is None or n_values * padded > 2 ** 32:
+    return jnp.argsort(buckets, axis=-1, stable=True).astype(jnp.int32)
+  rounds = n_values * jnp.arange(n_hashes, dtype=buckets.dtype)[None, None, :, None]
+  local = jnp.clip(buckets - rounds, 0, n_values - 1).astype(jnp.uint32)
+  positions = jax.lax.broadcasted_iota(jnp.uint32, buckets.shape, 3)
+  keys = local * jnp.uint32(padded) + positions
+  return (jnp.sort(keys, axis=-1) % jnp.uint32(padded)).astype(jnp.int32)
+
+
 def _lsh_plan(x, project, buckets, real, *, chunk_len, n_chunks_before, n_chunks_after,
-              causal, strict, correct_duplicates, dropout_rate, chunks_per_step):
+              causal, strict, correct_duplicates, dropout_rate, chunks_per_step,
+              n_values=None):
   """`windowed_attention`'s (attend_fn, order, info, chunks per step) over the sorted
-  entries, and the (sort, undo) permutations `[b, h, n_hashes * Lp]`."""
+  entries, and the (sort, undo) permutations `[b, h, n_hashes * Lp]`. `n_values`: see
+  `sort_rounds`."""
   batch, n_heads, n_hashes, padded = buckets.shape
   n_sorted = n_hashes * padded
-  # Stably sorting a round's position-ordered buckets sorts by (bucket, position). Sorting
-  # each round alone avoids bucket * length keys, which overflow int32 at 0.5M tokens.
-  order = jnp.argsort(buckets, axis=-1, stable=True)  # [b, h, n_hashes, Lp] positions
+  # Each round sorted alone: keys over all rounds would overflow at 0.5M tokens.
+  order = sort_rounds(buckets, n_values)  # [b, h, n_hashes, Lp] positions
   rounds = padded * jnp.arange(n_hashes, dtype=order.dtype)[None, None, :, None]
   sort_idx = (order + rounds).reshape(batch, n_heads, n_sorted)
   undo_idx = _inverse_permutation(sort_idx)
@@ -354,7 +376,7 @@ def lsh_core(x: jnp.ndarray, params, project: Callable, buckets: jnp.ndarray,
              real: jnp.ndarray, *, chunk_len: int, n_chunks_before: int,
              n_chunks_after: int, causal: bool, strict: bool, correct_duplicates: bool,
              dropout_rate: float, dropout_rng: Optional[jax.Array],
-             chunks_per_step: Optional[int]) -> jnp.ndarray:
+             chunks_per_step: Optional[int], n_values: Optional[int] = None) -> jnp.ndarray:
   """LSH attention given the buckets; Q/K/V are projected from `x` a step at a time.
 
   Args:
@@ -365,6 +387,7 @@ def lsh_core(x: jnp.ndarray, params, project: Callable, buckets: jnp.ndarray,
     chunk_len, n_chunks_before, n_chunks_after, causal, strict, correct_duplicates,
       dropout_rate, dropout_rng: as in `lsh_attention` (`strict` = causal and strict_causal).
     chunks_per_step: chunks per step of `windowed_attention` (None: `default_chunks_per_step`).
+    n_values: buckets per round including padding's, if known (see `sort_rounds`).
 
   Returns:
     `[b, h, Lp, d_head]`.
@@ -374,7 +397,7 @@ def lsh_core(x: jnp.ndarray, params, project: Callable, buckets: jnp.ndarray,
       x, project, buckets, real, chunk_len=chunk_len, n_chunks_before=n_chunks_before,
       n_chunks_after=n_chunks_after, causal=causal, strict=strict,
       correct_duplicates=correct_duplicates, dropout_rate=dropout_rate,
-      chunks_per_step=chunks_per_step)
+      chunks_per_step=chunks_per_step, n_values=n_values)
   out, lse = windowed_attention(attend, x, params, pos_s, info, dropout_rng, chunk_len,
                                 n_chunks_before, n_chunks_after, steps)
   out = permute(out, undo_idx, sort_idx).reshape(batch, n_heads, n_hashes, padded, -1)
@@ -451,7 +474,8 @@ def lsh_attention(qk: jnp.ndarray, v: jnp.ndarray, rotations: jnp.ndarray, *,
                  chunk_len=chunk_len, n_chunks_before=n_chunks_before,
                  n_chunks_after=n_chunks_after, causal=causal, strict=strict,
                  correct_duplicates=correct_duplicates, dropout_rate=dropout_rate,
-                 dropout_rng=dropout_rng, chunks_per_step=chunks_per_step)
+                 dropout_rng=dropout_rng, chunks_per_step=chunks_per_step,
+                 n_values=math.prod(factors) + 1)
   return jnp.swapaxes(out[:, :, :length], 1, 2).astype(v.dtype)
 
 
@@ -594,7 +618,9 @@ class LSHSelfAttention(nn.Module):
                       n_chunks_after=self.n_chunks_after, causal=self.causal,
                       strict=self.causal and self.strict_causal,
                       correct_duplicates=self.correct_duplicates,
-                      dropout_rate=self.attention_dropout, chunks_per_step=self.chunks_per_step)
+                      dropout_rate=self.attention_dropout, chunks_per_step=self.chunks_per_step,
+                      n_values=math.prod(_bucket_factors(resolve_n_buckets(
+                          self.n_buckets, padded, self.chunk_len))) + 1)
       if rebuild is not None:
         attend, order, info, steps, _ = _lsh_plan(x[:, None], project, buckets, real,
                                                   **settings)

@@ -267,6 +267,49 @@ def test_hash_vectors_match_numpy(n_buckets):
             got[b, h, r], _np_buckets(qk[b, :, h], rot[h, :, r], _factors(n_buckets)))
 
 
+def _sort_operands(fn, *args):
+  """Operand counts of the sorts in `fn`'s jaxpr, nested jaxprs included."""
+  counts = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "sort":
+        counts.append(len(eqn.invars))
+      for value in eqn.params.values():
+        inner = getattr(value, "jaxpr", value)
+        if hasattr(inner, "eqns"):
+          walk(inner)
+
+  walk(jax.make_jaxpr(fn)(*args).jaxpr)
+  return counts
+
+
+def test_sort_rounds_by_keys_matches_stable_argsort():
+  """The uint32-key sort orders each round by (bucket, position) exactly as a stable
+  argsort does: few buckets (many ties), three rounds, padding in its own bucket."""
+  n_total, padded = 5, 96
+  raw = jax.random.randint(jax.random.PRNGKey(0), (2, 2, 3, padded), 0, n_total)
+  real = jnp.arange(padded)[None, :] < jnp.array([[80], [96]])
+  buckets = lsh.lsh_buckets(raw, real, n_total)
+  want = np.argsort(np.asarray(buckets), axis=-1, kind="stable")
+  got = jax.jit(lsh.sort_rounds, static_argnums=1)(buckets, n_total + 1)
+  assert got.dtype == jnp.int32
+  np.testing.assert_array_equal(got, want)
+  assert _sort_operands(lambda b: lsh.sort_rounds(b, n_total + 1), buckets) == [1]
+  # Keys that would not fit in 32 bits, or an unknown bound: the stable argsort.
+  for n_values in (2 ** 32 // padded + 1, None):
+    assert _sort_operands(lambda b: lsh.sort_rounds(b, n_values), buckets) == [2]
+    np.testing.assert_array_equal(lsh.sort_rounds(buckets, n_values), want)
+
+
+def test_sort_rounds_out_of_range_buckets_still_permute():
+  """Buckets outside a round's range (bad `buckets=`) sort as its nearest end: each round
+  is still a permutation of the positions, ordered by the clipped buckets."""
+  buckets = jnp.array([[[[3, -7, 50, 0, 3, 9, -1, 2]]]])
+  got = np.asarray(lsh.sort_rounds(buckets, 4))
+  np.testing.assert_array_equal(got[0, 0, 0], [1, 3, 6, 7, 0, 2, 4, 5])
+
+
 def test_returned_buckets_replace_hashing():
   """`return_buckets` gives the round-offset buckets of `hash_vectors`; passed back as
   `buckets=` they replace the hashing (no 'hash' rng needed) and give the same output."""
