@@ -156,8 +156,11 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
           eval_metrics = evaluate(state.params)
           writer.write(done, "eval", eval_metrics)
           timer.start(done)
-        checkpointer.save(state, force=last or stop.requested)
-        if stop.requested and not last:
+        # Read once: a Ctrl-C landing between the save and the check would stop
+        # without saving this step.
+        stopping = stop.requested
+        checkpointer.save(state, force=last or stopping)
+        if stopping and not last:
           raise KeyboardInterrupt
   except KeyboardInterrupt:
     bar.close()

@@ -447,6 +447,28 @@ def test_a_workdir_that_is_a_file_is_reported(tmp_path, capsys):
   assert path.read_text() == "keep me"
 
 
+def test_ctrl_c_during_a_save_still_saves_the_next_step(tmp_path, monkeypatch, capsys):
+  """A Ctrl-C that lands inside the save of a step not due for a checkpoint: the
+  loop stops after the next step and saves that one (it used to stop unsaved)."""
+  original = train.checkpointing.Checkpointer.save
+
+  def save_then_interrupt(self, state, *, force=False):
+    saved = original(self, state, force=force)
+    if int(state.step) == 2:
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(0.5)  # the handler runs here, inside the save
+    return saved
+
+  monkeypatch.setattr(train.checkpointing.Checkpointer, "save", save_then_interrupt)
+  with pytest.raises(KeyboardInterrupt):
+    train.run(QUICKSTART, TINY + LOCAL + ["TRAIN_STEPS=100", "Experiment.checkpoint_every=1000"],
+              str(tmp_path))
+  out = capsys.readouterr().out
+  assert "stopping after this step" in out
+  assert "interrupted at step 3; the same command resumes from the checkpoint at step 3" in out
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3"]
+
+
 def test_ctrl_c_saves_the_step_and_names_the_checkpoint(tmp_path, subprocess_env):
   args = [sys.executable, "-m", "reformer_jax.train", "--gin_file=configs/quickstart.gin",
           *_bindings(TINY + LOCAL + ["TRAIN_STEPS=100000", "Experiment.checkpoint_every=1000"]),
