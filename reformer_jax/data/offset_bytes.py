@@ -27,7 +27,8 @@ class OffsetByteCodec:
 def offset_tokens(source, offset: int = 0) -> LMData:
   """A byte-level data source with token ids shifted by `offset`.
 
-  gin: `@reformer_jax.convert.offset_tokens` (registered by `reformer_jax.convert`).
+  gin: `@reformer_jax.convert.offset_tokens` (registered by `reformer_jax.hf.workdir`,
+  which `reformer_jax.convert` imports).
 
   Args:
     source: a () -> LMData callable such as `@shipped_corpus` or `@local_file`.
