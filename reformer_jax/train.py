@@ -9,7 +9,14 @@ checkpoints resumes from the latest one; its config.gin is rewritten only once
 the checkpoint has been read (a config that does not fit it is an error and
 changes nothing). A dry run writes nothing. The last line printed is a JSON
 summary.
+
+A step with a non-finite loss or gradient is skipped (params and optimiser
+state unchanged, counted as `nonfinite_steps`) and is never checkpointed; after
+`Experiment.max_consecutive_nonfinite` of them in a row the run stops with an
+error naming the last good checkpoint.
 """
+import math
+
 import os
 import signal
 import threading
@@ -26,6 +33,10 @@ from reformer_jax.trainer import sampling, sharding
 from reformer_jax.trainer import experiment as experiment_lib
 from reformer_jax.trainer import metrics as metrics_lib
 from reformer_jax.trainer import steps
+
+
+class Diverged(ValueError):
+  """Too many consecutive steps with a non-finite loss or gradient."""
 
 
 def console(message: str):
@@ -57,11 +68,13 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
   `write_config(workdir)` is called once the train state is restored or
   initialised. The first Ctrl-C stops training after the current step and
   saves it; a second one stops at once. Either way a line names the
-  checkpoint to resume from and KeyboardInterrupt goes on.
+  checkpoint to resume from and KeyboardInterrupt goes on. Steps with a
+  non-finite loss or gradient are skipped and never saved; after
+  `exp.max_consecutive_nonfinite` in a row, Diverged is raised.
 
   Returns:
     The summary printed as the run's last line: step, train_loss, eval_loss,
-    eval_accuracy, eval_bits_per_byte, tokens_per_second, ... or, for a dry
+    eval_accuracy, eval_bits_per_byte, tokens_per_second, nonfinite_steps, ... or, for a dry
     run, params, peak_bytes and flops_per_step.
   """
   mesh = sharding.make_mesh()
@@ -92,7 +105,9 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
             "(the loss of a model that ignores context)")
   checkpointer = checkpointing.Checkpointer(
       workdir, every=exp.checkpoint_every, keep=exp.keep_checkpoints, clean_up=True)
-  state = checkpointer.restore(state_shapes)
+  state = checkpointer.restore(state_shapes, older_opt_state=(
+      optim.unguarded(state_shapes.opt_state),
+      lambda inner: jax.device_put(optim.guard(inner), sharding.replicated(mesh))))
   if state is None:
     state = init_state()
     console(f"starting at step 0; checkpoints go to {checkpointer.directory}")
@@ -122,6 +137,12 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
                   desc="train", dynamic_ncols=True, mininterval=1.0,
                   disable=not cli.is_primary())
   timer = _Timer()
+
+  def close():
+    bar.close()
+    checkpointer.close()
+    writer.close()
+
   try:
     with _StopRequest() as stop:
       for step in range(start, exp.train_steps):
@@ -137,10 +158,17 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
           jax.block_until_ready(state)
           timer.start(done)
         last = done == exp.train_steps
-        if done % exp.log_every == 0 or last:
+        # Waits for the step: whether it was skipped decides saving and stopping.
+        in_a_row = int(optim.nonfinite_counts(state.opt_state)[0])
+        diverged = in_a_row >= exp.max_consecutive_nonfinite
+        if done % exp.log_every == 0 or last or diverged:
           host = jax.device_get(sums)
           train_metrics = metrics_lib.summarize(host)
-          train_metrics["grad_norm"] = float(host["grad_norm"]) / n_summed
+          skipped = int(host["nonfinite"])
+          applied = n_summed - skipped
+          train_metrics["grad_norm"] = (float(host["grad_norm"]) / applied if applied
+                                        else math.nan)
+          train_metrics["nonfinite_steps"] = skipped
           sums, n_summed = None, 0
           train_metrics["learning_rate"] = float(schedule(done - 1))
           rate = timer.stop(done)
@@ -150,6 +178,9 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
             train_metrics["tokens_per_second"] = rate * tokens_per_step
           writer.write(done, "train", train_metrics)
           bar.set_postfix(loss=f"{train_metrics['loss']:.3f}")
+        if diverged:
+          raise Diverged(_diverged_message(done, in_a_row, exp.max_consecutive_nonfinite,
+                                           checkpointer))
         if done % exp.eval_every == 0 or last:
           jax.block_until_ready(state)
           timer.stop(done)
@@ -159,14 +190,16 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
         # Read once: a Ctrl-C landing between the save and the check would stop
         # without saving this step.
         stopping = stop.requested
-        checkpointer.save(state, force=last or stopping)
+        if not in_a_row:  # a skipped step's state is never saved
+          checkpointer.save(state, force=last or stopping)
         if stopping and not last:
           raise KeyboardInterrupt
+  except Diverged:
+    close()
+    raise
   except KeyboardInterrupt:
-    bar.close()
     latest = checkpointer.latest_step()
-    checkpointer.close()
-    writer.close()
+    close()
     where = (f"the checkpoint at step {latest} in {checkpointer.directory}"
              if latest is not None else "step 0 (no checkpoint was saved yet)")
     console(f"interrupted at step {int(state.step)}; the same command resumes from {where}.")
@@ -177,6 +210,9 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
     writer.write(int(state.step), "eval", eval_metrics)
   checkpointer.close()
   writer.close()
+  nonfinite_steps = int(optim.nonfinite_counts(state.opt_state)[1])
+  if nonfinite_steps:
+    console(f"{nonfinite_steps} step(s) had a non-finite loss or gradient and were skipped")
   if exp.sample_length:
     text = sampling.generate(exp.model, state.params, data, exp.sample_prompt,
                            length=exp.sample_length, seed=exp.seed)
@@ -191,7 +227,19 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
       "tokens_per_second": (None if timer.steps_per_second() is None else
                             timer.steps_per_second() * tokens_per_step),
       "unigram_bits_per_byte": unigram,
+      "nonfinite_steps": nonfinite_steps,
   }
+
+
+def _diverged_message(step: int, in_a_row: int, limit: int, checkpointer) -> str:
+  latest = checkpointer.latest_step()
+  where = (f"the last good checkpoint is step {latest} in {checkpointer.directory}"
+           if latest is not None else "no checkpoint was saved yet")
+  return (f"step {step}: {in_a_row} steps in a row ({step - in_a_row + 1}..{step}) had a "
+          f"non-finite loss or gradient and were skipped "
+          f"(Experiment.max_consecutive_nonfinite={limit}); stopped, {where}. The same "
+          "command would repeat these steps: resume with a lower "
+          "OptimizerConfig.learning_rate or a longer warmup_steps.")
 
 
 class _StopRequest:

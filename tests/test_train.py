@@ -4,6 +4,7 @@ Tiny shapes and a few steps on CPU. Training runs in-process through
 `train.run`; the command lines, and the 8-device check (the device count is
 fixed when JAX starts), run in subprocesses.
 """
+import dataclasses
 import json
 import math
 import os
@@ -490,3 +491,74 @@ def test_ctrl_c_saves_the_step_and_names_the_checkpoint(tmp_path, subprocess_env
   step = int(re.search(r"resumes from the checkpoint at step (\d+)", out).group(1))
   assert step >= 2 and (tmp_path / "checkpoints" / str(step)).is_dir()
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [str(step)]
+
+
+# Non-finite steps: skipped, counted, never saved; too many in a row stop the run.
+def _finite_checkpoints(workdir):
+  """{step: whether every saved parameter is finite} of the workdir's checkpoints."""
+  from reformer_jax.trainer.checkpointing import Checkpointer
+  exp = gin_setup.make_experiment()
+  shapes = steps.abstract_params(exp.model, exp.seq_len, sharding.make_mesh())
+  found = {}
+  for name in os.listdir(workdir / "checkpoints"):
+    checkpointer = Checkpointer(str(workdir), keep=100)
+    step = int(name)
+    restored = checkpointer._manager.restore(step, args=train.checkpointing.ocp.args.Composite(
+        params=train.checkpointing.ocp.args.StandardRestore(shapes)))
+    found[step] = all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored.params))
+    checkpointer.close()
+  return found
+
+
+def test_an_absurd_learning_rate_stops_the_run_at_the_last_good_checkpoint(tmp_path, capsys):
+  bindings = TINY + LOCAL + ["TRAIN_STEPS=60", "OptimizerConfig.learning_rate=1e4",
+                             "OptimizerConfig.warmup_steps=1", "Experiment.checkpoint_every=1",
+                             "Experiment.keep_checkpoints=3",
+                             "Experiment.max_consecutive_nonfinite=3"]
+  with pytest.raises(SystemExit) as info:
+    cli.guarded(lambda: train.run(QUICKSTART, bindings, str(tmp_path)))(["train"])
+  assert info.value.code == 1
+  err = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error")]
+  assert len(err) == 1, err   # one error line (the rest of stderr: the progress bar)
+  match = re.match(r"error: step (\d+): 3 steps in a row \((\d+)\.\.\1\) had a non-finite loss "
+                   r"or gradient and were skipped \(Experiment.max_consecutive_nonfinite=3\); "
+                   r"stopped, the last good checkpoint is step (\d+) in (\S+)\. ", err[0])
+  assert match, err[0]
+  stop, first_skipped, latest = (int(match.group(i)) for i in (1, 2, 3))
+  assert match.group(4) == str(tmp_path / "checkpoints") and latest < first_skipped
+  saved = _finite_checkpoints(tmp_path)
+  assert max(saved) == latest and all(saved.values())   # no step of the streak was saved
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  skipped = {r["step"] for r in rows if r.get("nonfinite_steps")}
+  assert {first_skipped, stop - 1, stop} <= skipped and max(r["step"] for r in rows) == stop
+  for step in skipped:   # a skipped step's loss is not averaged in: NaN when all skipped
+    assert math.isnan(_logged(tmp_path)[step])
+
+
+class _Poisoned:
+  """A data source whose training batch `step` has NaN weights."""
+
+  def __init__(self, data, step):
+    self._data, self._step = data, step
+
+  def __getattr__(self, name):
+    return getattr(self._data, name)
+
+  def train_batch(self, step, batch_size, seq_len):
+    batch = self._data.train_batch(step, batch_size, seq_len)
+    if step == self._step:
+      batch = dict(batch, weights=np.full_like(batch["weights"], np.nan))
+    return batch
+
+
+def test_an_injected_nan_is_skipped_counted_and_not_saved(tmp_path):
+  gin_setup.parse(QUICKSTART, TINY + LOCAL + ["TRAIN_STEPS=4", "Experiment.checkpoint_every=1"])
+  exp = gin_setup.make_experiment()
+  source = exp.data
+  poisoned = dataclasses.replace(exp, data=lambda: _Poisoned(source(), step=2))  # the 3rd step
+  summary = train.train_and_evaluate(poisoned, str(tmp_path))
+  assert summary["nonfinite_steps"] == 1 and math.isfinite(summary["eval_loss"])
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["nonfinite_steps"] for r in rows if r["split"] == "train"] == [0, 0, 1, 0]
+  assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [1, 2, 4]
+  assert all(_finite_checkpoints(tmp_path).values())

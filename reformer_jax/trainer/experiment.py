@@ -33,6 +33,9 @@ class Experiment:
     sample_prompt: printed with a continuation of `sample_length` tokens at the
       end of training (`sample_length` 0: no sample).
     sample_length: tokens to sample at the end of training.
+    max_consecutive_nonfinite: the run stops with an error after this many
+      consecutive steps with a non-finite loss or gradient (each is skipped:
+      params and optimiser state stay as they were).
   """
   model: ReformerConfig
   data: Callable[[], Any]
@@ -50,6 +53,7 @@ class Experiment:
   keep_checkpoints: int = 3
   sample_prompt: str = ""
   sample_length: int = 0
+  max_consecutive_nonfinite: int = 10
 
   def __post_init__(self):
     if not isinstance(self.model, ReformerConfig):
@@ -64,7 +68,7 @@ class Experiment:
                        "Experiment.data = @shipped_corpus (built only when needed).")
     for name in ("seq_len", "batch_size", "train_steps", "grad_accum_steps",
                  "log_every", "eval_every", "checkpoint_every",
-                 "keep_checkpoints"):
+                 "keep_checkpoints", "max_consecutive_nonfinite"):
       value = getattr(self, name)
       if not _is_int(value) or value < 1:
         raise ValueError(f"Experiment.{name} must be a positive int, got "
