@@ -21,7 +21,7 @@ import os
 import signal
 import threading
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -56,14 +56,19 @@ def run(gin_files: Sequence[str], gin_bindings: Sequence[str], workdir: str,
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f"--workdir={workdir} is a file; give a directory (a new one, or "
                      "the workdir of an earlier run to resume it).")
-  os.makedirs(workdir, exist_ok=True)
-  return train_and_evaluate(exp, workdir, write_config=gin_setup.write_config)
+  return train_and_evaluate(exp, workdir, write_config=gin_setup.write_config,
+                            names=gin_setup.written_names())
 
 
 def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
                        dry_run: bool = False,
-                       write_config: Optional[Callable[[str], None]] = None) -> dict:
+                       write_config: Optional[Callable[[str], None]] = None,
+                       names: Optional[Mapping[str, str]] = None) -> dict:
   """Trains `exp` in `workdir` (resuming from its checkpoints) and evaluates.
+
+  The data source is built and checked against the run (`names`: the names the
+  config sets parameters by, for the errors) before the workdir is created or
+  anything is compiled.
 
   `write_config(workdir)` is called once the train state is restored or
   initialised. The first Ctrl-C stops training after the current step and
@@ -82,7 +87,7 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
                        "BATCH_SIZE / grad_accum_steps")
   eval_batch_size = exp.eval_batch_size or exp.batch_size
   sharding.check_batch(eval_batch_size, mesh, "Experiment.eval_batch_size")
-  data = None if dry_run else exp.make_data()
+  data = None if dry_run else exp.make_data(names)
   if data is not None and exp.sample_length:
     sampling.check_can_sample(data)
   note = experiment_lib.padding_note(exp.model, exp.seq_len)
@@ -103,6 +108,7 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
   if unigram is not None:
     console(f"unigram entropy of the training split: {unigram:.3f} bits/byte "
             "(the loss of a model that ignores context)")
+  os.makedirs(workdir, exist_ok=True)
   checkpointer = checkpointing.Checkpointer(
       workdir, every=exp.checkpoint_every, keep=exp.keep_checkpoints, clean_up=True)
   state = checkpointer.restore(state_shapes, older_opt_state=(

@@ -427,16 +427,63 @@ def test_cli_unknown_binding_prints_one_line_without_traceback(tmp_path, subproc
      "value of the wrong kind (in OptimizerConfig)"),
     (["duplication_small.gin"], ["Experiment.sample_length=8", "TRAIN_STEPS=1"],
      "DuplicationTask is not a text source"),
+    # Checked against the data source before anything is written or compiled, in the
+    # names the config uses (the macro a parameter is bound to, or the binding).
+    (["duplication.gin"], ["SEQ_LEN=96"],
+     "error: SEQ_LEN=96 does not fit the duplication task: its sequences `0 w 0 w` have "
+     "length 2 * N_SYMBOLS + 2 = 1024 (N_SYMBOLS=511); set SEQ_LEN=1024 or N_SYMBOLS=47."),
+    (["duplication_small.gin"], ["Experiment.eval_batches=None"],
+     "Experiment.eval_batches=None scores a whole eval split, but the duplication task is "
+     "unbounded"),
+    (["quickstart.gin"], ["SEQ_LEN=-5"],
+     "error: SEQ_LEN=-5: max_len must be None or an int >= 1 (not a bool or float), got -5 "
+     "(ReformerConfig.max_len = %SEQ_LEN)."),
+    (["quickstart.gin"], ["ReformerConfig.max_len=-5"], "error: ReformerConfig.max_len=-5: "),
+    (["quickstart.gin"], ["D_MODEL=0"], "error: D_MODEL=0: d_model must be a positive int"),
+    (["quickstart.gin"], ["Experiment.seq_len=-5"],
+     "error: Experiment.seq_len must be a positive int, got -5."),
+    (["quickstart.gin"], ["SEQ_LEN=20000"],
+     "error: SEQ_LEN=20000 needs 20001 tokens per example, but the 'eval' split of "
+     "shipped_corpus has 13987: use SEQ_LEN <= 13986"),
 ])
 def test_user_errors_are_reported_cleanly(tmp_path, capsys, files, bindings, message):
+  workdir = tmp_path / "run"
   with pytest.raises(SystemExit) as info:
-    cli.guarded(lambda: train.run(files, bindings, str(tmp_path)))(["train"])
+    cli.guarded(lambda: train.run(files, bindings, str(workdir)))(["train"])
   assert info.value.code == 1
   err = capsys.readouterr().err
   assert err.startswith("error: ") and message in err
+  assert len(err.strip().splitlines()) == 1       # one line: no progress bar before it
   assert "In call to configurable" not in err
-  assert not (tmp_path / "checkpoints").exists()
-  assert not (tmp_path / "config.gin").exists()
+  assert not workdir.exists()                     # nothing written
+
+
+def test_a_local_file_or_tfds_split_shorter_than_seq_len_is_reported_first(tmp_path, capsys):
+  from tests.data.test_tfds_source import _DOCS   # registers the tiny TFDS dataset
+  text = tmp_path / "small.txt"
+  text.write_bytes(b"x" * 1000)                   # split 0.9 / 0.05 / 0.05: 900 / 50 / 50
+  tfds_dir = tmp_path / "tfds"
+  cases = [
+      (["enwik8.gin"], [f"DATA_PATH='{text}'", "SEQ_LEN=64"],
+       "error: SEQ_LEN=64 needs 65 tokens per example, but the 'eval' split of local_file has "
+       "50: use SEQ_LEN <= 49, or give that split more data."),
+      (QUICKSTART, ["Experiment.data=@local_file", f"local_file.path='{text}'",
+        "Experiment.seq_len=1000", "ReformerConfig.max_len=1024"],
+       "error: Experiment.seq_len=1000 needs 1001 tokens per example, but the 'train' split "
+       "of local_file has 900"),
+      (QUICKSTART, ["Experiment.data=@tfds_text", "tfds_text.name='reformer_jax_tiny_text'",
+        f"tfds_text.data_dir='{tfds_dir}'"],
+       f"error: SEQ_LEN=128 needs 129 tokens per example, but the 'train' split of tfds_text "
+       f"has {len(chr(10).join(_DOCS['train']).encode())}"),
+  ]
+  for files, bindings, message in cases:
+    workdir = tmp_path / "run"
+    with pytest.raises(SystemExit):
+      cli.guarded(lambda: train.run(files, bindings, str(workdir)))(["train"])
+    err = capsys.readouterr().err      # TFDS prints its preparation of the dataset first
+    assert err.strip().splitlines()[-1].startswith(message), err
+    assert err.count("error") == 1 and "train:" not in err   # no progress bar
+    assert not workdir.exists()
 
 
 def test_a_workdir_that_is_a_file_is_reported(tmp_path, capsys):
