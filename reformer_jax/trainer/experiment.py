@@ -120,13 +120,13 @@ def check_data(exp: Experiment, data, names: Optional[Mapping[str, str]] = None)
   name = lambda target: names.get(target, target)
   seq_len = f"{name('Experiment.seq_len')}={exp.seq_len}"
   if data.vocab_size > exp.model.vocab_size:
-      raise ValueError(
-          f"the data has {data.vocab_size} token ids but the model's "
-          f"vocab_size is {self.model.vocab_size}; for a new model set "
-          f"ReformerConfig.vocab_size >= {data.vocab_size}. A trained (or "
-          f"converted) model's vocabulary is fixed by its checkpoint: use data "
-          f"whose ids are below {self.model.vocab_size}, such as the data it was "
-          f"trained with.")
+    raise ValueError(
+        f"the data has {data.vocab_size} token ids but the model's "
+        f"vocab_size is {exp.model.vocab_size}; for a new model set "
+        f"ReformerConfig.vocab_size >= {data.vocab_size}. A trained (or "
+        f"converted) model's vocabulary is fixed by its checkpoint: use data "
+        f"whose ids are below {exp.model.vocab_size}, such as the data it was "
+        f"trained with.")
   if isinstance(data, DuplicationTask):
     n_symbols = name("duplication.n_symbols")
     if exp.seq_len != data.seq_len:
