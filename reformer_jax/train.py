@@ -25,8 +25,10 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import tqdm
 from absl import app, flags
+from jax.experimental import multihost_utils
 
 from reformer_jax.trainer import checkpointing, cli, gin_setup, optim
 from reformer_jax.trainer import sampling, sharding
@@ -138,7 +140,7 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
             else metrics_lib.NoWriter())
   batch_sharding = sharding.batch_sharding(mesh, 1)
   tokens_per_step = exp.batch_size * exp.seq_len
-  train_metrics, eval_metrics, sums, n_summed = {}, None, None, 0
+  train_metrics, eval_metrics, sums, n_summed, done = {}, None, None, 0, start
   bar = tqdm.tqdm(total=exp.train_steps, initial=start, unit="step",
                   desc="train", dynamic_ncols=True, mininterval=1.0,
                   disable=not cli.is_primary())
@@ -195,7 +197,7 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
           timer.start(done)
         # Read once: a Ctrl-C landing between the save and the check would stop
         # without saving this step.
-        stopping = stop.requested
+        stopping = _on_any_process(stop.requested)
         if not in_a_row:  # a skipped step's state is never saved
           checkpointer.save(state, force=last or stopping)
         if stopping and not last:
@@ -203,6 +205,19 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
   except Diverged:
     close()
     raise
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    bar.close()
+    writer.close()  # not the checkpointer: closing it waits for the other processes
+    latest = checkpointer.latest_step()
+    where = (f"the checkpoint at step {latest} in {checkpointer.directory}"
+             if latest is not None else "step 0 (no checkpoint was saved yet)")
+    raise cli.PeerLost(
+        f"process {jax.process_index()} of {jax.process_count()} stopped at step "
+        f"{int(done)}: {str(e).strip().splitlines()[0][:300]}. In a multi-host run this "
+        f"means another process died or was killed (its log says why); restart every "
+        f"process with the same command to resume from {where}.") from None
   except KeyboardInterrupt:
     latest = checkpointer.latest_step()
     close()
@@ -246,6 +261,15 @@ def _diverged_message(step: int, in_a_row: int, limit: int, checkpointer) -> str
           f"(Experiment.max_consecutive_nonfinite={limit}); stopped, {where}. The same "
           "command would repeat these steps: resume with a lower "
           "OptimizerConfig.learning_rate or a longer warmup_steps.")
+
+
+def _on_any_process(flag: bool) -> bool:
+  """Whether `flag` holds on any process of the run. Multi-host: a collective (each
+  process calls it once per step), so a Ctrl-C reaching one process stops them all
+  after the same step, and they save it together."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 class _StopRequest:

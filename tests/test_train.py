@@ -373,6 +373,59 @@ def test_two_processes_give_the_losses_of_one_and_log_once(cli_run, tmp_path, su
   assert _logged(shared) == pytest.approx(two, abs=1e-6)
 
 
+def _start_two_processes(bindings, workdir, env):
+  address = f"localhost:{_free_port()}"
+  return [subprocess.Popen(
+      [sys.executable, "-m", "reformer_jax.train", "--gin_file=configs/quickstart.gin",
+       *_bindings(bindings), f"--workdir={workdir}", "--distributed",
+       f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in (0, 1)]
+
+
+def _when_trained(procs, workdir, lines):
+  """Waits until process 0 logged `lines` metric lines."""
+  deadline = time.monotonic() + 240
+  metrics = workdir / "metrics.jsonl"
+  while not (metrics.exists() and len(metrics.read_text().splitlines()) >= lines):
+    assert all(p.poll() is None for p in procs) and time.monotonic() < deadline
+    time.sleep(0.1)
+
+
+def test_a_ctrl_c_or_kill_reaching_one_of_two_processes(tmp_path, subprocess_env):
+  """Ctrl-C on process 1 alone: both stop after the same step and save it together. A
+  SIGKILL of process 1: process 0 exits at once with one error line naming the checkpoint
+  (it would otherwise wait for the lost process at JAX's shutdown barrier and abort)."""
+  bindings = TINY + LOCAL + ["TRAIN_STEPS=100000", "Experiment.checkpoint_every=1000"]
+  procs = _start_two_processes(bindings, tmp_path, subprocess_env)
+  try:
+    _when_trained(procs, tmp_path, 2)
+    procs[1].send_signal(signal.SIGINT)
+    outs = [p.communicate(timeout=120) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert [p.returncode for p in procs] == [130, 130], outs[0][1][-2000:] + outs[1][1][-2000:]
+  step = int(re.search(r"resumes from the checkpoint at step (\d+)", outs[0][0]).group(1))
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [str(step)]
+
+  procs = _start_two_processes(bindings, tmp_path, subprocess_env)
+  try:
+    _when_trained(procs, tmp_path, step + 2)        # resumed and trained on
+    procs[1].send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    _, err = procs[0].communicate(timeout=60)
+    seconds = time.monotonic() - killed
+  finally:
+    for p in procs:
+      p.kill()
+  assert procs[0].returncode == 1 and seconds < 30, (seconds, err[-3000:])
+  lines = [l for l in err.splitlines() if l.startswith("error")]
+  assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+  assert re.match(r"error: process 0 of 2 stopped at step \d+: .*another process died or "
+                  r"was killed .*resume from the checkpoint at step " + str(step), lines[0])
+
+
 def test_process_flags_need_distributed(tmp_path, subprocess_env):
   proc = _cli(subprocess_env, "reformer_jax.train", "--gin_file=configs/quickstart.gin",
               f"--workdir={tmp_path}", "--num_processes=2")

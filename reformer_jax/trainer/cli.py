@@ -15,6 +15,10 @@ from reformer_jax.trainer import checkpointing, gin_setup, sharding, steps
 USER_ERRORS = (ValueError, OSError, SyntaxError, tokenize.TokenError)
 
 
+class PeerLost(RuntimeError):
+  """A collective of a multi-host run failed: another process died or was killed."""
+
+
 # XLA:CPU settings for the long-sequence step (crime-and-punishment model, 2-core CPU):
 # - the default concurrency-optimised scheduler overlaps independent work at a large cost
 #   in memory: the 524,288-token step plans 3.34 GiB with it and 3.08 GiB without
@@ -70,7 +74,9 @@ def is_primary() -> bool:
 
 def guarded(main):
   """Wraps an absl main: USER_ERRORS print `error: ...` and exit with status 1;
-  Ctrl-C exits with status 130 without a traceback."""
+  Ctrl-C exits with status 130 without a traceback. PeerLost prints `error: ...` and
+  exits with status 1 at once: JAX's exit handler would wait for the lost process at
+  the distributed shutdown barrier (the heartbeat timeout) and then abort."""
 
   def wrapper(argv):
     if len(argv) > 1:
@@ -87,6 +93,11 @@ def guarded(main):
     except KeyboardInterrupt:
       print("interrupted", file=sys.stderr)
       raise SystemExit(130) from None
+    except PeerLost as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(1)  # pylint: disable=protected-access
 
   return wrapper
 
