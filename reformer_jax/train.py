@@ -16,7 +16,6 @@ state unchanged, counted as `nonfinite_steps`) and is never checkpointed; after
 error naming the last good checkpoint.
 """
 import math
-
 import os
 import signal
 import threading
