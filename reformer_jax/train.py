@@ -209,14 +209,8 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
       raise
     bar.close()
     writer.close()  # not the checkpointer: closing it waits for the other processes
-    latest = checkpointer.latest_step()
-    where = (f"the checkpoint at step {latest} in {checkpointer.directory}"
-             if latest is not None else "step 0 (no checkpoint was saved yet)")
-    raise cli.PeerLost(
-        f"process {jax.process_index()} of {jax.process_count()} stopped at step "
-        f"{int(done)}: {str(e).strip().splitlines()[0][:300]}. In a multi-host run this "
-        f"means another process died or was killed (its log says why); restart every "
-        f"process with the same command to resume from {where}.") from None
+    raise cli.PeerLost(cli.peer_lost_message(
+        e, f"at step {done}", _latest_checkpoint(checkpointer))) from None
   except KeyboardInterrupt:
     latest = checkpointer.latest_step()
     close()
@@ -260,6 +254,16 @@ def _diverged_message(step: int, in_a_row: int, limit: int, checkpointer) -> str
           f"(Experiment.max_consecutive_nonfinite={limit}); stopped, {where}. The same "
           "command would repeat these steps: resume with a lower "
           "OptimizerConfig.learning_rate or a longer warmup_steps.")
+
+
+def _latest_checkpoint(checkpointer) -> str:
+  """Where a resumed run would start, as words (never raising: used while failing)."""
+  try:
+    latest = checkpointer.latest_step()
+  except Exception:  # pylint: disable=broad-except
+    return f"the latest checkpoint in {checkpointer.directory}"
+  return (f"the checkpoint at step {latest} in {checkpointer.directory}"
+          if latest is not None else "step 0 (no checkpoint was saved yet)")
 
 
 def _on_any_process(flag: bool) -> bool:
