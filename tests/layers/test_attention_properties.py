@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from reformer_jax.layers import local_attention as local
 from reformer_jax.layers import lsh_attention as lsh
 
-SETTINGS = settings(max_examples=12, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=8, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 TOLERANCE = {"float32": 2e-5, "bfloat16": 5e-2}
 

@@ -26,7 +26,7 @@ def plain_layers(fns, params, rngs, x1, x2, aux):
   return x1, x2
 
 
-@settings(max_examples=8, deadline=None, derandomize=True,
+@settings(max_examples=6, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(n_layers=st.integers(1, 4), d=st.integers(1, 6), hidden=st.integers(1, 8),
        batch=st.integers(1, 2), length=st.integers(1, 5), keep=st.sampled_from([1.0, 0.7]),
