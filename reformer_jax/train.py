@@ -9,23 +9,35 @@ checkpoints resumes from the latest one; its config.gin is rewritten only once
 the checkpoint has been read (a config that does not fit it is an error and
 changes nothing). A dry run writes nothing. The last line printed is a JSON
 summary.
+
+A step with a non-finite loss or gradient is skipped (params and optimiser
+state unchanged, counted as `nonfinite_steps`) and is never checkpointed; after
+`Experiment.max_consecutive_nonfinite` of them in a row the run stops with an
+error naming the last good checkpoint.
 """
+import math
 import os
 import signal
 import threading
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import tqdm
 from absl import app, flags
+from jax.experimental import multihost_utils
 
 from reformer_jax.trainer import checkpointing, cli, gin_setup, optim
 from reformer_jax.trainer import sampling, sharding
 from reformer_jax.trainer import experiment as experiment_lib
 from reformer_jax.trainer import metrics as metrics_lib
 from reformer_jax.trainer import steps
+
+
+class Diverged(ValueError):
+  """Too many consecutive steps with a non-finite loss or gradient."""
 
 
 def console(message: str):
@@ -45,23 +57,30 @@ def run(gin_files: Sequence[str], gin_bindings: Sequence[str], workdir: str,
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f"--workdir={workdir} is a file; give a directory (a new one, or "
                      "the workdir of an earlier run to resume it).")
-  os.makedirs(workdir, exist_ok=True)
-  return train_and_evaluate(exp, workdir, write_config=gin_setup.write_config)
+  return train_and_evaluate(exp, workdir, write_config=gin_setup.write_config,
+                            names=gin_setup.written_names())
 
 
 def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
                        dry_run: bool = False,
-                       write_config: Optional[Callable[[str], None]] = None) -> dict:
+                       write_config: Optional[Callable[[str], None]] = None,
+                       names: Optional[Mapping[str, str]] = None) -> dict:
   """Trains `exp` in `workdir` (resuming from its checkpoints) and evaluates.
+
+  The data source is built and checked against the run (`names`: the names the
+  config sets parameters by, for the errors) before the workdir is created or
+  anything is compiled.
 
   `write_config(workdir)` is called once the train state is restored or
   initialised. The first Ctrl-C stops training after the current step and
   saves it; a second one stops at once. Either way a line names the
-  checkpoint to resume from and KeyboardInterrupt goes on.
+  checkpoint to resume from and KeyboardInterrupt goes on. Steps with a
+  non-finite loss or gradient are skipped and never saved; after
+  `exp.max_consecutive_nonfinite` in a row, Diverged is raised.
 
   Returns:
     The summary printed as the run's last line: step, train_loss, eval_loss,
-    eval_accuracy, eval_bits_per_byte, tokens_per_second, ... or, for a dry
+    eval_accuracy, eval_bits_per_byte, tokens_per_second, nonfinite_steps, ... or, for a dry
     run, params, peak_bytes and flops_per_step.
   """
   mesh = sharding.make_mesh()
@@ -69,7 +88,7 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
                        "BATCH_SIZE / grad_accum_steps")
   eval_batch_size = exp.eval_batch_size or exp.batch_size
   sharding.check_batch(eval_batch_size, mesh, "Experiment.eval_batch_size")
-  data = None if dry_run else exp.make_data()
+  data = None if dry_run else exp.make_data(names)
   if data is not None and exp.sample_length:
     sampling.check_can_sample(data)
   note = experiment_lib.padding_note(exp.model, exp.seq_len)
@@ -90,9 +109,12 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
   if unigram is not None:
     console(f"unigram entropy of the training split: {unigram:.3f} bits/byte "
             "(the loss of a model that ignores context)")
+  os.makedirs(workdir, exist_ok=True)
   checkpointer = checkpointing.Checkpointer(
       workdir, every=exp.checkpoint_every, keep=exp.keep_checkpoints, clean_up=True)
-  state = checkpointer.restore(state_shapes)
+  state = checkpointer.restore(state_shapes, older_opt_state=(
+      optim.unguarded(state_shapes.opt_state),
+      lambda inner: jax.device_put(optim.guard(inner), sharding.replicated(mesh))))
   if state is None:
     state = init_state()
     console(f"starting at step 0; checkpoints go to {checkpointer.directory}")
@@ -117,11 +139,17 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
             else metrics_lib.NoWriter())
   batch_sharding = sharding.batch_sharding(mesh, 1)
   tokens_per_step = exp.batch_size * exp.seq_len
-  train_metrics, eval_metrics, sums, n_summed = {}, None, None, 0
+  train_metrics, eval_metrics, sums, n_summed, done = {}, None, None, 0, start
   bar = tqdm.tqdm(total=exp.train_steps, initial=start, unit="step",
                   desc="train", dynamic_ncols=True, mininterval=1.0,
                   disable=not cli.is_primary())
   timer = _Timer()
+
+  def close():
+    bar.close()
+    checkpointer.close()
+    writer.close()
+
   try:
     with _StopRequest() as stop:
       for step in range(start, exp.train_steps):
@@ -137,10 +165,17 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
           jax.block_until_ready(state)
           timer.start(done)
         last = done == exp.train_steps
-        if done % exp.log_every == 0 or last:
+        # Waits for the step: whether it was skipped decides saving and stopping.
+        in_a_row = int(optim.nonfinite_counts(state.opt_state)[0])
+        diverged = in_a_row >= exp.max_consecutive_nonfinite
+        if done % exp.log_every == 0 or last or diverged:
           host = jax.device_get(sums)
           train_metrics = metrics_lib.summarize(host)
-          train_metrics["grad_norm"] = float(host["grad_norm"]) / n_summed
+          skipped = int(host["nonfinite"])
+          applied = n_summed - skipped
+          train_metrics["grad_norm"] = (float(host["grad_norm"]) / applied if applied
+                                        else math.nan)
+          train_metrics["nonfinite_steps"] = skipped
           sums, n_summed = None, 0
           train_metrics["learning_rate"] = float(schedule(done - 1))
           rate = timer.stop(done)
@@ -150,6 +185,9 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
             train_metrics["tokens_per_second"] = rate * tokens_per_step
           writer.write(done, "train", train_metrics)
           bar.set_postfix(loss=f"{train_metrics['loss']:.3f}")
+        if diverged:
+          raise Diverged(_diverged_message(done, in_a_row, exp.max_consecutive_nonfinite,
+                                           checkpointer))
         if done % exp.eval_every == 0 or last:
           jax.block_until_ready(state)
           timer.stop(done)
@@ -158,15 +196,24 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
           timer.start(done)
         # Read once: a Ctrl-C landing between the save and the check would stop
         # without saving this step.
-        stopping = stop.requested
-        checkpointer.save(state, force=last or stopping)
+        stopping = _on_any_process(stop.requested)
+        if not in_a_row:  # a skipped step's state is never saved
+          checkpointer.save(state, force=last or stopping)
         if stopping and not last:
           raise KeyboardInterrupt
-  except KeyboardInterrupt:
+  except Diverged:
+    close()
+    raise
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
     bar.close()
+    writer.close()  # not the checkpointer: closing it waits for the other processes
+    raise cli.PeerLost(cli.peer_lost_message(
+        e, f"at step {done}", _latest_checkpoint(checkpointer))) from None
+  except KeyboardInterrupt:
     latest = checkpointer.latest_step()
-    checkpointer.close()
-    writer.close()
+    close()
     where = (f"the checkpoint at step {latest} in {checkpointer.directory}"
              if latest is not None else "step 0 (no checkpoint was saved yet)")
     console(f"interrupted at step {int(state.step)}; the same command resumes from {where}.")
@@ -177,6 +224,9 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
     writer.write(int(state.step), "eval", eval_metrics)
   checkpointer.close()
   writer.close()
+  nonfinite_steps = int(optim.nonfinite_counts(state.opt_state)[1])
+  if nonfinite_steps:
+    console(f"{nonfinite_steps} step(s) had a non-finite loss or gradient and were skipped")
   if exp.sample_length:
     text = sampling.generate(exp.model, state.params, data, exp.sample_prompt,
                            length=exp.sample_length, seed=exp.seed)
@@ -191,7 +241,38 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
       "tokens_per_second": (None if timer.steps_per_second() is None else
                             timer.steps_per_second() * tokens_per_step),
       "unigram_bits_per_byte": unigram,
+      "nonfinite_steps": nonfinite_steps,
   }
+
+
+def _diverged_message(step: int, in_a_row: int, limit: int, checkpointer) -> str:
+  latest = checkpointer.latest_step()
+  where = (f"the last good checkpoint is step {latest} in {checkpointer.directory}"
+           if latest is not None else "no checkpoint was saved yet")
+  return (f"step {step}: {in_a_row} steps in a row ({step - in_a_row + 1}..{step}) had a "
+          f"non-finite loss or gradient and were skipped "
+          f"(Experiment.max_consecutive_nonfinite={limit}); stopped, {where}. The same "
+          "command would repeat these steps: resume with a lower "
+          "OptimizerConfig.learning_rate or a longer warmup_steps.")
+
+
+def _latest_checkpoint(checkpointer) -> str:
+  """Where a resumed run would start, as words (never raising: used while failing)."""
+  try:
+    latest = checkpointer.latest_step()
+  except Exception:  # pylint: disable=broad-except
+    return f"the latest checkpoint in {checkpointer.directory}"
+  return (f"the checkpoint at step {latest} in {checkpointer.directory}"
+          if latest is not None else "step 0 (no checkpoint was saved yet)")
+
+
+def _on_any_process(flag: bool) -> bool:
+  """Whether `flag` holds on any process of the run. Multi-host: a collective (each
+  process calls it once per step), so a Ctrl-C reaching one process stops them all
+  after the same step, and they save it together."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 class _StopRequest:

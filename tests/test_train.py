@@ -4,6 +4,7 @@ Tiny shapes and a few steps on CPU. Training runs in-process through
 `train.run`; the command lines, and the 8-device check (the device count is
 fixed when JAX starts), run in subprocesses.
 """
+import dataclasses
 import json
 import math
 import os
@@ -372,6 +373,59 @@ def test_two_processes_give_the_losses_of_one_and_log_once(cli_run, tmp_path, su
   assert _logged(shared) == pytest.approx(two, abs=1e-6)
 
 
+def _start_two_processes(bindings, workdir, env):
+  address = f"localhost:{_free_port()}"
+  return [subprocess.Popen(
+      [sys.executable, "-m", "reformer_jax.train", "--gin_file=configs/quickstart.gin",
+       *_bindings(bindings), f"--workdir={workdir}", "--distributed",
+       f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in (0, 1)]
+
+
+def _when_trained(procs, workdir, lines):
+  """Waits until process 0 logged `lines` metric lines."""
+  deadline = time.monotonic() + 240
+  metrics = workdir / "metrics.jsonl"
+  while not (metrics.exists() and len(metrics.read_text().splitlines()) >= lines):
+    assert all(p.poll() is None for p in procs) and time.monotonic() < deadline
+    time.sleep(0.1)
+
+
+def test_a_ctrl_c_or_kill_reaching_one_of_two_processes(tmp_path, subprocess_env):
+  """Ctrl-C on process 1 alone: both stop after the same step and save it together. A
+  SIGKILL of process 1: process 0 exits at once with one error line naming the checkpoint
+  (it would otherwise wait for the lost process at JAX's shutdown barrier and abort)."""
+  bindings = TINY + LOCAL + ["TRAIN_STEPS=100000", "Experiment.checkpoint_every=1000"]
+  procs = _start_two_processes(bindings, tmp_path, subprocess_env)
+  try:
+    _when_trained(procs, tmp_path, 2)
+    procs[1].send_signal(signal.SIGINT)
+    outs = [p.communicate(timeout=120) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert [p.returncode for p in procs] == [130, 130], outs[0][1][-2000:] + outs[1][1][-2000:]
+  step = int(re.search(r"resumes from the checkpoint at step (\d+)", outs[0][0]).group(1))
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [str(step)]
+
+  procs = _start_two_processes(bindings, tmp_path, subprocess_env)
+  try:
+    _when_trained(procs, tmp_path, step + 2)        # resumed and trained on
+    procs[1].send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    _, err = procs[0].communicate(timeout=60)
+    seconds = time.monotonic() - killed
+  finally:
+    for p in procs:
+      p.kill()
+  assert procs[0].returncode == 1 and seconds < 30, (seconds, err[-3000:])
+  lines = [l for l in err.splitlines() if l.startswith("error")]
+  assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+  assert re.match(r"error: process 0 of 2 stopped at step \d+: .*another process died or "
+                  r"was killed .*resume from the checkpoint at step " + str(step), lines[0])
+
+
 def test_process_flags_need_distributed(tmp_path, subprocess_env):
   proc = _cli(subprocess_env, "reformer_jax.train", "--gin_file=configs/quickstart.gin",
               f"--workdir={tmp_path}", "--num_processes=2")
@@ -426,16 +480,63 @@ def test_cli_unknown_binding_prints_one_line_without_traceback(tmp_path, subproc
      "value of the wrong kind (in OptimizerConfig)"),
     (["duplication_small.gin"], ["Experiment.sample_length=8", "TRAIN_STEPS=1"],
      "DuplicationTask is not a text source"),
+    # Checked against the data source before anything is written or compiled, in the
+    # names the config uses (the macro a parameter is bound to, or the binding).
+    (["duplication.gin"], ["SEQ_LEN=96"],
+     "error: SEQ_LEN=96 does not fit the duplication task: its sequences `0 w 0 w` have "
+     "length 2 * N_SYMBOLS + 2 = 1024 (N_SYMBOLS=511); set SEQ_LEN=1024 or N_SYMBOLS=47."),
+    (["duplication_small.gin"], ["Experiment.eval_batches=None"],
+     "Experiment.eval_batches=None scores a whole eval split, but the duplication task is "
+     "unbounded"),
+    (["quickstart.gin"], ["SEQ_LEN=-5"],
+     "error: SEQ_LEN=-5: max_len must be None or an int >= 1 (not a bool or float), got -5 "
+     "(ReformerConfig.max_len = %SEQ_LEN)."),
+    (["quickstart.gin"], ["ReformerConfig.max_len=-5"], "error: ReformerConfig.max_len=-5: "),
+    (["quickstart.gin"], ["D_MODEL=0"], "error: D_MODEL=0: d_model must be a positive int"),
+    (["quickstart.gin"], ["Experiment.seq_len=-5"],
+     "error: Experiment.seq_len must be a positive int, got -5."),
+    (["quickstart.gin"], ["SEQ_LEN=20000"],
+     "error: SEQ_LEN=20000 needs 20001 tokens per example, but the 'eval' split of "
+     "shipped_corpus has 13987: use SEQ_LEN <= 13986"),
 ])
 def test_user_errors_are_reported_cleanly(tmp_path, capsys, files, bindings, message):
+  workdir = tmp_path / "run"
   with pytest.raises(SystemExit) as info:
-    cli.guarded(lambda: train.run(files, bindings, str(tmp_path)))(["train"])
+    cli.guarded(lambda: train.run(files, bindings, str(workdir)))(["train"])
   assert info.value.code == 1
   err = capsys.readouterr().err
   assert err.startswith("error: ") and message in err
+  assert len(err.strip().splitlines()) == 1       # one line: no progress bar before it
   assert "In call to configurable" not in err
-  assert not (tmp_path / "checkpoints").exists()
-  assert not (tmp_path / "config.gin").exists()
+  assert not workdir.exists()                     # nothing written
+
+
+def test_a_local_file_or_tfds_split_shorter_than_seq_len_is_reported_first(tmp_path, capsys):
+  from tests.data.test_tfds_source import _DOCS   # registers the tiny TFDS dataset
+  text = tmp_path / "small.txt"
+  text.write_bytes(b"x" * 1000)                   # split 0.9 / 0.05 / 0.05: 900 / 50 / 50
+  tfds_dir = tmp_path / "tfds"
+  cases = [
+      (["enwik8.gin"], [f"DATA_PATH='{text}'", "SEQ_LEN=64"],
+       "error: SEQ_LEN=64 needs 65 tokens per example, but the 'eval' split of local_file has "
+       "50: use SEQ_LEN <= 49, or give that split more data."),
+      (QUICKSTART, ["Experiment.data=@local_file", f"local_file.path='{text}'",
+        "Experiment.seq_len=1000", "ReformerConfig.max_len=1024"],
+       "error: Experiment.seq_len=1000 needs 1001 tokens per example, but the 'train' split "
+       "of local_file has 900"),
+      (QUICKSTART, ["Experiment.data=@tfds_text", "tfds_text.name='reformer_jax_tiny_text'",
+        f"tfds_text.data_dir='{tfds_dir}'"],
+       f"error: SEQ_LEN=128 needs 129 tokens per example, but the 'train' split of tfds_text "
+       f"has {len(chr(10).join(_DOCS['train']).encode())}"),
+  ]
+  for files, bindings, message in cases:
+    workdir = tmp_path / "run"
+    with pytest.raises(SystemExit):
+      cli.guarded(lambda: train.run(files, bindings, str(workdir)))(["train"])
+    err = capsys.readouterr().err      # TFDS prints its preparation of the dataset first
+    assert err.strip().splitlines()[-1].startswith(message), err
+    assert err.count("error") == 1 and "train:" not in err   # no progress bar
+    assert not workdir.exists()
 
 
 def test_a_workdir_that_is_a_file_is_reported(tmp_path, capsys):
@@ -490,3 +591,69 @@ def test_ctrl_c_saves_the_step_and_names_the_checkpoint(tmp_path, subprocess_env
   step = int(re.search(r"resumes from the checkpoint at step (\d+)", out).group(1))
   assert step >= 2 and (tmp_path / "checkpoints" / str(step)).is_dir()
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [str(step)]
+
+
+# Non-finite steps: skipped, counted, never saved; too many in a row stop the run.
+def _finite_checkpoints(workdir):
+  """{step: whether every saved parameter is finite}, read with orbax directly."""
+  import orbax.checkpoint as ocp
+  reader = ocp.StandardCheckpointer()
+  found = {int(name): all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(
+      reader.restore(workdir / "checkpoints" / name / "params")))
+           for name in os.listdir(workdir / "checkpoints")}
+  reader.close()
+  return found
+
+
+def test_an_absurd_learning_rate_stops_the_run_at_the_last_good_checkpoint(tmp_path, capsys):
+  bindings = TINY + LOCAL + ["TRAIN_STEPS=60", "OptimizerConfig.learning_rate=1e4",
+                             "OptimizerConfig.warmup_steps=1", "Experiment.checkpoint_every=1",
+                             "Experiment.keep_checkpoints=3",
+                             "Experiment.max_consecutive_nonfinite=3"]
+  with pytest.raises(SystemExit) as info:
+    cli.guarded(lambda: train.run(QUICKSTART, bindings, str(tmp_path)))(["train"])
+  assert info.value.code == 1
+  err = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error")]
+  assert len(err) == 1, err   # one error line (the rest of stderr: the progress bar)
+  match = re.match(r"error: step (\d+): 3 steps in a row \((\d+)\.\.\1\) had a non-finite loss "
+                   r"or gradient and were skipped \(Experiment.max_consecutive_nonfinite=3\); "
+                   r"stopped, the last good checkpoint is step (\d+) in (\S+)\. ", err[0])
+  assert match, err[0]
+  stop, first_skipped, latest = (int(match.group(i)) for i in (1, 2, 3))
+  assert match.group(4) == str(tmp_path / "checkpoints") and latest < first_skipped
+  saved = _finite_checkpoints(tmp_path)
+  assert max(saved) == latest and all(saved.values())   # no step of the streak was saved
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  skipped = {r["step"] for r in rows if r.get("nonfinite_steps")}
+  assert {first_skipped, stop - 1, stop} <= skipped and max(r["step"] for r in rows) == stop
+  for step in skipped:   # a skipped step's loss is not averaged in: NaN when all skipped
+    assert math.isnan(_logged(tmp_path)[step])
+
+
+class _Poisoned:
+  """A data source whose training batch `step` has NaN weights."""
+
+  def __init__(self, data, step):
+    self._data, self._step = data, step
+
+  def __getattr__(self, name):
+    return getattr(self._data, name)
+
+  def train_batch(self, step, batch_size, seq_len):
+    batch = self._data.train_batch(step, batch_size, seq_len)
+    if step == self._step:
+      batch = dict(batch, weights=np.full_like(batch["weights"], np.nan))
+    return batch
+
+
+def test_an_injected_nan_is_skipped_counted_and_not_saved(tmp_path):
+  gin_setup.parse(QUICKSTART, TINY + LOCAL + ["TRAIN_STEPS=4", "Experiment.checkpoint_every=1"])
+  exp = gin_setup.make_experiment()
+  source = exp.data
+  poisoned = dataclasses.replace(exp, data=lambda: _Poisoned(source(), step=2))  # the 3rd step
+  summary = train.train_and_evaluate(poisoned, str(tmp_path))
+  assert summary["nonfinite_steps"] == 1 and math.isfinite(summary["eval_loss"])
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["nonfinite_steps"] for r in rows if r["split"] == "train"] == [0, 0, 1, 0]
+  assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [1, 2, 4]
+  assert all(_finite_checkpoints(tmp_path).values())

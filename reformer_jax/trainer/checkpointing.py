@@ -7,12 +7,14 @@ still cannot be read (half copied, corrupt files) is skipped with a warning in
 favour of the one before; a resuming run moves it aside to
 `<step>.unreadable`, never deletes it. A step that reads fine but holds arrays
 shaped differently from the config (a changed model or optimiser) is an error:
-nothing is skipped, moved or overwritten.
+nothing is skipped, moved or overwritten. Parameters that are not all finite
+are never written.
 """
 import os
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 import tqdm
@@ -22,6 +24,10 @@ ITEMS = ("params", "train")
 
 class CheckpointMismatch(ValueError):
   """A readable checkpoint whose arrays do not fit the configured train state."""
+
+
+class NonFiniteParams(ValueError):
+  """A save of parameters that are not all finite (refused)."""
 
 
 class Checkpointer:
@@ -44,12 +50,19 @@ class Checkpointer:
         item_handlers={k: ocp.StandardCheckpointHandler() for k in ITEMS})
 
   def save(self, state, *, force: bool = False) -> bool:
-    """Saves `state` (a TrainState) if its step is due or `force`."""
+    """Saves `state` (a TrainState) if its step is due or `force`.
+
+    Raises NonFiniteParams, writing nothing, if a parameter is NaN or infinite.
+    """
     step = int(state.step)
     if not force and step % self.every:
       return False
     if step in self._manager.all_steps():
       return False
+    if not _all_finite(state.params):
+      raise NonFiniteParams(
+          f"refusing to save step {step} to {self.directory}: its parameters are not "
+          f"all finite; the latest checkpoint is step {self.latest_step()}.")
     train = {"opt_state": state.opt_state, "rng": state.rng, "step": state.step}
     self._manager.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(state.params),
@@ -57,29 +70,42 @@ class Checkpointer:
     self._manager.wait_until_finished()
     return True
 
-  def restore(self, abstract_state) -> Optional[Any]:
+  def restore(self, abstract_state, older_opt_state=None) -> Optional[Any]:
     """The latest readable TrainState shaped (and sharded) like `abstract_state`.
 
     Unreadable newer steps are moved aside (`<step>.unreadable`), so the
     resumed run can save them again. Raises CheckpointMismatch if the latest
     readable step holds differently shaped arrays.
+
+    `older_opt_state`: (abstract, upgrade) of an earlier layout of the optimiser
+    state (before the non-finite guard): a step whose optimiser state fits
+    `abstract` is read as such and `upgrade(it)` becomes its opt_state.
     """
-    train = {"opt_state": abstract_state.opt_state, "rng": abstract_state.rng,
-             "step": abstract_state.step}
+    def train_item(opt_state):
+      return {"opt_state": opt_state, "rng": abstract_state.rng,
+              "step": abstract_state.step}
+
+    older = None
+    if older_opt_state is not None:
+      older = {"train": (train_item(older_opt_state[0]),
+                         lambda train: dict(train, opt_state=older_opt_state[1](
+                             train["opt_state"])))}
     found = self._restore_latest(
-        move_unreadable=True, params=abstract_state.params, train=train)
+        move_unreadable=True, older=older, params=abstract_state.params,
+        train=train_item(abstract_state.opt_state))
     if found is None:
       return None
-    return abstract_state.replace(params=found[1].params, **found[1].train)
+    return abstract_state.replace(params=found[1]["params"], **found[1]["train"])
 
   def restore_params(self, abstract_params) -> Optional[tuple[int, Any]]:
     """(step, params) of the latest readable checkpoint, or None (see `restore`)."""
     found = self._restore_latest(move_unreadable=False, params=abstract_params)
-    return None if found is None else (found[0], found[1].params)
+    return None if found is None else (found[0], found[1]["params"])
 
-  def _restore_latest(self, move_unreadable, **abstract):
-    args = ocp.args.Composite(**{k: ocp.args.StandardRestore(v)
-                                 for k, v in abstract.items()})
+  def _restore_latest(self, move_unreadable, older=None, **abstract):
+    """(step, {item: restored}) of the latest readable step, or None. `older`:
+    {item: (abstract, upgrade)}, an earlier layout of an item and its conversion."""
+    older = older or {}
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
         saved = self._manager.item_metadata(step)
@@ -90,12 +116,22 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         self._skip(step, e, move_unreadable)
         continue
-      for name, tree in abstract.items():
+      wanted, upgrades = dict(abstract), {}
+      for name, (tree, upgrade) in older.items():
+        if saved[name] != _shapes(wanted[name]) and saved[name] == _shapes(tree):
+          wanted[name], upgrades[name] = tree, upgrade
+      for name, tree in wanted.items():
         _check_fits(saved[name], _shapes(tree), name, step, self.directory)
+      args = ocp.args.Composite(**{k: ocp.args.StandardRestore(v)
+                                   for k, v in wanted.items()})
       try:
-        return step, self._manager.restore(step, args=args)
+        restored = self._manager.restore(step, args=args)
       except Exception as e:  # pylint: disable=broad-except
         self._skip(step, e, move_unreadable)
+        continue
+      restored = {k: restored[k] for k in wanted}
+      return step, {k: upgrades[k](v) if k in upgrades else v
+                    for k, v in restored.items()}
     return None
 
   def _skip(self, step: int, error: Exception, move: bool):
@@ -124,6 +160,11 @@ class Checkpointer:
 
   def close(self):
     self._manager.close()
+
+
+def _all_finite(tree) -> bool:
+  return all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(tree)
+             if jnp.issubdtype(x.dtype, jnp.inexact))
 
 
 def _unused(path: str) -> str:

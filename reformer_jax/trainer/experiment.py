@@ -1,8 +1,9 @@
 """What a run is: model, data, optimiser and loop settings, checked up front."""
 import dataclasses
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
+from reformer_jax.data.duplication_task import DuplicationTask
 from reformer_jax.models.config import ReformerConfig
 from reformer_jax.trainer.optim import OptimizerConfig
 
@@ -33,6 +34,9 @@ class Experiment:
     sample_prompt: printed with a continuation of `sample_length` tokens at the
       end of training (`sample_length` 0: no sample).
     sample_length: tokens to sample at the end of training.
+    max_consecutive_nonfinite: the run stops with an error after this many
+      consecutive steps with a non-finite loss or gradient (each is skipped:
+      params and optimiser state stay as they were).
   """
   model: ReformerConfig
   data: Callable[[], Any]
@@ -50,6 +54,7 @@ class Experiment:
   keep_checkpoints: int = 3
   sample_prompt: str = ""
   sample_length: int = 0
+  max_consecutive_nonfinite: int = 10
 
   def __post_init__(self):
     if not isinstance(self.model, ReformerConfig):
@@ -64,7 +69,7 @@ class Experiment:
                        "Experiment.data = @shipped_corpus (built only when needed).")
     for name in ("seq_len", "batch_size", "train_steps", "grad_accum_steps",
                  "log_every", "eval_every", "checkpoint_every",
-                 "keep_checkpoints"):
+                 "keep_checkpoints", "max_consecutive_nonfinite"):
       value = getattr(self, name)
       if not _is_int(value) or value < 1:
         raise ValueError(f"Experiment.{name} must be a positive int, got "
@@ -88,17 +93,10 @@ class Experiment:
           f"Experiment.grad_accum_steps={self.grad_accum_steps}.")
     check_length(self.model, self.seq_len)
 
-  def make_data(self):
-    """Builds the data source and checks its vocabulary fits the model's."""
+  def make_data(self, names: Optional[Mapping[str, str]] = None):
+    """Builds the data source and checks it fits the run (`check_data`)."""
     data = self.data()
-    if data.vocab_size > self.model.vocab_size:
-      raise ValueError(
-          f"the data has {data.vocab_size} token ids but the model's "
-          f"vocab_size is {self.model.vocab_size}; for a new model set "
-          f"ReformerConfig.vocab_size >= {data.vocab_size}. A trained (or "
-          f"converted) model's vocabulary is fixed by its checkpoint: use data "
-          f"whose ids are below {self.model.vocab_size}, such as the data it was "
-          f"trained with.")
+    check_data(self, data, names)
     return data
 
   @property
@@ -108,6 +106,51 @@ class Experiment:
   @property
   def eval_config(self) -> ReformerConfig:
     return self.model.replace(deterministic=True)
+
+
+def check_data(exp: Experiment, data, names: Optional[Mapping[str, str]] = None):
+  """Raises ValueError if the data source `data` does not fit `exp`: its vocabulary, the
+  duplication task's one length and bounded evaluation, a language-modelling split
+  shorter than SEQ_LEN + 1 tokens.
+
+  `names`: {'Experiment.seq_len': 'SEQ_LEN', ...}, the names the config sets parameters by
+  (gin_setup.written_names); the errors use them.
+  """
+  names = names or {}
+  name = lambda target: names.get(target, target)
+  seq_len = f"{name('Experiment.seq_len')}={exp.seq_len}"
+  if data.vocab_size > exp.model.vocab_size:
+    raise ValueError(
+        f"the data has {data.vocab_size} token ids but the model's "
+        f"vocab_size is {exp.model.vocab_size}; for a new model set "
+        f"ReformerConfig.vocab_size >= {data.vocab_size}. A trained (or "
+        f"converted) model's vocabulary is fixed by its checkpoint: use data "
+        f"whose ids are below {exp.model.vocab_size}, such as the data it was "
+        f"trained with.")
+  if isinstance(data, DuplicationTask):
+    n_symbols = name("duplication.n_symbols")
+    if exp.seq_len != data.seq_len:
+      fit = (f" or {n_symbols}={exp.seq_len // 2 - 1}"
+             if exp.seq_len % 2 == 0 and exp.seq_len >= 4 else "")
+      raise ValueError(
+          f"{seq_len} does not fit the duplication task: its sequences `0 w 0 w` have "
+          f"length 2 * {n_symbols} + 2 = {data.seq_len} ({n_symbols}={data.n_symbols}); "
+          f"set {name('Experiment.seq_len')}={data.seq_len}{fit}.")
+    if exp.eval_batches is None:
+      raise ValueError(
+          f"{name('Experiment.eval_batches')}=None scores a whole eval split, but the "
+          "duplication task is unbounded: give a number of batches, e.g. 4.")
+  for split in ("train", "eval") if isinstance(getattr(data, "splits", None), dict) else ():
+    source = getattr(exp.data, "__name__", "the data source")
+    if split not in data.splits:
+      raise ValueError(f"{source} has no {split!r} split (it has {sorted(data.splits)}); "
+                       f"training needs 'train' and evaluation 'eval'.")
+    n = len(data.splits[split])
+    if n < exp.seq_len + 1:
+      raise ValueError(
+          f"{seq_len} needs {exp.seq_len + 1} tokens per example, but the {split!r} split "
+          f"of {source} has {n}: use {name('Experiment.seq_len')} <= {max(n - 1, 1)}, or "
+          f"give that split more data.")
 
 
 def _is_int(value) -> bool:

@@ -109,9 +109,13 @@ def make_experiment() -> Experiment:
 
   A value of the wrong kind that a configurable's own checks do not catch
   (TypeError inside a gin call) is reported as a ValueError naming the call.
+  A configurable's ValueError about a parameter bound to a macro leads with the
+  macro the user wrote (`SEQ_LEN=-5: max_len must be ...`).
   """
   try:
     return CONFIGURABLES["Experiment"]()
+  except ValueError as e:
+    raise ValueError(_name_the_bindings(str(e))) from None
   except TypeError as e:
     message = str(e).splitlines()
     calls = re.findall(r"In call to configurable '([^']+)'", str(e))
@@ -120,6 +124,43 @@ def make_experiment() -> Experiment:
                      f"{message[0]}. Check the bindings of that configurable "
                      "(numbers unquoted, strings quoted, @name() for a config "
                      "object, @name without () for a data source).") from e
+
+
+def written_names() -> dict[str, str]:
+  """{'Experiment.seq_len': 'SEQ_LEN', ...}: each bound parameter and the name the config
+  sets it by, the macro it is bound to (`%SEQ_LEN`) or else the parameter itself."""
+  names = {}
+  for statement in config_parser.ConfigParser(
+      gin.config_str(), gin.config.ParserDelegate(skip_unknown=True)):
+    if isinstance(statement, config_parser.BindingStatement) and statement.arg_name:
+      target = f"{statement.selector}.{statement.arg_name}"
+      macros = list(_macro_references(statement.value))
+      value = statement.value
+      names[target] = (macros[0] if isinstance(value, gin.config.ConfigurableReference)
+                       and macros else target)
+  return names
+
+
+def _name_the_bindings(message: str) -> str:
+  """`message` (a configurable's error, with gin's call lines) led by the macros bound to
+  the parameters it mentions: 'SEQ_LEN=-5: max_len must be ... (ReformerConfig.max_len =
+  %SEQ_LEN)'."""
+  first, _, rest = message.partition("\n")
+  calls = set(re.findall(r"In call to configurable '([^']+)'", rest))
+  named, bound = [], []
+  for target, name in written_names().items():
+    selector, arg = target.rsplit(".", 1)
+    if (selector.rsplit("/", 1)[-1] in calls and name not in first
+        and re.search(rf"\b{arg}\b", first)):
+      macro = name != target
+      named.append(f"{name}={gin.query_parameter(f'%{name}' if macro else target)!r}")
+      if macro:
+        bound.append(f"{target} = %{name}")
+  if not named:
+    return message
+  first = ", ".join(named) + ": " + first.rstrip(".")
+  first += f" ({'; '.join(bound)})." if bound else "."
+  return f"{first}\n{rest}" if rest else first
 
 
 def write_config(workdir: str):

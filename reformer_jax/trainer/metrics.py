@@ -1,5 +1,6 @@
 """Metrics: summaries from loss sums, written to TensorBoard, console and JSON lines."""
 import json
+import logging
 import math
 import os
 from typing import Mapping, Optional
@@ -12,9 +13,9 @@ def summarize(sums: Mapping[str, float]) -> dict:
   """Mean loss (nats/token), accuracy and bits per byte from summed counts.
 
   `sums` holds 'loss', 'correct' and 'weight' summed over tokens. For byte-level
-  data bits per token is bits per byte.
+  data bits per token is bits per byte. No weight (every step skipped): NaN.
   """
-  weight = max(float(sums["weight"]), 1e-9)
+  weight = float(sums["weight"]) or math.nan
   loss = float(sums["loss"]) / weight
   return {"loss": loss, "accuracy": float(sums["correct"]) / weight,
           "bits_per_byte": loss / math.log(2)}
@@ -38,6 +39,8 @@ class MetricWriter:
     # Imported here: tensorboardX imports torch whenever it is installed (about 170 MB of
     # RSS and 1.5 s), which code that only builds or benchmarks models should not pay.
     import tensorboardX  # pylint: disable=import-outside-toplevel
+    # It warns on every NaN scalar; a skipped (non-finite) step logs a NaN loss by design.
+    logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
     self._tb = tensorboardX.SummaryWriter(logdir=workdir, purge_step=start + 1)
     self._path = os.path.join(workdir, "metrics.jsonl")
     self._superseded = os.path.join(workdir, "metrics_superseded.jsonl")

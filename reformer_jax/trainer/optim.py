@@ -1,8 +1,9 @@
-"""Optimisers and learning-rate schedules (optax)."""
+"""Optimisers and learning-rate schedules (optax), guarded against non-finite steps."""
 import dataclasses
-from typing import Optional
+from typing import Any, Optional
 
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 OPTIMIZERS = ("adam", "adafactor")
@@ -68,7 +69,13 @@ def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
 
 
 def make_optimizer(config: OptimizerConfig, total_steps: int):
-  """Returns (optax.GradientTransformation, schedule)."""
+  """Returns (optax.GradientTransformation, schedule).
+
+  The transformation is wrapped in `optax.apply_if_finite`: an update from
+  gradients that are not all finite is rejected (zero updates, the inner state
+  kept) and counted in the state (`nonfinite_counts`). It never gives up and
+  applies such an update; stopping a run after too many is the trainer's job.
+  """
   schedule = make_schedule(config, total_steps)
   if config.name == "adafactor":
     tx = optax.adafactor(learning_rate=schedule)
@@ -79,4 +86,29 @@ def make_optimizer(config: OptimizerConfig, total_steps: int):
     tx = optax.adam(schedule, b1=config.b1, b2=config.b2, eps=config.eps)
   if config.clip_norm is not None:
     tx = optax.chain(optax.clip_by_global_norm(config.clip_norm), tx)
+  # notfinite_count saturates at the int32 maximum, so `count > max` never holds.
+  tx = optax.apply_if_finite(tx, max_consecutive_errors=int(np.iinfo(np.int32).max))
   return tx, schedule
+
+
+def nonfinite_counts(opt_state: optax.ApplyIfFiniteState):
+  """(consecutive, total) rejected non-finite steps: int32 [] arrays."""
+  return opt_state.notfinite_count, opt_state.total_notfinite
+
+
+def last_step_applied(opt_state: optax.ApplyIfFiniteState):
+  """bool []: whether the last update was applied (its gradients were finite)."""
+  return opt_state.last_finite
+
+
+def unguarded(opt_state: optax.ApplyIfFiniteState) -> Any:
+  """The optimiser state of `make_optimizer` before it had the guard (checkpoints
+  written before the guard hold this)."""
+  return opt_state.inner_state
+
+
+def guard(inner_state: Any) -> optax.ApplyIfFiniteState:
+  """The guarded state around an unguarded one: no non-finite step seen."""
+  return optax.ApplyIfFiniteState(
+      notfinite_count=jnp.zeros([], jnp.int32), last_finite=jnp.array(True),
+      total_notfinite=jnp.zeros([], jnp.int32), inner_state=inner_state)

@@ -16,7 +16,7 @@ from jax.sharding import Mesh
 
 from reformer_jax.models import ReformerConfig, ReformerLM
 from reformer_jax.trainer import metrics as metrics_lib
-from reformer_jax.trainer import sharding
+from reformer_jax.trainer import optim, sharding
 
 _SUMS = ("loss", "weight", "correct")
 
@@ -84,8 +84,13 @@ def train_step(state: TrainState, batch, *, model: ReformerLM,
   step's LSH rotations, so without dropout the update equals that of one
   batch of accum * micro examples.
 
+  A step whose loss or gradient norm is not finite is rejected by the
+  optimiser's guard (`optim.make_optimizer`): params and optimiser state stay
+  as they were, the step count advances, and its sums and grad_norm are 0.
+
   Returns:
-    (new state, {'loss', 'weight', 'correct' sums, 'grad_norm'}).
+    (new state, {'loss', 'weight', 'correct' sums, 'grad_norm', 'nonfinite':
+    1. for a rejected step, else 0.}).
   """
   hash_key, dropout_key = jax.random.split(
       jax.random.fold_in(state.rng, state.step))
@@ -108,11 +113,19 @@ def train_step(state: TrainState, batch, *, model: ReformerLM,
   accum = batch["inputs"].shape[0]
   (grads, sums), _ = jax.lax.scan(micro_step, zeros, (jnp.arange(accum), batch))
   grads = jax.tree.map(lambda g: g / jnp.maximum(sums["weight"], 1.0), grads)
+  grad_norm = optax.global_norm(grads)
+  # The guard looks at the gradients' elements: a non-finite loss, or a gradient
+  # norm beyond the float range (its sum of squares overflows), makes them NaN.
+  finite = jnp.isfinite(sums["loss"]) & jnp.isfinite(grad_norm)
+  grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.nan), grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(step=state.step + 1,
                             params=optax.apply_updates(state.params, updates),
                             opt_state=opt_state)
-  return new_state, dict(sums, grad_norm=optax.global_norm(grads))
+  applied = optim.last_step_applied(opt_state)
+  out = dict(sums, grad_norm=grad_norm)
+  out = {k: jnp.where(applied, v, 0.) for k, v in out.items()}
+  return new_state, dict(out, nonfinite=1. - applied.astype(jnp.float32))
 
 
 def eval_step(params, batch, key, *, model: ReformerLM):

@@ -7,8 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from reformer_jax.trainer import sharding
-from reformer_jax.trainer.checkpointing import CheckpointMismatch, Checkpointer
+from reformer_jax.trainer import optim, sharding
+from reformer_jax.trainer.checkpointing import CheckpointMismatch, Checkpointer, NonFiniteParams
 from reformer_jax.trainer.steps import TrainState, abstract_state
 
 
@@ -141,3 +141,41 @@ def test_a_corrupt_step_is_moved_aside_not_deleted(tmp_path, capsys):
       os.listdir(os.path.join(directory, "4")))
   assert _save(reader, 5.) and int(reader.restore(shapes).step) == 5
   reader.close()
+
+
+def test_a_checkpoint_from_before_the_non_finite_guard_restores(tmp_path):
+  """Runs saved with the unguarded optimiser state (an optax chain) resume: the state is
+  read in that layout and wrapped, with no non-finite step counted."""
+  mesh = sharding.make_mesh()
+  inner_tx = optax.chain(optax.clip_by_global_norm(1.), optax.adam(1e-3))
+  checkpointer = Checkpointer(str(tmp_path), every=1, keep=5)
+  old = _init_fn(7., tx=inner_tx)()
+  checkpointer.save(old, force=True)
+  guarded = abstract_state(_init_fn(0., tx=optax.apply_if_finite(inner_tx, 5)), mesh)
+  with pytest.raises(CheckpointMismatch, match="optimiser"):
+    checkpointer.restore(guarded)
+  restored = checkpointer.restore(guarded, older_opt_state=(
+      optim.unguarded(guarded.opt_state), optim.guard))
+  assert int(restored.step) == 7
+  assert [int(c) for c in optim.nonfinite_counts(restored.opt_state)] == [0, 0]
+  for got, want in zip(jax.tree.leaves(optim.unguarded(restored.opt_state)),
+                       jax.tree.leaves(old.opt_state)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  # A checkpoint in the current layout is read as it is.
+  checkpointer.save(restored.replace(step=restored.step + 1), force=True)
+  again = checkpointer.restore(guarded, older_opt_state=(
+      optim.unguarded(guarded.opt_state), optim.guard))
+  assert int(again.step) == 8
+  checkpointer.close()
+
+
+def test_non_finite_params_are_never_saved(tmp_path):
+  checkpointer = Checkpointer(str(tmp_path), every=1, keep=5)
+  _save(checkpointer, 2.)
+  with pytest.raises(NonFiniteParams, match="refusing to save step 3.*latest checkpoint is "
+                     "step 2"):
+    state = _init_fn(3.)()
+    checkpointer.save(state.replace(params={"dense": {"kernel": state.params["dense"][
+        "kernel"].at[1, 0].set(jnp.inf)}}), force=True)
+  assert checkpointer.latest_step() == 2 and sorted(os.listdir(checkpointer.directory)) == ["2"]
+  checkpointer.close()
