@@ -172,8 +172,8 @@ def test_config_round_trip_and_defaults():
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(is_decoder=False), "encoder-only"),
-    (dict(architectures=["ReformerForMaskedLM"]), "architecture"),
+    (dict(is_decoder=False, architectures=["ReformerModelWithLMHead"]), "encoder-only"),
+    (dict(architectures=["ReformerForMaskedLM"]), "ReformerForMaskedLM with is_decoder=True"),
     (dict(hidden_act="gelu_fast"), "hidden_act"),
     (dict(attn_layers=["local", "global"]), "attn_layers"),
     (dict(tie_word_embeddings=True), "tie_word_embeddings"),
