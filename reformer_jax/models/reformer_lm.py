@@ -3,6 +3,8 @@
 tokens -> `token_embed` -> dropout -> + `positional` -> streams (x, x) -> `encoder`
 (reversible layers: x1 += Attention(LayerNorm(x2)); x2 += FeedForward(LayerNorm(x1)))
 -> concat(x1, x2) -> `final_norm` (width 2 * d_model) -> dropout -> `lm_head` (to vocab).
+Everything before `lm_head` is `encode`, the body the encoders of `reformer_encoder.py`
+share.
 
 Parameter tree (`params[...]`):
   token_embed/embedding                   [vocab, d_model]
