@@ -13,7 +13,8 @@ seq_len, n_batches=None, split='eval')`.
 Sequence-classification sources return `ClassificationData` (the same methods, batches
 {'inputs', 'mask', 'labels', 'weights'}, plus `num_labels`):
   listops           Long Range Arena's ListOps, generated locally from a seed;
-  text_label_files  local JSONL / CSV / TSV files of (text, label), read as bytes.
+  text_label_files  local JSONL / CSV / TSV files of (text, label), read as bytes;
+  tfds_classification  a TFDS text-classification dataset (imdb_reviews, ...), as bytes.
 """
 from reformer_jax.data.batch import Batch
 from reformer_jax.data.batch import lm_batch
@@ -30,4 +31,5 @@ from reformer_jax.data.shipped import CORPUS_PATH
 from reformer_jax.data.shipped import shipped_corpus
 from reformer_jax.data.splits import contiguous_split
 from reformer_jax.data.text_files import text_label_files
+from reformer_jax.data.tfds_classification import tfds_classification
 from reformer_jax.data.tfds_source import tfds_text
