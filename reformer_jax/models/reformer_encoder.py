@@ -19,7 +19,9 @@ self-mask (a token attends to itself only when nothing else is in reach); paddin
 from typing import Optional, Sequence, Union
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from reformer_jax.layers.dense import DenseParams, layer_norm
 from reformer_jax.layers.dropout import dropout
@@ -108,6 +110,11 @@ class ReformerForSequenceClassification(nn.Module):
                 "give labels 0 .. num_labels - 1, or raise num_labels")
     if weights is not None and labels is None:
       raise ValueError("weights are only used with labels; pass labels too")
+    if mask is not None and not isinstance(mask, jax.core.Tracer) \
+        and not np.asarray(mask)[:, 0].all():
+      raise ValueError("mask is False at position 0 of some sequences, but the head reads "
+                       "position 0: pad at the end (and start each sequence with its CLS "
+                       "token)")
     (x1, x2), _, (final_norm, final_rng) = encode(self, tokens, mask, positions,
                                                   lsh_rotations, deterministic)
     first = jnp.concatenate([x1[:, 0], x2[:, 0]], axis=-1)

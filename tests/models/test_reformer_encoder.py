@@ -167,6 +167,9 @@ def test_bad_inputs_raise_one_clear_error():
     apply(labels=jnp.zeros((2, 1), jnp.int32))
   with pytest.raises(ValueError, match="pass labels too"):
     apply(weights=jnp.ones(2))
+  with pytest.raises(ValueError, match="head reads position 0: pad at the end"):
+    model.apply({"params": params}, tokens, jnp.arange(LENGTH)[None, :] >= jnp.array([[0], [2]]),
+                lsh_rotations=ROTATIONS)
   with pytest.raises(ValueError, match="num_labels must be a positive int"):
     _init(ReformerForSequenceClassification(EVAL, num_labels=0), tokens)
   with pytest.raises(ValueError, match="both start_positions and end_positions"):
