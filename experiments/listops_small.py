@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from experiments import common  # noqa: E402  pylint: disable=wrong-import-position
-from reformer_jax.data.listops import listops  # noqa: E402
+from reformer_jax.data.listops_task import listops  # noqa: E402
 from reformer_jax.models import ReformerConfig, ReformerForSequenceClassification  # noqa: E402
 
 DATA = dict(min_length=10, max_length=127, max_depth=5, max_args=5, op_probability=0.3)

@@ -22,7 +22,7 @@ from reformer_jax.data.byte_codec import ByteCodec
 from reformer_jax.data.classification import ClassificationData
 from reformer_jax.data.duplication_task import duplication
 from reformer_jax.data.duplication_task import DuplicationTask
-from reformer_jax.data.listops import listops
+from reformer_jax.data.listops_task import listops
 from reformer_jax.data.lm_data import LMData
 from reformer_jax.data.local_files import local_file
 from reformer_jax.data.offset_bytes import OffsetByteCodec

@@ -1,8 +1,8 @@
-"""Tests for reformer_jax.data.listops."""
+"""Tests for reformer_jax.data.listops_task."""
 import numpy as np
 import pytest
 
-from reformer_jax.data import listops as listops_module
+from reformer_jax.data import listops_task as listops_module
 from reformer_jax.data.classification import CLS_ID, PAD_ID
 
 
