@@ -7,6 +7,12 @@ sharded safetensors, or a PyTorch pytorch_model.bin) as a workdir that
   python -m reformer_jax.convert --hf_dir=DIR --workdir=OUT [--seq_len=4096] \
       [--token_offset=2] [--data_file=enwik8] [--verify]
 
+Any transformers Reformer class that converts (also ReformerModel, ReformerForMaskedLM,
+ReformerForSequenceClassification, ReformerForQuestionAnswering, which load in Python with
+`reformer_jax.hf.from_hf`) is checked against transformers without writing anything by
+
+  python -m reformer_jax.convert --hf_dir=DIR --verify
+
 or export a workdir's latest checkpoint as a transformers directory:
 
   python -m reformer_jax.convert --workdir=OUT --to_hf_dir=DIR
@@ -24,9 +30,10 @@ from absl import app, flags
 # The library's names, importable from here as before the split into reformer_jax.hf.
 from reformer_jax.data.offset_bytes import offset_tokens  # noqa: F401
 from reformer_jax.hf import *  # noqa: F401,F403  pylint: disable=wildcard-import
-from reformer_jax.hf import (check_workdir_inputs, compare_with_hf, config_from_hf,
-                             default_seq_len, params_from_hf, read_hf_config, read_hf_weights,
-                             to_hf, write_workdir)
+from reformer_jax.hf import (check_workdir_inputs, compare_encoder_with_hf, compare_with_hf,
+                             config_from_hf, default_seq_len, hf_architecture, params_from_hf,
+                             read_hf_config, read_hf_weights, to_hf, write_workdir)
+from reformer_jax.hf.config import LM
 
 
 def _define_flags():
@@ -61,6 +68,12 @@ def import_hf(hf_dir: str, workdir: str, *, seq_len: Optional[int] = None,
   """
   hf = read_hf_config(hf_dir)
   config = config_from_hf(hf)
+  architecture = hf_architecture(hf)
+  if architecture != LM:
+    raise ValueError(f"{hf_dir} holds a {architecture}; workdirs hold language models "
+                     "(ReformerModelWithLMHead) only: load it in Python with "
+                     "reformer_jax.hf.from_hf, and check it with `python -m "
+                     "reformer_jax.convert --hf_dir=DIR --verify` (no --workdir)")
   params = params_from_hf(read_hf_weights(hf_dir), config)
   check_workdir_inputs(config, workdir, seq_len=seq_len, token_offset=token_offset,
                         data_file=data_file)
@@ -73,15 +86,7 @@ def import_hf(hf_dir: str, workdir: str, *, seq_len: Optional[int] = None,
                  f"data needs {256 + token_offset} (256 bytes + --token_offset): evaluate, "
                  "sample and train refuse it; bind Experiment.data to a source whose ids "
                  f"are below {config.vocab_size} (the converted weights fix vocab_size)")
-  verified = None
-  if verify:
-    from transformers import ReformerModelWithLMHead  # pylint: disable=g-import-not-at-top
-    # float64: HF's float32 combination of hash rounds is off by up to ~1% at queries
-    # that see only themselves (see compare_with_hf).
-    hf_model = ReformerModelWithLMHead.from_pretrained(hf_dir).double()
-    length = min(default_seq_len(config, limit=256), hf["max_position_embeddings"])
-    tokens = np.random.default_rng(0).integers(0, config.vocab_size, (2, length))
-    verified = compare_with_hf(hf_model, tokens)
+  verified = verify_hf(hf_dir) if verify else None
   path = write_workdir(config, params, workdir, seq_len=seq_len, token_offset=token_offset,
                        data_file=data_file, origin=os.path.abspath(hf_dir))
   summary = {"workdir": workdir, "config": path,
@@ -92,6 +97,23 @@ def import_hf(hf_dir: str, workdir: str, *, seq_len: Optional[int] = None,
   if verified is not None:
     summary["verify"] = verified
   return summary
+
+
+def verify_hf(hf_dir: str) -> Dict[str, float]:
+  """Runs the transformers model in `hf_dir` (float64) and its conversion on two random
+  sequences; returns the largest output differences (`compare_with_hf` for the LM,
+  `compare_encoder_with_hf` for the other classes). Needs torch and transformers."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  hf = read_hf_config(hf_dir)
+  config, architecture = config_from_hf(hf), hf_architecture(hf)
+  # float64: HF's float32 combination of hash rounds is off by up to ~1% at queries
+  # that see only themselves (see compare_with_hf).
+  hf_model = getattr(transformers, architecture).from_pretrained(hf_dir).double()
+  length = min(default_seq_len(config, limit=256), hf["max_position_embeddings"])
+  tokens = np.random.default_rng(0).integers(0, config.vocab_size, (2, length))
+  if architecture == LM:
+    return compare_with_hf(hf_model, tokens)
+  return {"architecture": architecture, **compare_encoder_with_hf(hf_model, tokens)}
 
 
 def export_hf(workdir: str, hf_dir: str) -> Dict[str, Any]:
@@ -106,8 +128,12 @@ def main(flag):
   """Runs the import or the export the flags ask for; prints a JSON summary."""
   from reformer_jax.trainer import cli  # pylint: disable=g-import-not-at-top
   workdir, hf_dir, to_hf_dir = (flag[k].value for k in ("workdir", "hf_dir", "to_hf_dir"))
+  if hf_dir and not workdir and not to_hf_dir and flag["verify"].value:
+    cli.print_json({"verify": verify_hf(hf_dir)})
+    return
   if not workdir:
-    raise ValueError("--workdir is required: where the import goes, or what to export")
+    raise ValueError("--workdir is required: where the import goes, or what to export "
+                     "(or give --hf_dir with --verify alone to only check a conversion)")
   if bool(hf_dir) == bool(to_hf_dir):
     raise ValueError("give exactly one of --hf_dir (import into --workdir) and --to_hf_dir "
                      "(export --workdir)")

@@ -17,6 +17,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -172,8 +173,8 @@ def test_config_round_trip_and_defaults():
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(is_decoder=False), "encoder-only"),
-    (dict(architectures=["ReformerForMaskedLM"]), "architecture"),
+    (dict(is_decoder=False, architectures=["ReformerModelWithLMHead"]), "encoder-only"),
+    (dict(architectures=["ReformerForMaskedLM"]), "ReformerForMaskedLM with is_decoder=True"),
     (dict(hidden_act="gelu_fast"), "hidden_act"),
     (dict(attn_layers=["local", "global"]), "attn_layers"),
     (dict(tie_word_embeddings=True), "tie_word_embeddings"),
@@ -305,3 +306,23 @@ def test_cli_exports_a_workdir_whose_config_train_rewrote(tmp_path):
   exported = transformers.ReformerModelWithLMHead.from_pretrained(str(tmp_path / "export"))
   for key, value in model.state_dict().items():
     np.testing.assert_array_equal(exported.state_dict()[key].numpy(), value.numpy())
+
+
+def test_encoders_verify_without_a_workdir_and_refuse_one(tmp_path, capsys):
+  """`--hf_dir=DIR --verify` alone checks any converting class; a workdir is LM-only."""
+  torch.manual_seed(0)
+  classifier = transformers.ReformerForSequenceClassification(transformers.ReformerConfig(
+      **{**BASE, "is_decoder": False, "num_labels": 3, "lsh_num_chunks_after": 1}))
+  classifier.save_pretrained(tmp_path / "hf")
+  hf_dir, workdir = str(tmp_path / "hf"), tmp_path / "out"
+  with pytest.raises(ValueError, match="ReformerForSequenceClassification; workdirs hold "
+                                       "language models.*--verify"):
+    convert.import_hf(hf_dir, str(workdir))
+  assert not workdir.exists()
+  flag = {name: types.SimpleNamespace(value=None) for name in
+          ("workdir", "to_hf_dir", "seq_len", "token_offset", "data_file")}
+  convert.main({**flag, "hf_dir": types.SimpleNamespace(value=hf_dir),
+                "verify": types.SimpleNamespace(value=True)})
+  verified = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["verify"]
+  assert verified["architecture"] == "ReformerForSequenceClassification"
+  assert verified["hidden"] < TOL and verified["logits"] < TOL, verified

@@ -132,7 +132,7 @@ def test_axial_shape_multiplies_to_length():
 
 
 @pytest.mark.parametrize("name", ["memory_vs_length", "hf_side_by_side", "blog_tables",
-                                  "row_reductions", "accelerator_step"])
+                                  "row_reductions", "accelerator_step", "listops_small"])
 def test_scripts_run_by_path(name):
   script = common.REPO / "experiments" / f"{name}.py"
   out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,

@@ -8,18 +8,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reformer_jax.hf.config import config_from_hf, hf_config_from, read_hf_config
-from reformer_jax.models import ReformerConfig, ReformerLM
+from reformer_jax.hf.config import (LM, config_from_hf, hf_architecture, hf_config_from,
+                                    hf_num_labels, read_hf_config)
+from reformer_jax.models import (ReformerConfig, ReformerEncoder, ReformerForMaskedLM,
+                                 ReformerForQuestionAnswering, ReformerForSequenceClassification,
+                                 ReformerLM)
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
 
 
-def _weight_names(config: ReformerConfig) -> List[Tuple[str, Tuple[str, ...], str]]:
-  """(HF state_dict key, our param path, transform) for every parameter.
+def _weight_names(config: ReformerConfig, architecture: str = LM
+                  ) -> List[Tuple[str, Tuple[str, ...], str]]:
+  """(HF state_dict key, our param path, transform) for every parameter of `architecture`.
 
   Transforms: 'T' (torch Linear `[out, in]` <-> Flax kernel `[in, out]`), 'axial{i}'
-  (HF's broadcastable `[1, .., s_i, .., 1, d_i]` <-> `[s_i, d_i]`), '' (as is).
+  (HF's broadcastable `[1, .., s_i, .., 1, d_i]` <-> `[s_i, d_i]`), '' (as is). A bare
+  `ReformerModel`'s keys have no `reformer.` prefix.
   """
   names = [("reformer.embeddings.word_embeddings.weight", ("token_embed", "embedding"), "")]
   if config.positional == "axial":
@@ -46,36 +51,79 @@ def _weight_names(config: ReformerConfig) -> List[Tuple[str, Tuple[str, ...], st
                "T"),
               (hf + "feed_forward.output.dense.bias", ff + ("feed_forward", "wo", "bias"), "")]
   names += [("reformer.encoder.layer_norm.weight", ("final_norm", "scale"), ""),
-            ("reformer.encoder.layer_norm.bias", ("final_norm", "bias"), ""),
-            ("lm_head.decoder.weight", ("lm_head", "kernel"), "T"),
-            ("lm_head.bias", ("lm_head", "bias"), "")]
-  return names
+            ("reformer.encoder.layer_norm.bias", ("final_norm", "bias"), "")]
+  if architecture == "ReformerModel":
+    return [(key[len("reformer."):], path, transform) for key, path, transform in names]
+  return names + [(key, tuple(path), transform) for key, *path, transform in
+                  _HEAD_WEIGHTS[architecture]]
 
 
-def abstract_params(config: ReformerConfig):
-  """ShapeDtypeStructs of `ReformerLM(config)`'s parameters (nothing is computed)."""
+# HF's head weights: (state_dict key, our param path..., transform) per architecture.
+_HEAD_WEIGHTS = {
+    LM: [("lm_head.decoder.weight", "lm_head", "kernel", "T"),
+         ("lm_head.bias", "lm_head", "bias", "")],
+    "ReformerForMaskedLM": [("lm_head.decoder.weight", "lm_head", "kernel", "T"),
+                            ("lm_head.bias", "lm_head", "bias", "")],
+    "ReformerForSequenceClassification": [
+        (f"classifier.{layer}.{kind}", "classifier", layer, name, "T" if kind == "weight" else "")
+        for layer in ("dense", "out_proj") for kind, name in (("weight", "kernel"),
+                                                              ("bias", "bias"))],
+    "ReformerForQuestionAnswering": [("qa_outputs.weight", "qa_outputs", "kernel", "T"),
+                                     ("qa_outputs.bias", "qa_outputs", "bias", "")],
+}
+
+
+def flax_model(config: ReformerConfig, architecture: str = LM, num_labels: int = 2):
+  """The reformer_jax module computing what the transformers `architecture` computes."""
+  if architecture == LM:
+    return ReformerLM(config)
+  models = {"ReformerModel": ReformerEncoder, "ReformerForMaskedLM": ReformerForMaskedLM,
+            "ReformerForQuestionAnswering": ReformerForQuestionAnswering}
+  if architecture == "ReformerForSequenceClassification":
+    return ReformerForSequenceClassification(config, num_labels=num_labels)
+  return models[architecture](config)
+
+
+def architecture_of(model) -> Tuple[str, int]:
+  """`(transformers class name, num_labels)` of a reformer_jax model (`flax_model`'s inverse)."""
+  if isinstance(model, ReformerForMaskedLM):
+    return "ReformerForMaskedLM", 2
+  names = {ReformerLM: LM, ReformerEncoder: "ReformerModel",
+           ReformerForSequenceClassification: "ReformerForSequenceClassification",
+           ReformerForQuestionAnswering: "ReformerForQuestionAnswering"}
+  if type(model) not in names:
+    raise ValueError(f"{type(model).__name__} has no transformers counterpart; export one of "
+                     f"{sorted(m.__name__ for m in names)}")
+  return names[type(model)], getattr(model, "num_labels", 2)
+
+
+def abstract_params(config: ReformerConfig, architecture: str = LM, num_labels: int = 2):
+  """ShapeDtypeStructs of `flax_model(config, ...)`'s parameters (nothing is computed)."""
   length = 2 * max(config.local_chunk_len, config.lsh_chunk_len)
   if config.positional == "learned":
     length = min(length, config.max_len)
-  model = ReformerLM(config.replace(deterministic=True))
+  model = flax_model(config.replace(deterministic=True), architecture, num_labels)
   init = lambda: model.init({"params": jax.random.PRNGKey(0), "hash": jax.random.PRNGKey(1)},
                             jnp.zeros((1, length), jnp.int32))["params"]
   return jax.eval_shape(init)
 
 
-def params_from_hf(state_dict: Mapping[str, np.ndarray], config: ReformerConfig):
-  """reformer_jax params (nested dict of float32 numpy arrays) from an HF state_dict.
+def params_from_hf(state_dict: Mapping[str, np.ndarray], config: ReformerConfig,
+                   architecture: str = LM, num_labels: int = 2):
+  """reformer_jax params (nested dict of float32 numpy arrays) from an HF state_dict of
+  `architecture` (`num_labels`: ReformerForSequenceClassification's classes).
 
   Accepts transformers 4.x checkpoints, whose LM head also stores the (tied)
   `lm_head.decoder.bias`. Raises ValueError naming missing, unexpected or misshaped weights.
   """
   state_dict = dict(state_dict)
-  if "lm_head.decoder.weight" not in state_dict:
+  if architecture in (LM, "ReformerForMaskedLM") and "lm_head.decoder.weight" not in state_dict:
     what = ("a bare ReformerModel (no LM head)" if any(k.startswith("encoder.")
                                                         for k in state_dict) else
             "not a ReformerModelWithLMHead")
     raise ValueError(f"unsupported weights: lm_head.decoder.weight is missing ({what}); "
-                     "only the causal language model converts")
+                     f"config.json's architectures must name the weights' class, not "
+                     f"{architecture}")
   decoder_bias = state_dict.pop("lm_head.decoder.bias", None)
   if decoder_bias is not None:
     if "lm_head.bias" in state_dict and not np.array_equal(decoder_bias,
@@ -83,9 +131,9 @@ def params_from_hf(state_dict: Mapping[str, np.ndarray], config: ReformerConfig)
       raise ValueError("lm_head.bias and lm_head.decoder.bias differ; a transformers "
                        "checkpoint ties them, so this one is not understood")
     state_dict["lm_head.bias"] = decoder_bias
-  shapes = flax.traverse_util.flatten_dict(abstract_params(config))
+  shapes = flax.traverse_util.flatten_dict(abstract_params(config, architecture, num_labels))
   params, missing = {}, []
-  for key, path, transform in _weight_names(config):
+  for key, path, transform in _weight_names(config, architecture):
     if key not in state_dict:
       missing.append(key)
       continue
@@ -105,12 +153,13 @@ def params_from_hf(state_dict: Mapping[str, np.ndarray], config: ReformerConfig)
   return flax.traverse_util.unflatten_dict(params)
 
 
-def params_to_hf(params, config: ReformerConfig) -> Dict[str, np.ndarray]:
-  """The transformers state_dict (float32 numpy) of reformer_jax `params`."""
+def params_to_hf(params, config: ReformerConfig, architecture: str = LM
+                 ) -> Dict[str, np.ndarray]:
+  """The transformers state_dict (float32 numpy) of reformer_jax `params` of `architecture`."""
   flat = flax.traverse_util.flatten_dict(jax.device_get(flax.core.unfreeze(params)))
   shape = config.resolved_axial_shape
   out = {}
-  for key, path, transform in _weight_names(config):
+  for key, path, transform in _weight_names(config, architecture):
     if path == ("lm_head", "bias") and path not in flat:
       out[key] = np.zeros((config.vocab_size,), np.float32)
       continue
@@ -171,35 +220,44 @@ def _read_torch(path: str) -> Dict[str, np.ndarray]:
   return {k: v.detach().float().numpy() for k, v in state_dict.items()}
 
 
-def from_hf(hf_dir: str) -> Tuple[ReformerLM, Any]:
-  """Loads a transformers `ReformerModelWithLMHead` directory.
+def from_hf(hf_dir: str):
+  """Loads a transformers Reformer directory of any class in `ARCHITECTURES`.
 
   Returns:
-    `(model, params)`: a deterministic (evaluation) `ReformerLM`, and its params.
-    `model.apply({'params': params}, tokens, mask, rngs={'hash': key})` gives the logits
-    HF gives (with LSH layers, up to its random rotations: see `hf_rotations`); use
-    `ReformerLM(model.config.replace(deterministic=False))` to train with dropout.
+    `(model, params)`: a deterministic (evaluation) reformer_jax model of the class
+    config.json names (`flax_model`: `ReformerLM` for ReformerModelWithLMHead), and its
+    params. `model.apply({'params': params}, tokens, mask, rngs={'hash': key})` gives the
+    outputs HF gives (with LSH layers, up to its random rotations: see `hf_rotations`); use
+    `model.replace(config=model.config.replace(deterministic=False))` to train with dropout.
   """
-  config = config_from_hf(read_hf_config(hf_dir))
-  params = params_from_hf(read_hf_weights(hf_dir), config)
-  return ReformerLM(config.replace(deterministic=True)), params
+  hf = read_hf_config(hf_dir)
+  config, architecture, num_labels = config_from_hf(hf), hf_architecture(hf), hf_num_labels(hf)
+  params = params_from_hf(read_hf_weights(hf_dir), config, architecture, num_labels)
+  return flax_model(config.replace(deterministic=True), architecture, num_labels), params
 
 
 def from_hf_model(hf_model) -> Tuple[ReformerConfig, Any]:
-  """`(config, params)` of an in-memory transformers `ReformerModelWithLMHead` (any dtype)."""
-  config = config_from_hf(hf_model.config.to_dict())
+  """`(config, params)` of an in-memory transformers Reformer model (any dtype) of a class
+  in `ARCHITECTURES`; `flax_model(config, type(hf_model).__name__, num_labels)` runs them."""
+  hf = {**hf_model.config.to_dict(), "architectures": [type(hf_model).__name__]}
+  config = config_from_hf(hf)
   state_dict = {k: v.detach().float().cpu().numpy() for k, v in hf_model.state_dict().items()}
-  return config, params_from_hf(state_dict, config)
+  return config, params_from_hf(state_dict, config, hf_architecture(hf), hf_num_labels(hf))
 
 
-def to_hf(config: ReformerConfig, params, hf_dir: str) -> None:
-  """Writes `hf_dir/config.json` and `model.safetensors` for transformers' from_pretrained.
+def to_hf(config: ReformerConfig, params, hf_dir: str, architecture: str = LM) -> None:
+  """Writes `hf_dir/config.json` and `model.safetensors` for transformers' from_pretrained
+  (`architecture`: the class, see `architecture_of`; the classes of a classifier are read
+  from its params).
 
   transformers 5.x does not add `lm_head.bias` to the logits; if the bias is nonzero its
   logits then differ from ours by the bias (transformers 4.x adds it).
   """
-  hf = hf_config_from(config)
-  state_dict = params_to_hf(params, config)
+  num_labels = None
+  if architecture == "ReformerForSequenceClassification":
+    num_labels = int(np.shape(params["classifier"]["out_proj"]["bias"])[0])
+  hf = hf_config_from(config, architecture, num_labels)
+  state_dict = params_to_hf(params, config, architecture)
   try:
     from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -209,4 +267,3 @@ def to_hf(config: ReformerConfig, params, hf_dir: str) -> None:
   with open(os.path.join(hf_dir, "config.json"), "w") as f:
     json.dump(hf, f, indent=2)
   save_file(state_dict, os.path.join(hf_dir, "model.safetensors"), metadata={"format": "pt"})
-

@@ -3,7 +3,8 @@
 Cost is O(L * chunk_len * (1 + n_chunks_before + n_chunks_after)); the `[L, L]` logits are
 never formed. Unlike Hugging Face / trax the look-around does not wrap around (chunk 0
 does not see the last chunk): out-of-range keys are masked. With `causal=True` the
-wrapped keys are masked anyway, so results then equal HF's.
+wrapped keys are masked anyway, so results then equal HF's; `wrap=True` reproduces HF's
+and trax's wrapping look-around for bidirectional (encoder) attention.
 """
 import functools
 from typing import Callable, Optional, Tuple
@@ -23,19 +24,22 @@ from reformer_jax.layers.windowed import (can_rebuild, default_chunks_per_step, 
 
 
 def _attend_window(params, rows, info, offsets, rng, *, project, n, chunk_len,
-                   n_chunks_before, n_chunks_after, causal, dropout_rate):
+                   n_chunks_before, n_chunks_after, causal, wrap, dropout_rate):
   """One step of `windowed_attention` over positions: the output `[b, h, G*c, d_head]`.
 
   `project(params, rows) -> (q, k, v)` `[b, h, W*c, d_head]` (k scaled); `info['real']`
   `[b, 1, W*c]` marks real (not padding) positions; `offsets` are the window's positions,
-  < 0 or >= n beyond the ends (masked: no wrap-around).
+  < 0 or >= n beyond the ends (masked, or with `wrap` the positions modulo n).
   """
   q, k, v = project(params, rows)
   before, after = n_chunks_before, n_chunks_after
   chunks = lambda t: split_chunks(t, chunk_len, axis=2)
   key_window = lambda t: window_keys(chunks(t), before, after)
-  pos = offsets[None, None]
-  real = info["real"] & (pos >= 0) & (pos < n)
+  if wrap:
+    pos, real = (offsets % n)[None, None], info["real"]
+  else:
+    pos = offsets[None, None]
+    real = info["real"] & (pos >= 0) & (pos < n)
   keep = key_window(real)[:, :, :, None, :]  # [b, 1, G, 1, window]
   if causal:
     q_pos = query_chunks(chunks(pos), before, after)[..., None]
@@ -53,14 +57,14 @@ def _split_rows(params, rows):
 
 
 def _local_plan(x, project, real, *, chunk_len, n_chunks_before, n_chunks_after, causal,
-                dropout_rate, chunks_per_step):
+                wrap, dropout_rate, chunks_per_step):
   """(attend_fn, order, info, chunks per step) of `windowed_attention` over positions."""
   batch, x_heads, padded = x.shape[:3]
   order = jnp.broadcast_to(jnp.arange(padded, dtype=jnp.int32), (batch, x_heads, padded))
   attend_fn = functools.partial(
       _attend_window, project=project, n=padded, chunk_len=chunk_len,
       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after, causal=causal,
-      dropout_rate=dropout_rate)
+      wrap=wrap, dropout_rate=dropout_rate)
   steps = chunks_per_step or default_chunks_per_step(batch, x_heads, x.shape[-1], chunk_len)
   return attend_fn, order, {"real": real[:, None]}, steps
 
@@ -68,7 +72,7 @@ def _local_plan(x, project, real, *, chunk_len, n_chunks_before, n_chunks_after,
 def local_core(x: jnp.ndarray, params, project: Callable, real: jnp.ndarray, *,
                chunk_len: int, n_chunks_before: int, n_chunks_after: int, causal: bool,
                dropout_rate: float, dropout_rng: Optional[jax.Array],
-               chunks_per_step: Optional[int]) -> jnp.ndarray:
+               chunks_per_step: Optional[int], wrap: bool = False) -> jnp.ndarray:
   """Local attention with Q/K/V projected from `x` a step at a time.
 
   Args:
@@ -76,8 +80,8 @@ def local_core(x: jnp.ndarray, params, project: Callable, real: jnp.ndarray, *,
     params, project: `project(params, rows [b, 1 or h, m, F]) -> (q, k, v)`
       `[b, h, m, d_head]`, k scaled by 1/sqrt(d_head).
     real: `[b, Lp]` bool, False = padding.
-    chunk_len, n_chunks_before, n_chunks_after, causal, dropout_rate, dropout_rng: as in
-      `local_attention`.
+    chunk_len, n_chunks_before, n_chunks_after, causal, dropout_rate, dropout_rng, wrap: as
+      in `local_attention`.
     chunks_per_step: chunks per loop step (None: `default_chunks_per_step`).
 
   Returns:
@@ -85,7 +89,7 @@ def local_core(x: jnp.ndarray, params, project: Callable, real: jnp.ndarray, *,
   """
   attend_fn, order, info, steps = _local_plan(
       x, project, real, chunk_len=chunk_len, n_chunks_before=n_chunks_before,
-      n_chunks_after=n_chunks_after, causal=causal, dropout_rate=dropout_rate,
+      n_chunks_after=n_chunks_after, causal=causal, wrap=wrap, dropout_rate=dropout_rate,
       chunks_per_step=chunks_per_step)
   return windowed_attention(attend_fn, x, params, order, info, dropout_rng, chunk_len,
                             n_chunks_before, n_chunks_after, steps)
@@ -103,11 +107,13 @@ def local_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, *, chunk_len
                     n_chunks_before: int = 1, n_chunks_after: int = 0, causal: bool = False,
                     mask: Optional[jnp.ndarray] = None, dropout_rate: float = 0.,
                     dropout_rng: Optional[jax.Array] = None,
-                    chunks_per_step: Optional[int] = None) -> jnp.ndarray:
-  """Chunked multi-head self-attention with look-around and no wrap-around.
+                    chunks_per_step: Optional[int] = None, wrap: bool = False) -> jnp.ndarray:
+  """Chunked multi-head self-attention with look-around, without wrap-around by default.
 
   Query i in chunk c = i // chunk_len sees the keys of chunks c - n_chunks_before ..
-  c + n_chunks_after that exist (and, if causal, are at positions <= i). The sequence is
+  c + n_chunks_after that exist (and, if causal, are at positions <= i); with `wrap` the
+  chunk indices are taken modulo the number of chunks (HF / trax: chunk 0 sees the last
+  chunk, the last chunk the first; a chunk may then appear twice in a window). The sequence is
   padded internally to a multiple of `chunk_len` (padding masked) and sliced back. When
   the padded length is <= chunk_len this is plain attention, as in Hugging Face. The
   chunks are processed `chunks_per_step` at a time (`windowed_attention`).
@@ -122,6 +128,7 @@ def local_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, *, chunk_len
     dropout_rate: attention-probability dropout.
     dropout_rng: rng for the dropout; None disables it.
     chunks_per_step: chunks per loop step; None = `default_chunks_per_step`.
+    wrap: the look-around wraps around the (chunk-padded) sequence, as in HF / trax.
 
   Returns:
     `[batch, length, n_heads, d_head]`.
@@ -147,7 +154,7 @@ def local_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, *, chunk_len
   out = local_core(rows, None, _split_rows, real, chunk_len=chunk_len,
                    n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
                    causal=causal, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
-                   chunks_per_step=chunks_per_step)
+                   chunks_per_step=chunks_per_step, wrap=wrap)
   return jnp.swapaxes(out[:, :, :length], 1, 2)
 
 
@@ -164,6 +171,7 @@ class LocalSelfAttention(nn.Module):
     n_chunks_before: chunks looked back at.
     n_chunks_after: chunks looked ahead at.
     causal: mask future keys.
+    wrap: wrapping look-around (HF / trax; see `local_attention`).
     attention_dropout: dropout rate on attention probabilities ('dropout' rng).
     norm_eps: epsilon of the LayerNorm given as `norm=` to `__call__`.
     output_dropout: dropout rate on the output (after `out`; 'dropout' rng).
@@ -178,6 +186,7 @@ class LocalSelfAttention(nn.Module):
   n_chunks_before: int = 1
   n_chunks_after: int = 0
   causal: bool = False
+  wrap: bool = False
   attention_dropout: float = 0.
   norm_eps: float = 1e-12
   output_dropout: float = 0.
@@ -220,7 +229,7 @@ class LocalSelfAttention(nn.Module):
     padded, _ = chunk_positions(length, self.chunk_len)
     real = jnp.ones((batch, length), bool) if mask is None else mask.astype(bool)
     settings = dict(chunk_len=self.chunk_len, n_chunks_before=self.n_chunks_before,
-                    n_chunks_after=self.n_chunks_after, causal=self.causal,
+                    n_chunks_after=self.n_chunks_after, causal=self.causal, wrap=self.wrap,
                     dropout_rate=self.attention_dropout, chunks_per_step=self.chunks_per_step)
     if rebuild is not None:
       if not can_rebuild(rebuild, length, self.chunk_len):

@@ -55,6 +55,9 @@ class ReformerConfig:
     n_buckets: LSH buckets (even int or tuple of factors); None: about 2 * length / chunk.
     lsh_chunk_len, lsh_n_chunks_before, lsh_n_chunks_after: LSH chunking.
     local_chunk_len, local_n_chunks_before, local_n_chunks_after: local attention chunking.
+    local_wrap: local attention's look-around wraps around the sequence (chunk 0 sees the
+      last chunk), as in Hugging Face and trax; matters only with `causal=False` (models
+      imported from Hugging Face set it). Default: no wrap-around.
     correct_duplicates: subtract log(count) for keys seen in several hash rounds (paper).
     layer_norm_eps: epsilon of every LayerNorm (Hugging Face uses 1e-12).
     lm_head_bias: whether the output projection has a bias.
@@ -94,6 +97,7 @@ class ReformerConfig:
   local_chunk_len: int = 64
   local_n_chunks_before: int = 1
   local_n_chunks_after: int = 0
+  local_wrap: bool = False
   correct_duplicates: bool = False
   strict_causal: bool = True
   layer_norm_eps: float = 1e-12

@@ -3,6 +3,8 @@
 tokens -> `token_embed` -> dropout -> + `positional` -> streams (x, x) -> `encoder`
 (reversible layers: x1 += Attention(LayerNorm(x2)); x2 += FeedForward(LayerNorm(x1)))
 -> concat(x1, x2) -> `final_norm` (width 2 * d_model) -> dropout -> `lm_head` (to vocab).
+Everything before `lm_head` is `encode`, the body the encoders of `reformer_encoder.py`
+share.
 
 Parameter tree (`params[...]`):
   token_embed/embedding                   [vocab, d_model]
@@ -83,8 +85,8 @@ class AttentionBlock(nn.Module):
     if self.attention_type == "local":
       attention = LocalSelfAttention(
           chunk_len=cfg.local_chunk_len, n_chunks_before=cfg.local_n_chunks_before,
-          n_chunks_after=cfg.local_n_chunks_after, attention_dropout=cfg.attention_dropout,
-          **chunked, **common)
+          n_chunks_after=cfg.local_n_chunks_after, wrap=cfg.local_wrap,
+          attention_dropout=cfg.attention_dropout, **chunked, **common)
       out = self._grads(attention(x, mask, deterministic=deterministic, norm=norm,
                                   rebuild=rebuild), rebuild)
       return (out, None) if save_state else out
@@ -213,91 +215,118 @@ class ReformerLM(nn.Module):
     """
     cfg = self.config
     deterministic = cfg.deterministic if deterministic is None else deterministic
-    if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
-      raise ValueError(f"tokens must be [batch, length] integers, got {tokens.shape} "
-                       f"{tokens.dtype}")
-    check_ids(tokens, cfg.vocab_size, "token ids", "vocab_size",
-              "set ReformerConfig.vocab_size above the largest id, or map the ids into range")
-    batch, length = tokens.shape
-    if length < 1:
-      raise ValueError(f"tokens must hold at least one position, got shape {tokens.shape}; "
-                       "drop empty sequences")
-    for name, value in (("mask", mask), ("targets", targets), ("weights", weights),
-                        ("positions", positions)):
-      if value is not None and value.shape != tokens.shape:
-        raise ValueError(f"{name} must be [batch, length] = {tokens.shape}, got {value.shape}")
+    check_inputs(cfg, tokens, mask=mask, targets=targets, weights=weights, positions=positions)
     if targets is not None:
       check_ids(targets, cfg.vocab_size, "target ids", "vocab_size",
                 "set ReformerConfig.vocab_size above the largest id, or map the ids into range")
     if weights is not None and targets is None:
       raise ValueError("weights are only used with targets; pass targets too")
-    if mask is not None:
-      mask = mask.astype(bool)
-    if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(length)[None, :], (batch, length))
-
-    types = cfg.layer_attention_types()
-    rotations = self._layer_rotations(lsh_rotations, types)
-
-    table = nn.Embed(cfg.vocab_size, cfg.d_model, name="token_embed").embedding
-    drop = not deterministic and cfg.dropout_rate > 0.
-    embed_rng, final_rng = (self.make_rng("dropout") if drop else None for _ in range(2))
-    chunk = cfg.ff_chunk_size or length
-
-    def embed(params, chunk_tokens, index):  # [b, c] -> [b, c, d_model]; not stored
-      table, rng = params
-      rng = None if rng is None else jax.random.fold_in(rng, index)
-      x = dropout(lookup(table, chunk_tokens), cfg.dropout_rate, rng)
-      return x.astype(cfg.stream_dtype)
-
-    x = map_positions(embed, (table, embed_rng), tokens, chunk)
-    if cfg.positional != "none":
-      x = x + self._positions(positions).astype(x.dtype)
-    blocks = tuple((AttentionBlock(cfg, t, parent=None), FeedForwardBlock(cfg, parent=None))
-                   for t in types)
-    x1, x2 = ReversibleStack(blocks, scan=cfg.scan_layers, name="encoder")(
-        x, x, {"mask": mask}, deterministic=deterministic, layer_aux=rotations)
-    final_norm = LayerNormParams(2 * cfg.d_model, name="final_norm")()
-
-    def final(params, h, index):  # final_norm -> dropout, per chunk of concat(x1, x2)
-      norm, rng = params
-      rng = None if rng is None else jax.random.fold_in(rng, index)
-      return dropout(layer_norm(h, *norm, cfg.layer_norm_eps), cfg.dropout_rate, rng)
-
+    (x1, x2), final, final_params = encode(self, tokens, mask, positions, lsh_rotations,
+                                           deterministic)
     head = LMHead(cfg.vocab_size, cfg.lm_head_bias, cfg.loss_chunk_len, cfg.dtype,
                   name="lm_head")
     if targets is None:
-      h = final((final_norm, final_rng), jnp.concatenate([x1, x2], axis=-1), jnp.int32(0))
+      h = final(final_params, jnp.concatenate([x1, x2], axis=-1), jnp.int32(0))
       self.sow("intermediates", "final_hidden", h)
       return head(h)
     if weights is None:
       weights = jnp.ones(tokens.shape, jnp.float32) if mask is None else mask
     loss, weight, correct = head((x1, x2), targets, weights, transform=final,
-                                 transform_params=(final_norm, final_rng))
+                                 transform_params=final_params)
     return {"loss": loss, "weight": weight, "correct": correct}
 
-  def _positions(self, positions: jnp.ndarray) -> jnp.ndarray:
-    """Position encodings `[batch, length, d_model]` (float32) of `positions` `[batch, length]`."""
-    cfg = self.config
-    if cfg.positional == "axial":
-      return AxialPositionalEmbedding(cfg.resolved_axial_shape, cfg.resolved_axial_dims,
-                                      cfg.d_model, name="positional")(positions)
-    if cfg.positional == "learned":
-      return LearnedPositionalEmbedding(cfg.max_len, cfg.d_model, name="positional")(positions)
-    return sinusoidal_positions(positions, cfg.d_model)
 
-  def _layer_rotations(self, lsh_rotations, types):
-    """`lsh_rotations` as one entry per layer (None for non-LSH layers), or None."""
-    if lsh_rotations is None:
-      return None
-    n_lsh = types.count("lsh")
-    if n_lsh == 0:
-      raise ValueError("lsh_rotations were given but no layer has attention type 'lsh'")
-    if isinstance(lsh_rotations, (list, tuple)):
-      if len(lsh_rotations) != n_lsh:
-        raise ValueError(f"lsh_rotations has {len(lsh_rotations)} arrays but the model has "
-                         f"{n_lsh} 'lsh' layers; pass one per LSH layer or a single array")
-      per_lsh = iter(lsh_rotations)
-    else:
-      per_lsh = iter([lsh_rotations] * n_lsh)
-    return tuple(next(per_lsh) if t == "lsh" else None for t in types)
+def check_inputs(cfg: ReformerConfig, tokens: jnp.ndarray, **arrays: Optional[jnp.ndarray]
+                 ) -> None:
+  """Raises ValueError unless `tokens` are `[batch, length]` ids in `[0, vocab_size)`
+  (checked when concrete) and every given one of `arrays` is `[batch, length]`."""
+  if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+    raise ValueError(f"tokens must be [batch, length] integers, got {tokens.shape} "
+                     f"{tokens.dtype}")
+  check_ids(tokens, cfg.vocab_size, "token ids", "vocab_size",
+            "set ReformerConfig.vocab_size above the largest id, or map the ids into range")
+  if tokens.shape[1] < 1:
+    raise ValueError(f"tokens must hold at least one position, got shape {tokens.shape}; "
+                     "drop empty sequences")
+  for name, value in arrays.items():
+    if value is not None and value.shape != tokens.shape:
+      raise ValueError(f"{name} must be [batch, length] = {tokens.shape}, got {value.shape}")
+
+
+def encode(module: nn.Module, tokens: jnp.ndarray, mask: Optional[jnp.ndarray],
+           positions: Optional[jnp.ndarray], lsh_rotations, deterministic: bool):
+  """The shared body, called inside `module`'s compact `__call__` (`module.config`).
+
+  Creates `module`'s `token_embed`, `positional`, `encoder` and `final_norm` parameters
+  and runs tokens `[batch, length]` through the embedding and the reversible stack.
+  Arguments as `ReformerLM.__call__` (checked with `check_inputs`).
+
+  Returns:
+    `((x1, x2), final, final_params)`: the two output streams `[batch, length, d_model]`
+    and the pure position-wise `final(final_params, h, chunk_index)` (final_norm, then
+    dropout) of `h = concat(x1, x2)` `[batch, chunk, 2 * d_model]`, to apply per chunk.
+  """
+  cfg = module.config
+  batch, length = tokens.shape
+  if mask is not None:
+    mask = mask.astype(bool)
+  if positions is None:
+    positions = jnp.broadcast_to(jnp.arange(length)[None, :], (batch, length))
+
+  types = cfg.layer_attention_types()
+  rotations = layer_rotations(lsh_rotations, types)
+
+  table = nn.Embed(cfg.vocab_size, cfg.d_model, name="token_embed").embedding
+  drop = not deterministic and cfg.dropout_rate > 0.
+  embed_rng, final_rng = (module.make_rng("dropout") if drop else None for _ in range(2))
+  chunk = cfg.ff_chunk_size or length
+
+  def embed(params, chunk_tokens, index):  # [b, c] -> [b, c, d_model]; not stored
+    table, rng = params
+    rng = None if rng is None else jax.random.fold_in(rng, index)
+    x = dropout(lookup(table, chunk_tokens), cfg.dropout_rate, rng)
+    return x.astype(cfg.stream_dtype)
+
+  x = map_positions(embed, (table, embed_rng), tokens, chunk)
+  if cfg.positional != "none":
+    x = x + position_encodings(cfg, positions).astype(x.dtype)
+  blocks = tuple((AttentionBlock(cfg, t, parent=None), FeedForwardBlock(cfg, parent=None))
+                 for t in types)
+  x1, x2 = ReversibleStack(blocks, scan=cfg.scan_layers, name="encoder")(
+      x, x, {"mask": mask}, deterministic=deterministic, layer_aux=rotations)
+  final_norm = LayerNormParams(2 * cfg.d_model, name="final_norm")()
+
+  def final(params, h, index):  # final_norm -> dropout, per chunk of concat(x1, x2)
+    norm, rng = params
+    rng = None if rng is None else jax.random.fold_in(rng, index)
+    return dropout(layer_norm(h, *norm, cfg.layer_norm_eps), cfg.dropout_rate, rng)
+
+  return (x1, x2), final, (final_norm, final_rng)
+
+
+def position_encodings(cfg: ReformerConfig, positions: jnp.ndarray) -> jnp.ndarray:
+  """Position encodings `[batch, length, d_model]` (float32) of `positions` `[batch, length]`;
+  called inside a compact `__call__` (creates its `positional` parameters)."""
+  if cfg.positional == "axial":
+    return AxialPositionalEmbedding(cfg.resolved_axial_shape, cfg.resolved_axial_dims,
+                                    cfg.d_model, name="positional")(positions)
+  if cfg.positional == "learned":
+    return LearnedPositionalEmbedding(cfg.max_len, cfg.d_model, name="positional")(positions)
+  return sinusoidal_positions(positions, cfg.d_model)
+
+
+def layer_rotations(lsh_rotations, types: Tuple[str, ...]):
+  """`lsh_rotations` as one entry per layer (None for non-LSH layers), or None."""
+  if lsh_rotations is None:
+    return None
+  n_lsh = types.count("lsh")
+  if n_lsh == 0:
+    raise ValueError("lsh_rotations were given but no layer has attention type 'lsh'")
+  if isinstance(lsh_rotations, (list, tuple)):
+    if len(lsh_rotations) != n_lsh:
+      raise ValueError(f"lsh_rotations has {len(lsh_rotations)} arrays but the model has "
+                       f"{n_lsh} 'lsh' layers; pass one per LSH layer or a single array")
+    per_lsh = iter(lsh_rotations)
+  else:
+    per_lsh = iter([lsh_rotations] * n_lsh)
+  return tuple(next(per_lsh) if t == "lsh" else None for t in types)

@@ -200,3 +200,45 @@ def test_module_rejects_bad_input_shapes_and_sizes(shape, n_heads, d_head, match
   module = LocalSelfAttention(n_heads=n_heads, d_head=d_head, chunk_len=4)
   with pytest.raises(ValueError, match=match):
     module.init(jax.random.PRNGKey(0), jnp.ones(shape), deterministic=True)
+
+
+def wrapped_chunk_attention(q, k, v, chunk_len, n_before, n_after, mask=None):
+  """HF's `_look_adjacent` in numpy: chunk c's queries attend to the keys of chunks
+  (c + s) mod n_chunks for s in [-n_before, n_after], a chunk listed twice counted twice."""
+  q, k, v = (np.asarray(t, np.float64) for t in (q, k, v))
+  b, n, h, _ = q.shape
+  n_chunks = n // chunk_len
+  out = np.zeros_like(v)
+  for c in range(n_chunks):
+    keys = np.concatenate([np.arange(chunk_len) + ((c + s) % n_chunks) * chunk_len
+                           for s in range(-n_before, n_after + 1)])
+    rows = slice(c * chunk_len, (c + 1) * chunk_len)
+    for bi in range(b):
+      keep = np.ones(len(keys), bool) if mask is None else mask[bi][keys]
+      for hi in range(h):
+        logits = np.where(keep[None], q[bi, rows, hi] @ k[bi, keys, hi].T, -1e9)
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        out[bi, rows, hi] = (p / p.sum(-1, keepdims=True)) @ v[bi, keys, hi]
+  return out
+
+
+@pytest.mark.parametrize("length,chunk_len,n_before,n_after,n_pad", [
+    (16, 4, 1, 0, 0),
+    (16, 4, 1, 1, 2),
+    (8, 4, 1, 1, 0),    # two chunks: each window holds the other chunk twice
+    (12, 4, 0, 2, 1),
+])
+@pytest.mark.parametrize("steps", [None, 1])
+def test_wrap_matches_hf_look_adjacent(length, chunk_len, n_before, n_after, n_pad, steps):
+  q, k, v = _qkv(length, seed=length + n_after)
+  mask = _end_padding(length, n_pad) if n_pad else None
+  got = local_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), chunk_len=chunk_len,
+                        n_chunks_before=n_before, n_chunks_after=n_after, wrap=True,
+                        mask=None if mask is None else jnp.asarray(mask),
+                        chunks_per_step=steps)
+  want = wrapped_chunk_attention(q, k, v, chunk_len, n_before, n_after, mask)
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+  unwrapped = local_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
+                              chunk_len=chunk_len, n_chunks_before=n_before,
+                              n_chunks_after=n_after)
+  assert not np.allclose(np.asarray(unwrapped), want, atol=1e-3)

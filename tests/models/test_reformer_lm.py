@@ -8,7 +8,7 @@ import pytest
 
 from reformer_jax.layers.lsh_attention import draw_rotations
 from reformer_jax.models import ReformerConfig, ReformerLM
-from reformer_jax.models.reformer_lm import AttentionBlock
+from reformer_jax.models.reformer_lm import AttentionBlock, layer_rotations
 
 BATCH, LENGTH = 2, 32
 CONFIG = ReformerConfig(vocab_size=16, d_model=16, d_ff=32, n_heads=2, d_head=4, n_layers=2,
@@ -208,12 +208,11 @@ def test_bad_inputs_raise():
 
 
 def test_lsh_rotations_map_to_lsh_layers():
-  model = ReformerLM(CONFIG.replace(n_layers=4))
-  types = model.config.layer_attention_types()
+  types = CONFIG.replace(n_layers=4).layer_attention_types()
   a, b = jnp.zeros((2, 4, 1, 2)), jnp.ones((2, 4, 1, 2))
-  assert model._layer_rotations([a, b], types) == (None, a, None, b)
-  assert model._layer_rotations(a, types) == (None, a, None, a)
-  assert model._layer_rotations(None, types) is None
+  assert layer_rotations([a, b], types) == (None, a, None, b)
+  assert layer_rotations(a, types) == (None, a, None, a)
+  assert layer_rotations(None, types) is None
 
 
 def test_bfloat16_streams_approximate_float32():
