@@ -217,7 +217,7 @@ def _fill_window(plan: _LayerPlan, k, v, length):
 def _fill_lsh(plan: _LayerPlan, cache, k, v, buckets, length):
   """One sequence's LSH cache from its prompt: `k`, `v` `[h, P, d]`, buckets `[h, r, P]`."""
   prompt = buckets.shape[-1]
-  index = jnp.arange(prompt, dtype=jnp.int32)
+  index = jnp.broadcast_to(jnp.arange(prompt, dtype=jnp.int32), buckets.shape)
   buckets = jnp.where(index < length, buckets, plan.n_buckets)  # padding: dropped
   # Entries sorted by (bucket, position); an entry's rank in its bucket gives its slot.
   order = jnp.argsort(buckets, axis=-1, stable=True)
@@ -281,7 +281,8 @@ def _layer_rotations(config: ReformerConfig, lsh_rotations):
   return [next(per_lsh) if t == "lsh" else None for t in types]
 
 
-def _check_total(config: ReformerConfig, total_len: int):
+def check_total_len(config: ReformerConfig, total_len: int) -> None:
+  """Raises ValueError if `total_len` positions do not fit the position table."""
   limit = position_limit(config)
   if limit is not None and total_len > limit:
     raise ValueError(f"{total_len} positions (prompt + new tokens) exceed the model's "
@@ -304,7 +305,7 @@ def prefill(config: ReformerConfig, params, tokens: jnp.ndarray, lengths: jnp.nd
   Returns:
     `(logits [batch, vocab] of each prompt's last position, cache)`.
   """
-  _check_total(config, total_len)
+  check_total_len(config, total_len)
   batch, prompt = tokens.shape
   if prompt > total_len:
     raise ValueError(f"prompts of {prompt} tokens do not fit total_len={total_len}")
@@ -362,7 +363,7 @@ def _lsh_step(plan: _LayerPlan, correct_duplicates: bool, qk, key, v, buckets, p
   h, r = jnp.meshgrid(jnp.arange(heads), jnp.arange(rounds), indexing="ij")
   ring = cache["ring"][h, r, buckets]            # [h, r, W] positions
   count = cache["count"][h, r, buckets]          # [h, r]
-  valid = jnp.arange(plan.window) < count[..., None]
+  valid = jnp.arange(plan.window)[None, None] < count[..., None]
   keys, values = (cache[n][h[..., None], ring] for n in ("k", "v"))  # [h, r, W, d]
   logits = jnp.einsum("hd,hrwd->hrw", qk, keys, preferred_element_type=jnp.float32)
   if correct_duplicates:
