@@ -45,8 +45,8 @@ def test_greedy_tokens_of_the_cache_equal_the_uncached_path_and_a_plain_loop(par
   uncached = generate_tokens(CONFIG, params, PROMPTS, NEW, sampling=greedy, use_cache=False)
   total = max(map(len, PROMPTS)) + NEW
   assert cached.used_cache and not uncached.used_cache
-  for i, prompt in enumerate(PROMPTS):
-    np.testing.assert_array_equal(cached.tokens[i], uncached.tokens[i])
+  for ours, plain in zip(cached.tokens, uncached.tokens):
+    np.testing.assert_array_equal(ours, plain)
   np.testing.assert_array_equal(cached.tokens[0], _greedy_loop(params, PROMPTS[0], total, NEW))
   assert cached.new_tokens == 2 * NEW and cached.tokens_per_second > 0
   config = decoding.decoding_config(CONFIG, total)
