@@ -1,7 +1,7 @@
 r"""Generation speed: reformer_jax with and without its cache versus Hugging Face `generate`.
 
 Part 1 (side by side): one model of the quickstart's shape (2 layers local / LSH, d_model
-128, 2 heads of 64, 2 hashing rounds, buckets (16, 16), axial positions for 4,096 tokens)
+128, 2 heads of 64, 2 hashing rounds, buckets (16, 16), axial positions for 16,384 tokens)
 with random weights, written once as a Hugging Face directory (`convert.to_hf`). Each run
 loads it in a fresh process pinned to `--threads` CPUs and generates `--new_tokens` greedy
 tokens after the same random `--prompt_len`-token prompt:
@@ -40,7 +40,7 @@ from experiments import common  # noqa: E402  pylint: disable=wrong-import-posit
 FRAMEWORKS = ("ours_cached", "ours_uncached", "hf_cached", "hf_uncached")
 TARGETS = {"cached_over_uncached_at_2048": 20.0, "hf_cached_per_token_over_ours": 2.0}
 MODEL = dict(vocab_size=256, d_model=128, d_ff=256, n_heads=2, d_head=64, n_layers=2,
-             attention_types=("local", "lsh"), positional="axial", max_len=4096, n_hashes=2,
+             attention_types=("local", "lsh"), positional="axial", max_len=16384, n_hashes=2,
              n_buckets=(16, 16), lsh_chunk_len=32, local_chunk_len=32, dropout_rate=0.,
              attention_dropout=0., lsh_attention_dropout=0.)
 QUICK_MODEL = dict(MODEL, d_model=32, d_ff=64, d_head=16, max_len=256, n_buckets=(4, 4),

@@ -13,9 +13,9 @@ arrays (`init_cache`):
   `W = n_chunks_before * chunk_len` earlier positions (the stable sort orders a bucket's
   entries by position) and itself (logit -1e5). The cache holds the normalised keys and
   values of every position, and per head, round and bucket a ring of the positions of its
-  last W entries with the bucket's count (position j-th in its bucket lies in slot
-  j mod W). A new query is hashed with the same rotations, attends to its rings' entries
-  and itself, and the rounds are combined with weights softmax_r(logsumexp_r), as
+  last W + 1 entries with the bucket's count (the j-th position of a bucket lies in slot
+  j mod (W + 1)). A new query is hashed with the same rotations, added to its rings, and
+  attends to their entries (itself with logit -1e5), and the rounds are combined with weights softmax_r(logsumexp_r), as
   `lsh_core`; with `correct_duplicates` a key's logit loses log(number of rounds whose
   ring holds it). Cost per token O(n_hashes * W), flat in position.
 - "shared_qk_full", and LSH when the whole generation fits in one chunk (the forward pass
@@ -118,6 +118,11 @@ class _LayerPlan:
   window: int = 0
   n_buckets: int = 0
 
+  @property
+  def slots_per_bucket(self) -> int:
+    """LSH rings hold the last W + 1 entries: a new query's W and itself."""
+    return self.window + 1
+
 
 def _layer_plans(config: ReformerConfig, total_len: int) -> Tuple[_LayerPlan, ...]:
   plans = []
@@ -143,7 +148,7 @@ def init_cache(config: ReformerConfig, batch: int, total_len: int) -> Cache:
   `config` as given by `decoding_config`. Shapes: "window" layers `k`, `v` `[batch, heads,
   slots, d_head]` (config.dtype) and `pos` int32 `[batch, slots]` (-1: empty); "lsh"
   layers `k`, `v` `[batch, heads, total_len, d_head]`, `ring` int32 `[batch, heads,
-  n_hashes, n_buckets, W]` and `count` int32 `[batch, heads, n_hashes, n_buckets]`.
+  n_hashes, n_buckets, W + 1]` and `count` int32 `[batch, heads, n_hashes, n_buckets]`.
   """
   heads, d = config.n_heads, config.d_head
   cache = []
@@ -154,7 +159,7 @@ def init_cache(config: ReformerConfig, batch: int, total_len: int) -> Cache:
       layer["pos"] = jnp.full((batch, plan.slots), -1, jnp.int32)
     else:
       rounds = (batch, heads, config.n_hashes, plan.n_buckets)
-      layer["ring"] = jnp.zeros(rounds + (plan.window,), jnp.int32)
+      layer["ring"] = jnp.zeros(rounds + (plan.slots_per_bucket,), jnp.int32)
       layer["count"] = jnp.zeros(rounds, jnp.int32)
     cache.append(layer)
   return cache
@@ -227,11 +232,12 @@ def _fill_lsh(plan: _LayerPlan, cache, k, v, buckets, length):
   count = jax.vmap(jax.vmap(lambda b: jnp.zeros(plan.n_buckets, jnp.int32).at[b].add(
       1, mode="drop")))(buckets)
   total = jnp.take_along_axis(count, jnp.minimum(sorted_buckets, plan.n_buckets - 1), axis=-1)
-  kept = (sorted_buckets < plan.n_buckets) & (rank >= total - plan.window)
+  kept = (sorted_buckets < plan.n_buckets) & (rank >= total - plan.slots_per_bucket)
   target = jnp.where(kept, sorted_buckets, plan.n_buckets)
   h, r = jnp.meshgrid(jnp.arange(buckets.shape[0]), jnp.arange(buckets.shape[1]),
                       indexing="ij")
-  ring = cache["ring"].at[h[..., None], r[..., None], target, rank % plan.window].set(
+  ring = cache["ring"].at[h[..., None], r[..., None], target,
+                          rank % plan.slots_per_bucket].set(
       order.astype(jnp.int32), mode="drop")
   return {"k": cache["k"].at[:, :prompt].set(k), "v": cache["v"].at[:, :prompt].set(v),
           "ring": ring, "count": count}
@@ -358,13 +364,22 @@ def _window_step(plan: _LayerPlan, q, k, v, position, cache):
 def _lsh_step(plan: _LayerPlan, correct_duplicates: bool, qk, key, v, buckets, position,
               cache):
   """One sequence's strict causal LSH attention at `position`; qk, key, v `[h, d]`,
-  buckets `[h, n_hashes]`."""
+  buckets `[h, n_hashes]`.
+
+  The new entry is written first (its key and value, its slot in each round's ring),
+  then read back with the others: each update comes before the reads of its buffer, so
+  XLA updates the caches in place instead of copying them every step.
+  """
   heads, rounds = buckets.shape
   h, r = jnp.meshgrid(jnp.arange(heads), jnp.arange(rounds), indexing="ij")
-  ring = cache["ring"][h, r, buckets]            # [h, r, W] positions
-  count = cache["count"][h, r, buckets]          # [h, r]
-  valid = jnp.arange(plan.window)[None, None] < count[..., None]
-  keys, values = (cache[n][h[..., None], ring] for n in ("k", "v"))  # [h, r, W, d]
+  count = cache["count"].at[h, r, buckets].add(1)
+  entries = count[h, r, buckets]                                # [h, r], >= 1
+  ring = cache["ring"].at[h, r, buckets, (entries - 1) % plan.slots_per_bucket].set(position)
+  k, v_all = (cache[n].at[:, position].set(t) for n, t in (("k", key), ("v", v)))
+  cache = {"k": k, "v": v_all, "ring": ring, "count": count}
+  ring = ring[h, r, buckets]                                    # [h, r, W + 1] positions
+  valid = jnp.arange(plan.slots_per_bucket)[None, None] < entries[..., None]
+  keys, values = (t[h[..., None], ring] for t in (k, v_all))    # [h, r, W + 1, d]
   logits = jnp.einsum("hd,hrwd->hrw", qk, keys, preferred_element_type=jnp.float32)
   if correct_duplicates:
     # In how many rounds' rings (of the query's bucket in that round) each key lies.
@@ -373,22 +388,13 @@ def _lsh_step(plan: _LayerPlan, correct_duplicates: bool, qk, key, v, buckets, p
     times = jnp.sum(jnp.any(same, axis=-1), axis=-1)
     logits = logits - jnp.log(jnp.maximum(times, 1).astype(jnp.float32))
   logits = jnp.where(valid, logits, MASK_VALUE)
-  logits = jnp.concatenate([logits, jnp.full((heads, rounds, 1), SELF_MASK_VALUE,
-                                             jnp.float32)], axis=-1)
-  values = jnp.concatenate([values, jnp.broadcast_to(v[:, None, None], (heads, rounds, 1)
-                                                     + v.shape[-1:])], axis=2)
+  logits = jnp.where(valid & (ring == position), jnp.float32(SELF_MASK_VALUE), logits)
   probs, lse = softmax_lse(logits)
   out = jnp.einsum("hrw,hrwd->hrd", probs.astype(v.dtype), values)
   if rounds == 1:
-    out = out[:, 0]
-  else:
-    weights = jax.nn.softmax(lse, axis=1)[..., None]
-    out = jnp.sum(out.astype(jnp.float32) * weights, axis=1).astype(out.dtype)
-  slot = count % plan.window
-  cache = {"k": cache["k"].at[:, position].set(key), "v": cache["v"].at[:, position].set(v),
-           "ring": cache["ring"].at[h, r, buckets, slot].set(position),
-           "count": cache["count"].at[h, r, buckets].add(1)}
-  return out, cache
+    return out[:, 0], cache
+  weights = jax.nn.softmax(lse, axis=1)[..., None]
+  return jnp.sum(out.astype(jnp.float32) * weights, axis=1).astype(out.dtype), cache
 
 
 def decode_step(config: ReformerConfig, params, tokens: jnp.ndarray, positions: jnp.ndarray,

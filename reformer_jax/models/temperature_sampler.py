@@ -205,25 +205,31 @@ def _generate(params, tokens, lengths, key, rotations, *, config, prompt_len, wi
       return decoding.decode_step(config, params, new, positions, cache, rotations)
     return uncached_logits(tokens, positions), cache
 
-  def body(state):
-    i, tokens, n_new, done, logits, cache, key = state
-    key, draw = jax.random.split(key)
-    new = sample_tokens(logits[:, :vocab], draw, sampling)
-    positions = lengths + i
-    tokens = tokens.at[rows, positions].set(jnp.where(done, tokens[rows, positions], new))
+  def write(i, new, tokens, n_new, done):  # the i-th new tokens (kept where not done)
+    tokens = tokens.at[rows, lengths + i].set(new)
     n_new = jnp.where(done, n_new, i + 1)
     if eos_id is not None:
       done = done | (new == eos_id)
-    more = (i + 1 < max_new) & ~jnp.all(done)
-    logits, cache = jax.lax.cond(more, next_logits, lambda t, n, p, c: (logits, c),
-                                 tokens, new, positions, cache)
-    return i + 1, tokens, n_new, done, logits, cache, key
+    return tokens, n_new, done
+
+  # No step after the last draw, and no lax.cond around the step (which would copy the
+  # caches every iteration).
+  def body(state):
+    i, tokens, n_new, done, new, cache, key = state
+    logits, cache = next_logits(tokens, new, lengths + i, cache)
+    key, draw = jax.random.split(key)
+    new = sample_tokens(logits[:, :vocab], draw, sampling)
+    tokens, n_new, done = write(i + 1, new, tokens, n_new, done)
+    return i + 1, tokens, n_new, done, new, cache, key
 
   def cond(state):
     i, done = state[0], state[3]
-    return (i < max_new) & ~jnp.all(done)
+    return (i + 1 < max_new) & ~jnp.all(done)
 
+  key, draw = jax.random.split(key)
+  new = sample_tokens(logits[:, :vocab], draw, sampling)
   zeros = jnp.zeros((batch,), jnp.int32)
-  state = (jnp.int32(0), tokens, zeros, zeros.astype(bool), logits, cache, key)
+  tokens, n_new, done = write(0, new, tokens, zeros, zeros.astype(bool))
+  state = (jnp.int32(0), tokens, n_new, done, new, cache, key)
   state = jax.lax.while_loop(cond, body, state)
   return state[1], state[2]
