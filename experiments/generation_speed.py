@@ -50,7 +50,8 @@ LATENCY_BINS = 8
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--new_tokens", default="512,2048,8192")
+  parser.add_argument("--new_tokens", default=None,
+                      help="comma-separated new-token counts (default 512,2048,8192)")
   parser.add_argument("--uncached_max", type=int, default=2048,
                       help="the uncached paths run only up to this many new tokens")
   parser.add_argument("--prompt_len", type=int, default=128)
@@ -66,8 +67,10 @@ def parse_args(argv):
   if args.rounds < 1:
     parser.error(f"--rounds must be at least 1, got {args.rounds}")
   if args.quick:
-    args.new_tokens, args.uncached_max, args.prompt_len = "8,24", 24, 12
+    args.uncached_max, args.prompt_len = 24, 12
     args.long_prompt, args.long_new = 200, 16
+  if args.new_tokens is None:
+    args.new_tokens = "8,24" if args.quick else "512,2048,8192"
   return args
 
 
