@@ -62,6 +62,15 @@ def _unused_lm_head_bias(hf_model):
   return None
 
 
+def _hf_backward(hf_model, loss):
+  """`(loss, {name: gradient})` of `hf_model` after `loss.backward()` (zeros where unused)."""
+  loss.backward()
+  grads = {k: (np.zeros(tuple(p.shape), np.float32) if p.grad is None
+               else p.grad.detach().numpy().copy())
+           for k, p in hf_model.named_parameters()}
+  return float(loss.detach()), grads
+
+
 def _dtype_name(hf_model) -> str:
   return str(next(hf_model.parameters()).dtype).replace("torch.", "")
 
@@ -169,11 +178,7 @@ def compare_gradients_with_hf(hf_model, tokens: np.ndarray, *,
       logits = logits + unused
     loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
                                              ids[:, 1:].reshape(-1))
-    loss.backward()
-    hf_grads = {k: (np.zeros(tuple(p.shape), np.float32) if p.grad is None
-                    else p.grad.detach().numpy().copy())
-                for k, p in hf_model.named_parameters()}
-    hf_loss = float(loss.detach())
+    hf_loss, hf_grads = _hf_backward(hf_model, loss)
 
   config, rotations = _replayed_rotations(config, hash_seed, hf_model, tokens.shape[1])
   model = ReformerLM(config.replace(deterministic=True))

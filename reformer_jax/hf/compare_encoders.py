@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reformer_jax.hf.compare import _hf_hashing_with, _replayed_rotations, _unused_lm_head_bias
+from reformer_jax.hf.compare import (_hf_backward, _hf_hashing_with, _replayed_rotations,
+                                     _unused_lm_head_bias)
 from reformer_jax.hf.config import hf_num_labels
 from reformer_jax.hf.lsh import pad_like_hf
 from reformer_jax.hf.weights import flax_model, from_hf_model, params_to_hf
@@ -150,11 +151,7 @@ def compare_encoder_gradients_with_hf(hf_model, tokens: np.ndarray, *, labels=No
                                                as_torch(labels).reshape(-1))
     else:
       loss = hf_model(ids, labels=as_torch(labels)).loss
-    loss.backward()
-    hf_grads = {k: (np.zeros(tuple(p.shape), np.float32) if p.grad is None
-                    else p.grad.detach().numpy().copy())
-                for k, p in hf_model.named_parameters()}
-    hf_loss = float(loss.detach())
+    hf_loss, hf_grads = _hf_backward(hf_model, loss)
 
   config, rotations = _replayed_rotations(config, hash_seed, hf_model, tokens.shape[1])
   model = flax_model(config.replace(deterministic=True), architecture, num_labels)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from reformer_jax.data.offset_bytes import offset_tokens
 from reformer_jax.models import ReformerConfig
-from reformer_jax.trainer.experiment import max_length
+from reformer_jax.models.config import position_limit
 
 # Registered under reformer_jax.convert, the name converted workdirs' config.gin use: their
 # `import reformer_jax.convert` imports this package.
@@ -25,7 +25,7 @@ def default_seq_len(config: ReformerConfig, limit: int = 2048) -> int:
   At most `limit` and the position table's size, and a multiple of the chunk lengths' LCM
   when possible, so that HF pads nothing and both compute the same LSH windows.
   """
-  length = min(limit, max_length(config))
+  length = min(limit, position_limit(config))
   chunks = [getattr(config, f"{kind}_chunk_len")
             for kind in set(config.layer_attention_types()) if kind in ("local", "lsh")]
   lcm = math.lcm(*chunks) if chunks else 1
@@ -43,7 +43,7 @@ def workdir_config(config: ReformerConfig, *, seq_len: int, token_offset: int = 
   lines = [f"# Converted by reformer_jax.convert{' from ' + origin if origin else ''}.",
            "# strict_causal = False reproduces Hugging Face's LSH attention windows.",
            f"# The converted weights fix vocab_size and the position table: SEQ_LEN <= "
-           f"{max_length(config)}.", ""]
+           f"{position_limit(config)}.", ""]
   if token_offset:
     lines += ["import reformer_jax.convert", ""]
   lines += [f"SEQ_LEN = {seq_len}", "BATCH_SIZE = 8", "TRAIN_STEPS = 1000",
@@ -84,7 +84,7 @@ def check_workdir_inputs(config: ReformerConfig, workdir: str, *,
   if token_offset < 0:
     raise ValueError(f"--token_offset={token_offset}: the data's token ids are byte + "
                      "offset, so give an offset >= 0 (2 for google/reformer-enwik8, else 0)")
-  limit = max_length(config)
+  limit = position_limit(config)
   if seq_len is not None and not 1 <= seq_len <= limit:
     raise ValueError(f"--seq_len={seq_len}: the converted model's position table holds "
                      f"{limit} positions and the converted weights fix its size; give "

@@ -205,3 +205,12 @@ class ReformerConfig:
     """The attention type of each of the `n_layers` layers."""
     return tuple(self.attention_types[i % len(self.attention_types)]
                  for i in range(self.n_layers))
+
+
+def position_limit(config: ReformerConfig) -> Optional[int]:
+  """The longest sequence the position table covers (None: unlimited)."""
+  if config.positional == "axial":
+    return math.prod(config.resolved_axial_shape)
+  if config.positional == "learned":
+    return config.max_len
+  return None

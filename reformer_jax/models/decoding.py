@@ -46,19 +46,10 @@ from reformer_jax.layers.positional import (AxialPositionalEmbedding,
                                             LearnedPositionalEmbedding, lookup,
                                             sinusoidal_positions)
 from reformer_jax.layers.softmax import softmax_lse
-from reformer_jax.models.config import ReformerConfig
+from reformer_jax.models.config import ReformerConfig, position_limit
 from reformer_jax.models.reformer_lm import AttentionBlock, FeedForwardBlock, LMHead
 
 Cache = List[Dict[str, jnp.ndarray]]
-
-
-def position_limit(config: ReformerConfig) -> Optional[int]:
-  """The longest sequence the position table covers (None: unlimited)."""
-  if config.positional == "axial":
-    return math.prod(config.resolved_axial_shape)
-  if config.positional == "learned":
-    return config.max_len
-  return None
 
 
 def check_cacheable(config: ReformerConfig) -> None:

@@ -4,7 +4,7 @@ import math
 from typing import Any, Callable, Mapping, Optional
 
 from reformer_jax.data.duplication_task import DuplicationTask
-from reformer_jax.models.config import ReformerConfig
+from reformer_jax.models.config import ReformerConfig, position_limit
 from reformer_jax.trainer.optim import OptimizerConfig
 
 
@@ -157,18 +157,9 @@ def _is_int(value) -> bool:
   return isinstance(value, int) and not isinstance(value, bool)
 
 
-def max_length(config: ReformerConfig) -> Optional[int]:
-  """The longest sequence the position table covers (None: unlimited)."""
-  if config.positional == "axial":
-    return math.prod(config.resolved_axial_shape)
-  if config.positional == "learned":
-    return config.max_len
-  return None
-
-
 def check_length(config: ReformerConfig, seq_len: int):
   """Rejects a SEQ_LEN beyond the position table, naming the valid lengths."""
-  limit = max_length(config)
+  limit = position_limit(config)
   if limit is None or seq_len <= limit:
     return
   if config.positional == "axial":
