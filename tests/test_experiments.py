@@ -29,8 +29,8 @@ def test_memory_vs_length_quick(tmp_path):
   (point,) = result["compiled"]
   assert point["length"] == 64 and point["n_layers"] == 2 and _peak_is_consistent(point)
   peak = point["peak_buffers"]
-  # The live values at the peak add up to XLA's peak; values that share a buffer (in-place
-  # loop outputs) may be counted twice, so allow a few percent over.
+  # The live buffers at the peak add up to XLA's peak (phi values, which own no storage,
+  # left out); XLA's live-range simulation runs a few percent over it.
   assert peak["buffers"] and 0.5 * point["peak_bytes"] < peak["peak_live_bytes"]
   assert peak["peak_live_bytes"] <= 1.05 * point["peak_bytes"]
   table = (tmp_path / "memory_vs_length.md").read_text()

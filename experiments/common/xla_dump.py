@@ -5,12 +5,25 @@ operation that made them.
 """
 import pathlib
 import re
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Set, Tuple
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _FUSION_KIND = re.compile(r'"kind":"([^"]+)"|kind=(k\w+)')
 _LIVE = re.compile(r"^\s+([\w.\-]+)\{([\d,]*)\}:\s+(\d+) bytes")
+_PHI = re.compile(r"^\s+value: <\d+ ([\w.\-]+)\{([\d,]*)\} \(phi\)")
+
+
+def _phi_values(assignment_file: pathlib.Path) -> Set[Tuple[str, Tuple[int, ...]]]:
+  """The (value name, tuple index) of XLA's phi values (a loop's or conditional's merge
+  of values), from its buffer assignment: they own no storage, their operands' buffers
+  hold them."""
+  phis = set()
+  for line in assignment_file.read_text().splitlines():
+    m = _PHI.match(line)
+    if m:
+      phis.add((m.group(1), tuple(int(i) for i in m.group(2).split(",") if i)))
+  return phis
 
 
 def _find_dump(dump_dir: str, module: str, suffix: str) -> pathlib.Path:
@@ -83,8 +96,8 @@ def peak_buffers(dump_dir: str, module: str = "jit_train_step", top: int = 20
   """The buffers live at the memory peak of a compiled program, from XLA's dump.
 
   Returns:
-    {'peak_live_bytes': sum of the values live at the peak (values sharing a buffer, as
-    in-place loop outputs do, are counted each time), 'peak_instruction': the
+    {'peak_live_bytes': sum of the buffers live at the peak (values sharing a buffer, as
+    loop and conditional outputs (phi values) do with their operands, counted once), 'peak_instruction': the
     instruction executing then (name, opcode, source op), 'buffers': the `top` largest
     live buffers (bytes, shape, opcode, source op), 'by_shape': bytes grouped by shape
     and opcode (all live buffers), 'by_source': bytes grouped by source op (top 15)}.
@@ -115,6 +128,10 @@ def peak_buffers(dump_dir: str, module: str = "jit_train_step", top: int = 20
         live.append((m.group(1), index, int(m.group(3))))
   if peak_at is None:
     raise ValueError(f"{live_file} has no 'Live ranges at N (peak)' section")
+  # A phi value is held in its operands' buffers, which are listed themselves.
+  phis = _phi_values(_find_dump(dump_dir, module,
+                                "cpu_after_optimizations-buffer-assignment.txt"))
+  live = [(name, index, size) for name, index, size in live if (name, index) not in phis]
 
   def describe(name, index=(), size=None):
     info = table.get(name, {"shape": "?", "opcode": "?", "op_name": ""})
