@@ -204,8 +204,8 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
   except Diverged:
     close()
     raise
-  except jax.errors.JaxRuntimeError as e:
-    if jax.process_count() == 1:
+  except Exception as e:  # pylint: disable=broad-except
+    if jax.process_count() == 1 or not cli.is_runtime_failure(e):
       raise
     bar.close()
     writer.close()  # not the checkpointer: closing it waits for the other processes

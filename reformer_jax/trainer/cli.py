@@ -19,6 +19,21 @@ class PeerLost(RuntimeError):
   """A collective of a multi-host run failed: another process died or was killed."""
 
 
+# A failed runtime call reports its XLA status code first ("UNKNOWN: Gloo all-reduce
+# failed: ... Connection reset by peer"). When a peer of a multi-host CPU run dies, jax
+# raises it as a JaxRuntimeError from a computation but as a ValueError from a
+# device_put or a small jit's dispatch (jax 0.10), so the type alone does not say.
+_XLA_STATUS = re.compile(r"^(UNKNOWN|INTERNAL|UNAVAILABLE|ABORTED|CANCELLED|"
+                         r"DEADLINE_EXCEEDED|FAILED_PRECONDITION): ")
+
+
+def is_runtime_failure(error: BaseException) -> bool:
+  """Whether `error` is a failed XLA runtime call (in a multi-host run: a lost peer),
+  not a user's mistake."""
+  return isinstance(error, jax.errors.JaxRuntimeError) or (
+      isinstance(error, ValueError) and bool(_XLA_STATUS.match(str(error))))
+
+
 def peer_lost_message(error: Exception, when: str = "",
                       resume: str = "the latest checkpoint") -> str:
   """The one line a process of a multi-host run prints when a collective failed."""
@@ -102,21 +117,21 @@ def guarded(main):
     configure()
     try:
       main()
-    except USER_ERRORS as e:
-      # gin appends the chain of configurable calls: noise for the user.
-      lines = [l for l in str(e).splitlines()
-               if not l.startswith("  In call to configurable")]
-      print("error: " + "\n".join(lines), file=sys.stderr)
-      raise SystemExit(1) from None
     except KeyboardInterrupt:
       print("interrupted", file=sys.stderr)
       raise SystemExit(130) from None
     except PeerLost as e:
       _exit_now(str(e))
-    except jax.errors.JaxRuntimeError as e:
-      if jax.process_count() == 1:
+    except Exception as e:  # pylint: disable=broad-except
+      if jax.process_count() > 1 and is_runtime_failure(e):
+        _exit_now(peer_lost_message(e))
+      if not isinstance(e, USER_ERRORS):
         raise
-      _exit_now(peer_lost_message(e))
+      # gin appends the chain of configurable calls: noise for the user.
+      lines = [l for l in str(e).splitlines()
+               if not l.startswith("  In call to configurable")]
+      print("error: " + "\n".join(lines), file=sys.stderr)
+      raise SystemExit(1) from None
 
   return wrapper
 

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from reformer_jax.trainer import cli
@@ -38,3 +39,14 @@ def test_flags_need_a_tested_jaxlib(monkeypatch, version):
   monkeypatch.setattr(cli, "_jaxlib_version", lambda: version)
   cli.configure()
   assert os.environ["XLA_FLAGS"] == ""  # another XLA might abort on an unknown flag
+
+
+def test_a_failed_collective_is_told_from_a_users_mistake():
+  """A lost peer surfaces as a JaxRuntimeError or, from a device_put, as a ValueError
+  carrying the XLA status; a user's ValueError is neither."""
+  lost = "UNKNOWN: Gloo AllGather failed: [pair.cc:538] Read error: Connection reset by peer"
+  assert cli.is_runtime_failure(ValueError(lost))
+  assert cli.is_runtime_failure(jax.errors.JaxRuntimeError(lost))
+  assert cli.is_runtime_failure(jax.errors.JaxRuntimeError("anything"))
+  assert not cli.is_runtime_failure(ValueError("SEQ_LEN=-5 must be positive"))
+  assert not cli.is_runtime_failure(OSError(lost))
