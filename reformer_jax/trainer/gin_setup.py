@@ -1,8 +1,8 @@
 """Gin at the edge: registers the configurables, finds config files, parses.
 
 Registered names (the math stays gin-free): ReformerConfig, OptimizerConfig,
-Experiment and the data sources shipped_corpus, local_file, tfds_text,
-duplication. Config files are looked up as given, then in the repository's
+Experiment and the data sources shipped_corpus, local_file, python_stdlib_corpus,
+tfds_text, duplication. Config files are looked up as given, then in the repository's
 `configs/` directory and in `./configs`, so `include 'models/x.gin'` works from
 any working directory.
 """
@@ -33,6 +33,7 @@ REGISTERED = {
     "Experiment": Experiment,
     "shipped_corpus": data.shipped_corpus,
     "local_file": data.local_file,
+    "python_stdlib_corpus": data.python_stdlib_corpus,
     "tfds_text": data.tfds_text,
     "duplication": data.duplication,
 }
@@ -210,7 +211,7 @@ def _check_macro_references(macros: set[str]):
 
 
 # Data-source parameters that hold paths, made absolute when parsed.
-PATH_PARAMETERS = ("local_file.path", "tfds_text.data_dir")
+PATH_PARAMETERS = ("local_file.path", "python_stdlib_corpus.directory", "tfds_text.data_dir")
 
 
 def _make_paths_absolute():
