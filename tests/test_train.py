@@ -789,3 +789,26 @@ def test_listops_dry_runs_at_length_2000(tmp_path):
                      str(tmp_path / "run"), dry_run=True)
   assert report["params"] > 0 and report["flops_per_step"] > 0
   assert not (tmp_path / "run").exists()
+
+
+def test_a_classifier_workdir_exports_as_hfs_classification_class(classifier_run, tmp_path):
+  transformers = pytest.importorskip("transformers")
+  from reformer_jax import convert  # pylint: disable=import-outside-toplevel
+  workdir, _ = classifier_run
+  # HF's bidirectional local attention wraps around; a model trained without it is refused.
+  with pytest.raises(ValueError, match="local_wrap=False"):
+    convert.export_hf(str(workdir), str(tmp_path / "refused"))
+  assert not (tmp_path / "refused").exists()
+  workdir = tmp_path / "wrapped"
+  train.run(["text_classification.gin"], CLASSIFIER + _text_files(tmp_path) + [
+      "TRAIN_STEPS=1", "ReformerConfig.local_wrap=True"], str(workdir))
+  hf_dir = str(tmp_path / "hf")
+  assert convert.export_hf(str(workdir), hf_dir)["architecture"] == \
+      "ReformerForSequenceClassification"
+  hf_model, info = transformers.ReformerForSequenceClassification.from_pretrained(
+      hf_dir, output_loading_info=True)
+  assert hf_model.config.num_labels == 2
+  assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+  _, _, params, _ = cli.load_workdir(str(workdir), ())
+  _, back = convert.from_hf(hf_dir)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), back)
