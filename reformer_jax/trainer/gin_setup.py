@@ -1,8 +1,9 @@
 """Gin at the edge: registers the configurables, finds config files, parses.
 
 Registered names (the math stays gin-free): ReformerConfig, OptimizerConfig,
-Experiment and the data sources shipped_corpus, local_file, tfds_text,
-duplication. Config files are looked up as given, then in the repository's
+Experiment, the tasks CausalLM, MaskedLM, Classification and the data sources
+shipped_corpus, local_file, tfds_text, duplication, listops, text_label_files,
+tfds_classification. Config files are looked up as given, then in the repository's
 `configs/` directory and in `./configs`, so `include 'models/x.gin'` works from
 any working directory.
 """
@@ -22,6 +23,7 @@ from reformer_jax import data
 from reformer_jax.models import ReformerConfig
 from reformer_jax.trainer.experiment import Experiment
 from reformer_jax.trainer.optim import OptimizerConfig
+from reformer_jax.trainer.tasks import CausalLM, Classification, MaskedLM
 
 CONFIG_DIRS = (pathlib.Path(__file__).resolve().parents[2] / "configs",  # a checkout
                pathlib.Path(__file__).resolve().parents[1] / "configs",  # an installed wheel
@@ -35,6 +37,12 @@ REGISTERED = {
     "local_file": data.local_file,
     "tfds_text": data.tfds_text,
     "duplication": data.duplication,
+    "listops": data.listops,
+    "text_label_files": data.text_label_files,
+    "tfds_classification": data.tfds_classification,
+    "CausalLM": CausalLM,
+    "MaskedLM": MaskedLM,
+    "Classification": Classification,
 }
 CONFIGURABLES = {name: gin.external_configurable(fn, name)
                  for name, fn in REGISTERED.items()}
@@ -210,7 +218,9 @@ def _check_macro_references(macros: set[str]):
 
 
 # Data-source parameters that hold paths, made absolute when parsed.
-PATH_PARAMETERS = ("local_file.path", "tfds_text.data_dir")
+PATH_PARAMETERS = ("local_file.path", "tfds_text.data_dir", "text_label_files.train",
+                   "text_label_files.eval", "text_label_files.test",
+                   "tfds_classification.data_dir")
 
 
 def _make_paths_absolute():
