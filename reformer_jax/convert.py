@@ -121,7 +121,8 @@ def export_hf(workdir: str, hf_dir: str) -> Dict[str, Any]:
   from reformer_jax.trainer import cli  # pylint: disable=g-import-not-at-top
   exp, step, params, _ = cli.load_workdir(workdir, ())
   architecture = {"masked_lm": "ReformerForMaskedLM",
-                  "classification": "ReformerForSequenceClassification"}.get(exp.task.name, LM)
+                  "classification": "ReformerForSequenceClassification",
+                  "span_qa": "ReformerForQuestionAnswering"}.get(exp.task.name, LM)
   to_hf(exp.model, params, hf_dir, architecture)
   return {"hf_dir": hf_dir, "step": step, "architecture": architecture}
 

@@ -6,20 +6,19 @@ r"""Evaluates the latest checkpoint of a training workdir.
 Reads `workdir/config.gin`; bindings change evaluation-time settings (e.g.
 N_HASHES, ReformerConfig.attention_types, Experiment.eval_batches), not the
 task. The metrics are the task's (language model: loss, accuracy, bits per
-byte; masked LM: masked-token accuracy; classification: accuracy, macro F1).
-`--predictions=FILE` (classification) writes one JSON line per example: its
-index, predicted and true label, logits and probabilities; only once the whole
-evaluation has run. The last line printed is a JSON object of the metrics.
+byte; masked LM: masked-token accuracy; classification: accuracy, macro F1; span
+QA: exact match, F1). `--predictions=FILE` (classification, span QA) writes one
+JSON line per example, in order: its index and the task's `prediction` (a
+classifier's predicted and true label, logits and probabilities; span QA's
+predicted and true span); only once the whole evaluation has run. The last line printed is a JSON object of the metrics.
 """
 import json
 import os
 from typing import Optional, Sequence
 
-import numpy as np
 from absl import app, flags
 
 from reformer_jax.trainer import cli, sharding, steps
-from reformer_jax.trainer.tasks import Classification
 
 
 def evaluate(workdir: str, gin_bindings: Sequence[str] = (), split: str = "eval",
@@ -28,9 +27,10 @@ def evaluate(workdir: str, gin_bindings: Sequence[str] = (), split: str = "eval"
   the per-example outputs there (JSONL)."""
   exp = cli.load_experiment(workdir, gin_bindings)
   if predictions is not None:
-    if not isinstance(exp.task, Classification):
-      raise ValueError(f"--predictions writes a classifier's per-example outputs, but "
-                       f"{workdir} holds a @{type(exp.task).__name__}() model; leave it out.")
+    if not hasattr(exp.task, "prediction"):
+      raise ValueError(f"--predictions writes a classifier's or span-QA model's per-example "
+                       f"outputs, but {workdir} holds a @{type(exp.task).__name__}() model; "
+                       "leave it out.")
     folder = os.path.dirname(os.path.abspath(predictions))
     if not os.path.isdir(folder):
       raise FileNotFoundError(f"--predictions={predictions}: no directory {folder}; "
@@ -44,7 +44,7 @@ def evaluate(workdir: str, gin_bindings: Sequence[str] = (), split: str = "eval"
       batch_size=batch_size, seq_len=exp.seq_len, n_batches=exp.eval_batches,
       seed=exp.seed, mesh=mesh, split=split, task=exp.task, examples=examples)
   if predictions is not None:
-    write_predictions(predictions, examples)
+    write_predictions(predictions, [exp.task.prediction(e) for e in examples])
   hashing = "lsh" in exp.model.layer_attention_types()
   task = {} if exp.task.name == "causal_lm" else {"task": exp.task.name}
   return {"step": step, "split": split, **task,
@@ -52,15 +52,11 @@ def evaluate(workdir: str, gin_bindings: Sequence[str] = (), split: str = "eval"
           **{f"eval_{k}": v for k, v in metrics.items()}}
 
 
-def write_predictions(path: str, examples: Sequence[dict]):
-  """One JSON line per example: index, predicted, label, logits, probabilities."""
+def write_predictions(path: str, records: Sequence[dict]):
+  """One JSON line per record, with its index first; written whole or not at all."""
   with open(path + ".tmp", "w") as f:
-    for i, example in enumerate(examples):
-      logits = np.asarray(example["logits"], np.float64)
-      probabilities = np.exp(logits - logits.max())
-      f.write(json.dumps({"index": i, "predicted": int(np.argmax(logits)),
-                          "label": int(example["label"]), "logits": logits.tolist(),
-                          "probabilities": (probabilities / probabilities.sum()).tolist()}) + "\n")
+    for i, record in enumerate(records):
+      f.write(json.dumps({"index": i, **record}) + "\n")
   os.replace(path + ".tmp", path)
 
 
@@ -71,8 +67,9 @@ def define_flags():
       "gin_bindings", [], "Gin binding applied after workdir/config.gin, e.g. "
       "'N_HASHES=4' (repeatable).")
   flags.DEFINE_string("split", "eval", "Data split: 'eval' or 'test'.")
-  flags.DEFINE_string("predictions", None, "Classification: a JSONL file for the "
-                      "per-example predictions (label, predicted, logits, probabilities).")
+  flags.DEFINE_string("predictions", None, "Classification and span QA: a JSONL file for "
+                      "the per-example predictions (classification: label, predicted, "
+                      "logits, probabilities; span QA: predicted and true span).")
 
 
 def main():

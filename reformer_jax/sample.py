@@ -17,7 +17,7 @@ from absl import app, flags
 from reformer_jax.models.temperature_sampler import Sampling
 from reformer_jax.trainer import cli
 from reformer_jax.trainer.sampling import cache_refusal, check_can_sample, generate_texts
-from reformer_jax.trainer.tasks import CausalLM, Classification
+from reformer_jax.trainer.tasks import CausalLM, Classification, SpanQA
 
 SEPARATOR = "-" * 40
 
@@ -62,12 +62,13 @@ def main():
   Sampling(args.temperature, args.top_k, args.top_p)  # bad settings fail before loading
   exp = cli.load_experiment(args.workdir, args.gin_bindings)
   if exp.task.name != CausalLM.name:
-    classifier = isinstance(exp.task, Classification)
-    raise ValueError(f"this workdir is {'a classifier' if classifier else 'a masked LM'} "
+    kind = {Classification.name: "a classifier", SpanQA.name: "a span-QA model"}.get(
+        exp.task.name, "a masked LM")
+    raise ValueError(f"this workdir is {kind} "
                      f"(Experiment.task = @{type(exp.task).__name__}() in its config.gin), "
                      "not a causal language model: it cannot generate text. Score it with "
                      f"`python -m reformer_jax.evaluate --workdir={args.workdir}"
-                     f"{' --predictions=FILE' if classifier else ''}`.")
+                     f"{' --predictions=FILE' if hasattr(exp.task, 'prediction') else ''}`.")
   exp, _, params, _ = cli.load_workdir(args.workdir, args.gin_bindings, exp)
   # Only the codec is used: no split needs to hold SEQ_LEN + 1 tokens (`make_data`'s check).
   data = exp.data()

@@ -812,3 +812,42 @@ def test_a_classifier_workdir_exports_as_hfs_classification_class(classifier_run
   _, _, params, _ = cli.load_workdir(str(workdir), ())
   _, back = convert.from_hf(hf_dir)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), back)
+
+
+_QA = [("who met Bob?", "Ann met Bob.", "Ann"), ("who met Ann?", "Bob met Ann.", "Bob"),
+       ("Ann ate?", "Ann ate a pear.", "a pear")]
+
+
+def _qa_files(folder, rows=_QA):
+  lines = "".join(json.dumps({"question": q, "context": c, "answer": a}) + "\n"
+                  for q, c, a in rows)
+  (folder / "qa.jsonl").write_text(lines)
+  return [f"TRAIN_FILE='{folder / 'qa.jsonl'}'", f"EVAL_FILE='{folder / 'qa.jsonl'}'"]
+
+
+def test_a_span_qa_model_trains_from_gin_and_writes_its_predictions(tmp_path):
+  workdir = tmp_path / "run"
+  summary = train.run(["span_qa.gin"], CLASSIFIER + _qa_files(tmp_path), str(workdir))
+  assert summary["task"] == "span_qa" and summary["step"] == 2
+  for key in ("train_loss", "eval_loss", "eval_exact_match", "eval_f1"):
+    assert math.isfinite(summary[key]), key
+  assert _logged(workdir, "eval", "f1")[2] == summary["eval_f1"]
+  path = tmp_path / "spans.jsonl"
+  metrics = evaluate.evaluate(str(workdir), predictions=str(path))
+  rows = [json.loads(line) for line in path.read_text().splitlines()]
+  assert [r["index"] for r in rows] == [0, 1, 2]
+  assert [r["end"] - r["start"] + 1 for r in rows] == [len(a) for _, _, a in _QA]
+  assert all(r["predicted_start"] <= r["predicted_end"] < 32 for r in rows)
+  assert np.mean([r["exact_match"] for r in rows]) == pytest.approx(metrics["eval_exact_match"])
+
+
+def test_a_span_qa_answer_beyond_seq_len_is_one_error_before_anything_is_written(
+    tmp_path, capsys):
+  workdir = tmp_path / "run"
+  rows = _QA + [("where?", "x" * 40 + " here", "here")]
+  with pytest.raises(SystemExit):
+    cli.guarded(lambda: train.run(["span_qa.gin"], CLASSIFIER + _qa_files(tmp_path, rows),
+                                  str(workdir)))(["train"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "qa.jsonl:4: the answer ends at input position 52" in err[0]
+  assert "set SEQ_LEN >= 53" in err[0] and not workdir.exists()

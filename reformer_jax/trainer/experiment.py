@@ -4,10 +4,11 @@ import math
 from typing import Any, Callable, Mapping, Optional
 
 from reformer_jax.data.classification import ClassificationData
+from reformer_jax.data.span_qa import SpanData
 from reformer_jax.data.duplication_task import DuplicationTask
 from reformer_jax.models.config import ReformerConfig, position_limit
 from reformer_jax.trainer.optim import OptimizerConfig
-from reformer_jax.trainer.tasks import TASKS, CausalLM, Classification, MaskedLM
+from reformer_jax.trainer.tasks import TASKS, CausalLM, Classification, MaskedLM, SpanQA
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -39,8 +40,9 @@ class Experiment:
     max_consecutive_nonfinite: the run stops with an error after this many
       consecutive steps with a non-finite loss or gradient (each is skipped:
       params and optimiser state stay as they were).
-    task: what is trained (`tasks.py`): @CausalLM() (the default), @MaskedLM() or
-      @Classification() (with a classification data source such as @listops).
+    task: what is trained (`tasks.py`): @CausalLM() (the default), @MaskedLM(),
+      @Classification() (with a classification data source such as @listops) or @SpanQA()
+      (with @span_qa_files).
   """
   model: ReformerConfig
   data: Callable[[], Any]
@@ -129,6 +131,8 @@ def check_data(exp: Experiment, data, names: Optional[Mapping[str, str]] = None)
   name = lambda target: names.get(target, target)
   seq_len = f"{name('Experiment.seq_len')}={exp.seq_len}"
   check_task_data(exp.task, exp.model, data, names)
+  if isinstance(data, SpanData):
+    data.check_fits(exp.seq_len, name("Experiment.seq_len"))
   if data.vocab_size > exp.model.vocab_size:
     raise ValueError(
         f"the data has {data.vocab_size} token ids but the model's "
@@ -165,6 +169,13 @@ def check_data(exp: Experiment, data, names: Optional[Mapping[str, str]] = None)
 
 def check_task_data(task, config: ReformerConfig, data, names: Mapping[str, str]):
   """Raises ValueError if `data` is not the kind of data `task` trains on."""
+  if isinstance(task, SpanQA) != isinstance(data, SpanData):
+    raise ValueError(
+        "Experiment.task = @SpanQA() needs question-answering data (span_qa_files), got "
+        f"{type(data).__name__}; set Experiment.data, or Experiment.task = @CausalLM()."
+        if isinstance(task, SpanQA) else
+        f"SpanData is question-answering data but Experiment.task = @{type(task).__name__}"
+        "(); set Experiment.task = @SpanQA().")
   classifying = isinstance(data, ClassificationData)
   if isinstance(task, Classification):
     if not classifying:

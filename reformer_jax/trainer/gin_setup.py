@@ -23,7 +23,7 @@ from reformer_jax import data
 from reformer_jax.models import ReformerConfig
 from reformer_jax.trainer.experiment import Experiment
 from reformer_jax.trainer.optim import OptimizerConfig
-from reformer_jax.trainer.tasks import CausalLM, Classification, MaskedLM
+from reformer_jax.trainer.tasks import CausalLM, Classification, MaskedLM, SpanQA
 
 CONFIG_DIRS = (pathlib.Path(__file__).resolve().parents[2] / "configs",  # a checkout
                pathlib.Path(__file__).resolve().parents[1] / "configs",  # an installed wheel
@@ -40,9 +40,11 @@ REGISTERED = {
     "listops": data.listops,
     "text_label_files": data.text_label_files,
     "tfds_classification": data.tfds_classification,
+    "span_qa_files": data.span_qa_files,
     "CausalLM": CausalLM,
     "MaskedLM": MaskedLM,
     "Classification": Classification,
+    "SpanQA": SpanQA,
 }
 CONFIGURABLES = {name: gin.external_configurable(fn, name)
                  for name, fn in REGISTERED.items()}
@@ -220,7 +222,8 @@ def _check_macro_references(macros: set[str]):
 # Data-source parameters that hold paths, made absolute when parsed.
 PATH_PARAMETERS = ("local_file.path", "tfds_text.data_dir", "text_label_files.train",
                    "text_label_files.eval", "text_label_files.test",
-                   "tfds_classification.data_dir")
+                   "tfds_classification.data_dir", "span_qa_files.train",
+                   "span_qa_files.eval", "span_qa_files.test")
 
 
 def _make_paths_absolute():

@@ -171,7 +171,7 @@ def evaluate(eval_fn, params, data, *, batch_size: int, seq_len: int,
 
   The hash key of batch i is fold_in(eval key of `seed`, i): evaluations are
   reproducible. `examples`: a list that receives, per real (weight > 0) example, a dict
-  of its 'label' and the eval step's per-example outputs (host arrays).
+  of its targets (`task.targets`) and the eval step's per-example outputs (host arrays).
   """
   eval_key = run_keys(seed)[2]
   batch_sharding = sharding.batch_sharding(mesh, 0)
@@ -184,7 +184,7 @@ def evaluate(eval_fn, params, data, *, batch_size: int, seq_len: int,
     if examples is not None:
       outputs = jax.device_get(outputs)
       for row in np.flatnonzero(batch["weights"] > 0):
-        examples.append({"label": batch["labels"][row],
+        examples.append({**task.targets(batch, row),
                          **{k: v[row] for k, v in outputs.items()}})
   return task.summarize(sums)
 
