@@ -120,8 +120,11 @@ def export_hf(workdir: str, hf_dir: str) -> Dict[str, Any]:
   """The CLI's export: latest checkpoint of `workdir` -> `hf_dir`."""
   from reformer_jax.trainer import cli  # pylint: disable=g-import-not-at-top
   exp, step, params, _ = cli.load_workdir(workdir, ())
-  to_hf(exp.model, params, hf_dir)
-  return {"hf_dir": hf_dir, "step": step}
+  architecture = {"masked_lm": "ReformerForMaskedLM",
+                  "classification": "ReformerForSequenceClassification",
+                  "span_qa": "ReformerForQuestionAnswering"}.get(exp.task.name, LM)
+  to_hf(exp.model, params, hf_dir, architecture)
+  return {"hf_dir": hf_dir, "step": step, "architecture": architecture}
 
 
 def main(flag):

@@ -1,33 +1,63 @@
 r"""Evaluates the latest checkpoint of a training workdir.
 
   python -m reformer_jax.evaluate --workdir=workdirs/quickstart \
-      [--gin_bindings='N_HASHES=4'] [--split=test]
+      [--gin_bindings='N_HASHES=4'] [--split=test] [--predictions=FILE]
 
 Reads `workdir/config.gin`; bindings change evaluation-time settings (e.g.
-N_HASHES, ReformerConfig.attention_types, Experiment.eval_batches). The last
-line printed is a JSON object of the metrics.
+N_HASHES, ReformerConfig.attention_types, Experiment.eval_batches), not the
+task. The metrics are the task's (language model: loss, accuracy, bits per
+byte; masked LM: masked-token accuracy; classification: accuracy, macro F1; span
+QA: exact match, F1). `--predictions=FILE` (classification, span QA) writes one
+JSON line per example, in order: its index and the task's `prediction` (a
+classifier's predicted and true label, logits and probabilities; span QA's
+predicted and true span); only once the whole evaluation has run. The last line printed is a JSON object of the metrics.
 """
-from typing import Sequence
+import json
+import os
+from typing import Optional, Sequence
 
 from absl import app, flags
 
 from reformer_jax.trainer import cli, sharding, steps
 
 
-def evaluate(workdir: str, gin_bindings: Sequence[str] = (),
-             split: str = "eval") -> dict:
-  """Metrics of the latest checkpoint in `workdir` on `split`."""
-  exp, step, params, mesh = cli.load_workdir(workdir, gin_bindings)
+def evaluate(workdir: str, gin_bindings: Sequence[str] = (), split: str = "eval",
+             predictions: Optional[str] = None) -> dict:
+  """Metrics of the latest checkpoint in `workdir` on `split`; with `predictions`, writes
+  the per-example outputs there (JSONL)."""
+  exp = cli.load_experiment(workdir, gin_bindings)
+  if predictions is not None:
+    if not hasattr(exp.task, "prediction"):
+      raise ValueError(f"--predictions writes a classifier's or span-QA model's per-example "
+                       f"outputs, but {workdir} holds a @{type(exp.task).__name__}() model; "
+                       "leave it out.")
+    folder = os.path.dirname(os.path.abspath(predictions))
+    if not os.path.isdir(folder):
+      raise FileNotFoundError(f"--predictions={predictions}: no directory {folder}; "
+                              "create it first.")
+  exp, step, params, mesh = cli.load_workdir(workdir, gin_bindings, exp)
   batch_size = exp.eval_batch_size or exp.batch_size
   sharding.check_batch(batch_size, mesh, "Experiment.eval_batch_size")
+  examples = [] if predictions is not None else None
   metrics = steps.evaluate(
-      steps.compile_eval_step(exp.model, mesh), params, exp.make_data(),
+      steps.compile_eval_step(exp.model, mesh, exp.task), params, exp.make_data(),
       batch_size=batch_size, seq_len=exp.seq_len, n_batches=exp.eval_batches,
-      seed=exp.seed, mesh=mesh, split=split)
+      seed=exp.seed, mesh=mesh, split=split, task=exp.task, examples=examples)
+  if predictions is not None:
+    write_predictions(predictions, [exp.task.prediction(e) for e in examples])
   hashing = "lsh" in exp.model.layer_attention_types()
-  return {"step": step, "split": split,
+  task = {} if exp.task.name == "causal_lm" else {"task": exp.task.name}
+  return {"step": step, "split": split, **task,
           **({"n_hashes": exp.model.n_hashes} if hashing else {}),
           **{f"eval_{k}": v for k, v in metrics.items()}}
+
+
+def write_predictions(path: str, records: Sequence[dict]):
+  """One JSON line per record, with its index first; written whole or not at all."""
+  with open(path + ".tmp", "w") as f:
+    for i, record in enumerate(records):
+      f.write(json.dumps({"index": i, **record}) + "\n")
+  os.replace(path + ".tmp", path)
 
 
 def define_flags():
@@ -37,6 +67,9 @@ def define_flags():
       "gin_bindings", [], "Gin binding applied after workdir/config.gin, e.g. "
       "'N_HASHES=4' (repeatable).")
   flags.DEFINE_string("split", "eval", "Data split: 'eval' or 'test'.")
+  flags.DEFINE_string("predictions", None, "Classification and span QA: a JSONL file for "
+                      "the per-example predictions (classification: label, predicted, "
+                      "logits, probabilities; span QA: predicted and true span).")
 
 
 def main():
@@ -44,7 +77,7 @@ def main():
   if not args.workdir:
     raise ValueError("--workdir is required (a directory written by "
                      "`python -m reformer_jax.train`).")
-  cli.print_json(evaluate(args.workdir, args.gin_bindings, args.split))
+  cli.print_json(evaluate(args.workdir, args.gin_bindings, args.split, args.predictions))
 
 
 if __name__ == "__main__":

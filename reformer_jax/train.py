@@ -1,4 +1,5 @@
-r"""Trains a Reformer language model described by gin configs.
+r"""Trains a Reformer described by gin configs: a language model, or the task that
+`Experiment.task` names (masked LM, sequence classification; `trainer/tasks.py`).
 
   python -m reformer_jax.train --gin_file=configs/quickstart.gin \
       --workdir=workdirs/quickstart [--gin_bindings='TRAIN_STEPS=100'] [--dry_run]
@@ -33,7 +34,7 @@ from reformer_jax.trainer import checkpointing, cli, gin_setup, optim
 from reformer_jax.trainer import sampling, sharding
 from reformer_jax.trainer import experiment as experiment_lib
 from reformer_jax.trainer import metrics as metrics_lib
-from reformer_jax.trainer import steps
+from reformer_jax.trainer import steps, tasks
 
 
 class Diverged(ValueError):
@@ -95,20 +96,23 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
   if note:
     console(note)
   tx, schedule = optim.make_optimizer(exp.optimizer, exp.train_steps)
-  init_state = steps.make_init_state(exp.model, tx, exp.seed, exp.seq_len, mesh)
+  task = exp.task
+  init_state = steps.make_init_state(exp.model, tx, exp.seed, exp.seq_len, mesh, task)
   state_shapes = steps.abstract_state(init_state, mesh)
-  train_fn = steps.compile_train_step(exp.model, tx, mesh)
+  train_fn = steps.compile_train_step(exp.model, tx, mesh, task)
   if dry_run:
-    shape = (exp.grad_accum_steps, exp.micro_batch_size, exp.seq_len)
-    batch = {"inputs": jax.ShapeDtypeStruct(shape, jnp.int32),
-             "targets": jax.ShapeDtypeStruct(shape, jnp.int32),
-             "weights": jax.ShapeDtypeStruct(shape, jnp.float32)}
+    batch = task.batch_shapes((exp.grad_accum_steps, exp.micro_batch_size), exp.seq_len)
     return steps.dry_run_report(train_fn, state_shapes, batch)
 
   unigram = metrics_lib.unigram_bits(data)
   if unigram is not None:
     console(f"unigram entropy of the training split: {unigram:.3f} bits/byte "
             "(the loss of a model that ignores context)")
+  majority = None
+  if hasattr(data, "label_counts"):
+    counts = data.label_counts("eval")
+    majority = float(counts.max() / counts.sum())
+    console(f"majority class of the eval split: accuracy {majority:.4f} (the baseline)")
   os.makedirs(workdir, exist_ok=True)
   checkpointer = checkpointing.Checkpointer(
       workdir, every=exp.checkpoint_every, keep=exp.keep_checkpoints, clean_up=True)
@@ -128,12 +132,12 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
     console(f"already trained to step {start} (TRAIN_STEPS={exp.train_steps}); "
             "evaluating only")
 
-  eval_fn = steps.compile_eval_step(exp.model, mesh)
+  eval_fn = steps.compile_eval_step(exp.model, mesh, task)
 
   def evaluate(params):
     return steps.evaluate(eval_fn, params, data, batch_size=eval_batch_size,
                           seq_len=exp.seq_len, n_batches=exp.eval_batches,
-                          seed=exp.seed, mesh=mesh)
+                          seed=exp.seed, mesh=mesh, task=task)
 
   writer = (metrics_lib.MetricWriter(workdir, start) if cli.is_primary()
             else metrics_lib.NoWriter())
@@ -170,7 +174,7 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
         diverged = in_a_row >= exp.max_consecutive_nonfinite
         if done % exp.log_every == 0 or last or diverged:
           host = jax.device_get(sums)
-          train_metrics = metrics_lib.summarize(host)
+          train_metrics = task.summarize(host)
           skipped = int(host["nonfinite"])
           applied = n_summed - skipped
           train_metrics["grad_norm"] = (float(host["grad_norm"]) / applied if applied
@@ -232,14 +236,21 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
                            length=exp.sample_length, seed=exp.seed)
     console(f"sample ({exp.sample_length} tokens after the prompt):\n"
             f"{exp.sample_prompt}{text}\n")
+  tokens_per_second = (None if timer.steps_per_second() is None else
+                       timer.steps_per_second() * tokens_per_step)
+  if task.name != tasks.CausalLM.name:
+    return {"step": int(state.step), "task": task.name,
+            "train_loss": train_metrics.get("loss"),
+            **{f"eval_{k}": v for k, v in eval_metrics.items()},
+            **({"majority_class_accuracy": majority} if majority is not None else {}),
+            "tokens_per_second": tokens_per_second, "nonfinite_steps": nonfinite_steps}
   return {
       "step": int(state.step),
       "train_loss": train_metrics.get("loss"),
       "eval_loss": eval_metrics["loss"],
       "eval_accuracy": eval_metrics["accuracy"],
       "eval_bits_per_byte": eval_metrics["bits_per_byte"],
-      "tokens_per_second": (None if timer.steps_per_second() is None else
-                            timer.steps_per_second() * tokens_per_step),
+      "tokens_per_second": tokens_per_second,
       "unigram_bits_per_byte": unigram,
       "nonfinite_steps": nonfinite_steps,
   }

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 
+import gin
 import jax
 import numpy as np
 import pytest
@@ -299,6 +300,7 @@ def test_dry_run_compiles_without_training(tmp_path):
 # 5: 8 devices give the losses of 1.
 _EIGHT_DEVICES = """
 import json, sys
+import gin
 import jax
 from reformer_jax import evaluate, train
 assert jax.device_count() == 8, jax.devices()
@@ -657,3 +659,195 @@ def test_an_injected_nan_is_skipped_counted_and_not_saved(tmp_path):
   assert [r["nonfinite_steps"] for r in rows if r["split"] == "train"] == [0, 0, 1, 0]
   assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [1, 2, 4]
   assert all(_finite_checkpoints(tmp_path).values())
+
+
+# Tasks other than the causal LM (Experiment.task): a classifier of the user's own files
+# (configs/text_classification.gin), a masked LM, ListOps configs; their bad input.
+CLASSIFIER = ["SEQ_LEN=32", "BATCH_SIZE=4", "TRAIN_STEPS=2", "N_LAYERS=1", "D_MODEL=16",
+              "ReformerConfig.d_ff=32", "ReformerConfig.d_head=8",
+              "ReformerConfig.attention_types=('local',)", "ReformerConfig.local_chunk_len=16",
+              "Experiment.log_every=1", "Experiment.checkpoint_every=2"]
+_TEXTS = [("a fine day", 1), ("bad, bad, bad", 0), ("fine and sunny", 1), ("bad rain", 0),
+          ("a sunny day", 1)]
+
+
+def _text_files(folder, rows=_TEXTS):
+  train_file, eval_file = folder / "train.jsonl", folder / "eval.csv"
+  train_file.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
+  eval_file.write_text("text,label\n" + "".join(f'"{t}",{y}\n' for t, y in rows[:3]))
+  return [f"TRAIN_FILE='{train_file}'", f"EVAL_FILE='{eval_file}'"]
+
+
+@pytest.fixture(scope="module")
+def classifier_run(tmp_path_factory):
+  """2 steps of a tiny classifier on two files the test writes: (workdir, summary)."""
+  folder = tmp_path_factory.mktemp("classifier")
+  workdir = folder / "run"
+  summary = train.run(["text_classification.gin"], CLASSIFIER + _text_files(folder),
+                      str(workdir))
+  return workdir, summary
+
+
+def test_a_classifier_trains_from_gin_and_logs_its_metrics(classifier_run):
+  workdir, summary = classifier_run
+  assert summary["task"] == "classification" and summary["step"] == 2
+  assert summary["majority_class_accuracy"] == pytest.approx(2 / 3)
+  for key in ("train_loss", "eval_loss", "eval_accuracy", "eval_macro_f1"):
+    assert math.isfinite(summary[key]), key
+  assert _logged(workdir, "eval", "macro_f1")[2] == summary["eval_macro_f1"]
+  assert _logged(workdir, "eval", "accuracy")[2] == summary["eval_accuracy"]
+  assert {"train/loss", "train/accuracy", "eval/accuracy", "eval/macro_f1"} <= \
+      _event_tags(workdir)
+
+
+def test_evaluate_writes_a_classifiers_predictions(classifier_run, tmp_path):
+  workdir, summary = classifier_run
+  path = tmp_path / "predictions.jsonl"
+  metrics = evaluate.evaluate(str(workdir), predictions=str(path))
+  assert metrics["task"] == "classification"
+  assert metrics["eval_loss"] == pytest.approx(summary["eval_loss"], rel=1e-5)
+  rows = [json.loads(line) for line in path.read_text().splitlines()]
+  assert [r["label"] for r in rows] == [y for _, y in _TEXTS[:3]]    # the eval file's order
+  for row in rows:
+    assert row["predicted"] == int(np.argmax(row["logits"]))
+    assert sum(row["probabilities"]) == pytest.approx(1.0)
+  assert np.mean([r["predicted"] == r["label"] for r in rows]) == \
+      pytest.approx(metrics["eval_accuracy"])
+
+
+def test_a_classifier_workdir_is_refused_by_sample(classifier_run, subprocess_env):
+  workdir, _ = classifier_run
+  proc = _cli(subprocess_env, "reformer_jax.sample", f"--workdir={workdir}")
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines() == [
+      f"error: this workdir is a classifier (Experiment.task = @Classification() in its "
+      f"config.gin), not a causal language model: it cannot generate text. Score it with "
+      f"`python -m reformer_jax.evaluate --workdir={workdir} --predictions=FILE`."]
+
+
+def test_an_lm_checkpoint_evaluated_as_a_classifier_is_refused(cli_run, tmp_path, capsys):
+  workdir, _, _, _ = cli_run
+  path = tmp_path / "predictions.jsonl"
+  with pytest.raises(SystemExit):
+    cli.guarded(lambda: evaluate.evaluate(
+        str(workdir), ["Experiment.task=@Classification()"], predictions=str(path)))(["x"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith(f"error: {workdir} holds a model trained with "
+                                             "Experiment.task = @CausalLM()")
+  assert "Drop the Experiment.task binding" in err[0]
+  assert not path.exists()
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([("a fine day", 1), ("bad", 5)], "train.jsonl:2: label 5 is outside [0, num_labels=2)"),
+    ([("a fine day", 1), ("", 0)], "train.jsonl:2: the text is empty; drop the example"),
+])
+def test_bad_classification_data_is_one_error_before_anything_is_written(
+    tmp_path, capsys, rows, message):
+  workdir = tmp_path / "run"
+  with pytest.raises(SystemExit):
+    cli.guarded(lambda: train.run(["text_classification.gin"],
+                                  CLASSIFIER + _text_files(tmp_path, rows),
+                                  str(workdir)))(["train"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+  assert not workdir.exists()
+
+
+def test_a_masked_lm_trains_and_evaluates(tmp_path):
+  bindings = TINY + LOCAL + ["TRAIN_STEPS=2", "Experiment.task=@MaskedLM()",
+                             "ReformerConfig.causal=False", "ReformerConfig.vocab_size=257"]
+  summary = train.run(QUICKSTART, bindings, str(tmp_path))
+  assert summary["task"] == "masked_lm"
+  assert 0. <= summary["eval_masked_token_accuracy"] <= 1.
+  assert _logged(tmp_path, "eval", "masked_token_accuracy")[2] == \
+      summary["eval_masked_token_accuracy"]
+  assert evaluate.evaluate(str(tmp_path))["eval_loss"] == pytest.approx(
+      summary["eval_loss"], rel=1e-5)
+  with pytest.raises(ValueError, match="reserve one: ReformerConfig.vocab_size = 257"):
+    train.run(QUICKSTART, bindings[:-1], str(tmp_path / "bad"))
+
+
+def test_listops_configs_are_lras_setting_and_the_small_study():
+  from experiments import listops_small
+  gin_setup.parse(["listops.gin"])
+  exp = gin_setup.make_experiment()
+  assert exp.seq_len == 2000 and exp.task.num_labels == 10 and not exp.model.causal
+  assert (exp.model.n_layers, exp.model.d_model, exp.batch_size) == (6, 512, 32)
+  gin_setup.parse(["listops_small.gin"])
+  exp = gin_setup.make_experiment()
+  settings = {k: gin.query_parameter(f"listops.{k}") for k in listops_small.DATA}
+  assert settings == listops_small.DATA and exp.seq_len == listops_small.SEQ_LEN
+  for key, value in listops_small.MODEL.items():
+    assert getattr(exp.model, key) == value, key
+
+
+def test_listops_dry_runs_at_length_2000(tmp_path):
+  report = train.run(["listops.gin"], ["N_LAYERS=1", "D_MODEL=32", "ReformerConfig.d_ff=64",
+                                       "ReformerConfig.n_heads=2", "ReformerConfig.d_head=16",
+                                       "ReformerConfig.axial_dims=(8, 24)"],
+                     str(tmp_path / "run"), dry_run=True)
+  assert report["params"] > 0 and report["flops_per_step"] > 0
+  assert not (tmp_path / "run").exists()
+
+
+def test_a_classifier_workdir_exports_as_hfs_classification_class(classifier_run, tmp_path):
+  transformers = pytest.importorskip("transformers")
+  from reformer_jax import convert  # pylint: disable=import-outside-toplevel
+  workdir, _ = classifier_run
+  # HF's bidirectional local attention wraps around; a model trained without it is refused.
+  with pytest.raises(ValueError, match="local_wrap=False"):
+    convert.export_hf(str(workdir), str(tmp_path / "refused"))
+  assert not (tmp_path / "refused").exists()
+  workdir = tmp_path / "wrapped"
+  train.run(["text_classification.gin"], CLASSIFIER + _text_files(tmp_path) + [
+      "TRAIN_STEPS=1", "ReformerConfig.local_wrap=True"], str(workdir))
+  hf_dir = str(tmp_path / "hf")
+  assert convert.export_hf(str(workdir), hf_dir)["architecture"] == \
+      "ReformerForSequenceClassification"
+  hf_model, info = transformers.ReformerForSequenceClassification.from_pretrained(
+      hf_dir, output_loading_info=True)
+  assert hf_model.config.num_labels == 2
+  assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+  _, _, params, _ = cli.load_workdir(str(workdir), ())
+  _, back = convert.from_hf(hf_dir)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), back)
+
+
+_QA = [("who met Bob?", "Ann met Bob.", "Ann"), ("who met Ann?", "Bob met Ann.", "Bob"),
+       ("Ann ate?", "Ann ate a pear.", "a pear")]
+
+
+def _qa_files(folder, rows=_QA):
+  lines = "".join(json.dumps({"question": q, "context": c, "answer": a}) + "\n"
+                  for q, c, a in rows)
+  (folder / "qa.jsonl").write_text(lines)
+  return [f"TRAIN_FILE='{folder / 'qa.jsonl'}'", f"EVAL_FILE='{folder / 'qa.jsonl'}'"]
+
+
+def test_a_span_qa_model_trains_from_gin_and_writes_its_predictions(tmp_path):
+  workdir = tmp_path / "run"
+  summary = train.run(["span_qa.gin"], CLASSIFIER + _qa_files(tmp_path), str(workdir))
+  assert summary["task"] == "span_qa" and summary["step"] == 2
+  for key in ("train_loss", "eval_loss", "eval_exact_match", "eval_f1"):
+    assert math.isfinite(summary[key]), key
+  assert _logged(workdir, "eval", "f1")[2] == summary["eval_f1"]
+  path = tmp_path / "spans.jsonl"
+  metrics = evaluate.evaluate(str(workdir), predictions=str(path))
+  rows = [json.loads(line) for line in path.read_text().splitlines()]
+  assert [r["index"] for r in rows] == [0, 1, 2]
+  assert [r["end"] - r["start"] + 1 for r in rows] == [len(a) for _, _, a in _QA]
+  assert all(r["predicted_start"] <= r["predicted_end"] < 32 for r in rows)
+  assert np.mean([r["exact_match"] for r in rows]) == pytest.approx(metrics["eval_exact_match"])
+
+
+def test_a_span_qa_answer_beyond_seq_len_is_one_error_before_anything_is_written(
+    tmp_path, capsys):
+  workdir = tmp_path / "run"
+  rows = _QA + [("where?", "x" * 40 + " here", "here")]
+  with pytest.raises(SystemExit):
+    cli.guarded(lambda: train.run(["span_qa.gin"], CLASSIFIER + _qa_files(tmp_path, rows),
+                                  str(workdir)))(["train"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "qa.jsonl:4: the answer ends at input position 52" in err[0]
+  assert "set SEQ_LEN >= 53" in err[0] and not workdir.exists()

@@ -17,6 +17,8 @@ Sequence-classification sources return `ClassificationData` (the same methods, b
   listops           Long Range Arena's ListOps, generated locally from a seed;
   text_label_files  local JSONL / CSV / TSV files of (text, label), read as bytes;
   tfds_classification  a TFDS text-classification dataset (imdb_reviews, ...), as bytes.
+Span question answering: `span_qa_files` (local JSONL of question, context, answer) returns
+`SpanData` (batches {'inputs', 'mask', 'start', 'end', 'weights'}).
 """
 from reformer_jax.data.batch import Batch
 from reformer_jax.data.batch import lm_batch
@@ -32,6 +34,8 @@ from reformer_jax.data.offset_bytes import offset_tokens
 from reformer_jax.data.python_stdlib import python_stdlib_corpus
 from reformer_jax.data.shipped import CORPUS_PATH
 from reformer_jax.data.shipped import shipped_corpus
+from reformer_jax.data.span_qa import SpanData
+from reformer_jax.data.span_qa import span_qa_files
 from reformer_jax.data.splits import contiguous_split
 from reformer_jax.data.text_files import text_label_files
 from reformer_jax.data.tfds_classification import tfds_classification

@@ -1,5 +1,6 @@
 """HF state_dicts <-> reformer_jax params, and reading / writing transformers directories."""
 import json
+import math
 import os
 from typing import Any, Dict, List, Mapping, Tuple
 
@@ -13,6 +14,7 @@ from reformer_jax.hf.config import (LM, config_from_hf, hf_architecture, hf_conf
 from reformer_jax.models import (ReformerConfig, ReformerEncoder, ReformerForMaskedLM,
                                  ReformerForQuestionAnswering, ReformerForSequenceClassification,
                                  ReformerLM)
+from reformer_jax.models.config import position_limit
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
@@ -99,9 +101,8 @@ def architecture_of(model) -> Tuple[str, int]:
 
 def abstract_params(config: ReformerConfig, architecture: str = LM, num_labels: int = 2):
   """ShapeDtypeStructs of `flax_model(config, ...)`'s parameters (nothing is computed)."""
-  length = 2 * max(config.local_chunk_len, config.lsh_chunk_len)
-  if config.positional == "learned":
-    length = min(length, config.max_len)
+  length = min(2 * max(config.local_chunk_len, config.lsh_chunk_len),
+               position_limit(config) or math.inf)
   model = flax_model(config.replace(deterministic=True), architecture, num_labels)
   init = lambda: model.init({"params": jax.random.PRNGKey(0), "hash": jax.random.PRNGKey(1)},
                             jnp.zeros((1, length), jnp.int32))["params"]

@@ -6,6 +6,7 @@ import sys
 import tokenize
 from typing import Optional, Sequence, Tuple
 
+import gin
 import jax
 from absl import logging
 
@@ -141,23 +142,49 @@ def print_json(record: dict):
   print(json.dumps(record), flush=True)
 
 
-def load_workdir(workdir: str, gin_bindings: Sequence[str]):
-  """Reads `workdir/config.gin` (+ bindings) and its latest checkpoint's params.
+def _bound_task(default: str = "CausalLM") -> str:
+  """The configurable name `Experiment.task` is bound to in the parsed config."""
+  try:
+    value = gin.query_parameter("Experiment.task")
+  except ValueError:  # not bound: the default
+    return default
+  return value.selector.rsplit(".", 1)[-1] if hasattr(value, "selector") else repr(value)
 
-  Returns:
-    (experiment, step, params, mesh), params replicated over `mesh`.
-  """
+
+def load_experiment(workdir: str, gin_bindings: Sequence[str]):
+  """The Experiment of `workdir/config.gin` + bindings. Raises ValueError if the bindings
+  change `Experiment.task` (a checkpoint holds one task's parameters)."""
   config = os.path.join(workdir, "config.gin")
   if not os.path.isfile(config):
     raise FileNotFoundError(
         f"no {config}: --workdir must be a directory written by "
         "`python -m reformer_jax.train`.")
+  gin_setup.parse([config])
+  trained = _bound_task()
   gin_setup.parse([config], gin_bindings)
-  exp = gin_setup.make_experiment()
+  asked = _bound_task()
+  if asked != trained:
+    raise ValueError(
+        f"{workdir} holds a model trained with Experiment.task = @{trained}() (its "
+        f"config.gin), but the bindings ask for @{asked}(): its checkpoint has no "
+        f"parameters for that task. Drop the Experiment.task binding, or train a {asked} "
+        "model first.")
+  return gin_setup.make_experiment()
+
+
+def load_workdir(workdir: str, gin_bindings: Sequence[str], exp=None):
+  """Reads `workdir/config.gin` (+ bindings) and its latest checkpoint's params.
+
+  `exp`: the workdir's `load_experiment(...)` result, when already read.
+
+  Returns:
+    (experiment, step, params, mesh), params replicated over `mesh`.
+  """
+  exp = exp or load_experiment(workdir, gin_bindings)
   mesh = sharding.make_mesh()
   checkpointer = checkpointing.Checkpointer(workdir)
   found = checkpointer.restore_params(
-      steps.abstract_params(exp.model, exp.seq_len, mesh))
+      steps.abstract_params(exp.model, exp.seq_len, mesh, exp.task))
   checkpointer.close()
   if found is None:
     raise FileNotFoundError(

@@ -1,10 +1,11 @@
 """Gin at the edge: registers the configurables, finds config files, parses.
 
 Registered names (the math stays gin-free): ReformerConfig, OptimizerConfig,
-Experiment and the data sources shipped_corpus, local_file, python_stdlib_corpus,
-tfds_text, duplication. Config files are looked up as given, then in the repository's
-`configs/` directory and in `./configs`, so `include 'models/x.gin'` works from
-any working directory.
+Experiment, the tasks CausalLM, MaskedLM, Classification, SpanQA and the data sources
+shipped_corpus, local_file, python_stdlib_corpus, tfds_text, duplication, listops,
+text_label_files, tfds_classification, span_qa_files. Config files are looked up as given,
+then in the repository's `configs/` directory and in `./configs`, so
+`include 'models/x.gin'` works from any working directory.
 """
 import dataclasses
 import difflib
@@ -22,6 +23,7 @@ from reformer_jax import data
 from reformer_jax.models import ReformerConfig
 from reformer_jax.trainer.experiment import Experiment
 from reformer_jax.trainer.optim import OptimizerConfig
+from reformer_jax.trainer.tasks import CausalLM, Classification, MaskedLM, SpanQA
 
 CONFIG_DIRS = (pathlib.Path(__file__).resolve().parents[2] / "configs",  # a checkout
                pathlib.Path(__file__).resolve().parents[1] / "configs",  # an installed wheel
@@ -36,6 +38,14 @@ REGISTERED = {
     "python_stdlib_corpus": data.python_stdlib_corpus,
     "tfds_text": data.tfds_text,
     "duplication": data.duplication,
+    "listops": data.listops,
+    "text_label_files": data.text_label_files,
+    "tfds_classification": data.tfds_classification,
+    "span_qa_files": data.span_qa_files,
+    "CausalLM": CausalLM,
+    "MaskedLM": MaskedLM,
+    "Classification": Classification,
+    "SpanQA": SpanQA,
 }
 CONFIGURABLES = {name: gin.external_configurable(fn, name)
                  for name, fn in REGISTERED.items()}
@@ -211,7 +221,10 @@ def _check_macro_references(macros: set[str]):
 
 
 # Data-source parameters that hold paths, made absolute when parsed.
-PATH_PARAMETERS = ("local_file.path", "python_stdlib_corpus.directory", "tfds_text.data_dir")
+PATH_PARAMETERS = ("local_file.path", "python_stdlib_corpus.directory", "tfds_text.data_dir",
+                   "text_label_files.train", "text_label_files.eval", "text_label_files.test",
+                   "tfds_classification.data_dir", "span_qa_files.train",
+                   "span_qa_files.eval", "span_qa_files.test")
 
 
 def _make_paths_absolute():

@@ -2,7 +2,8 @@
 
 Steps are compiled over a 1-D device mesh: the batch is sharded along 'data',
 the train state is replicated and donated. Random bits come from
-`fold_in(state.rng, step)`, so they do not depend on the device count.
+`fold_in(state.rng, step)`, so they do not depend on the device count. The task
+(`tasks.py`: causal LM by default) supplies the model and its loss sums.
 """
 import functools
 from typing import Any, Optional
@@ -14,9 +15,13 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from reformer_jax.models import ReformerConfig, ReformerLM
+# ReformerLM: the default task's model, kept as `steps.ReformerLM` for callers.
+from reformer_jax.models import ReformerConfig, ReformerLM  # noqa: F401
 from reformer_jax.trainer import metrics as metrics_lib
 from reformer_jax.trainer import optim, sharding
+from reformer_jax.trainer.tasks import CausalLM
+
+CAUSAL_LM = CausalLM()
 
 _SUMS = ("loss", "weight", "correct")
 
@@ -35,21 +40,22 @@ def run_keys(seed: int):
   return tuple(jax.random.split(jax.random.PRNGKey(seed), 3))
 
 
-def init_params(config: ReformerConfig, key, length: int):
-  """Parameters of `ReformerLM(config)` (they do not depend on the length)."""
+def init_params(config: ReformerConfig, key, length: int, task=CAUSAL_LM):
+  """Parameters of `task.model(config)` (they do not depend on the length)."""
   init_len = min(length, 2 * max(config.local_chunk_len, config.lsh_chunk_len))
   params_key, hash_key = jax.random.split(key)
   tokens = jnp.zeros((1, init_len), jnp.int32)
-  model = ReformerLM(config.replace(deterministic=True))
+  model = task.model(config.replace(deterministic=True))
   return model.init({"params": params_key, "hash": hash_key}, tokens)["params"]
 
 
-def make_init_state(config: ReformerConfig, tx, seed: int, length: int, mesh: Mesh):
+def make_init_state(config: ReformerConfig, tx, seed: int, length: int, mesh: Mesh,
+                    task=CAUSAL_LM):
   """A jitted () -> TrainState, replicated over `mesh`."""
   init_key, train_key, _ = run_keys(seed)
 
   def init():
-    params = init_params(config, init_key, length)
+    params = init_params(config, init_key, length, task)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=tx.init(params), rng=train_key)
 
@@ -61,11 +67,11 @@ def abstract_state(init_state, mesh: Mesh):
   return _replicated_shapes(jax.eval_shape(init_state), mesh)
 
 
-def abstract_params(config: ReformerConfig, length: int, mesh: Mesh):
+def abstract_params(config: ReformerConfig, length: int, mesh: Mesh, task=CAUSAL_LM):
   """The parameters' ShapeDtypeStructs, replicated over `mesh`."""
   key = jax.random.PRNGKey(0)
   return _replicated_shapes(
-      jax.eval_shape(lambda: init_params(config, key, length)), mesh)
+      jax.eval_shape(lambda: init_params(config, key, length, task)), mesh)
 
 
 def _replicated_shapes(shapes, mesh: Mesh):
@@ -75,9 +81,10 @@ def _replicated_shapes(shapes, mesh: Mesh):
       shapes)
 
 
-def train_step(state: TrainState, batch, *, model: ReformerLM,
-               tx: optax.GradientTransformation):
-  """One update from `batch` {'inputs', 'targets', 'weights'}: [accum, micro, L].
+def train_step(state: TrainState, batch, *, model, tx: optax.GradientTransformation,
+               task=CAUSAL_LM):
+  """One update from `batch` (the task's arrays, e.g. {'inputs', 'targets', 'weights'}:
+  [accum, micro, L]) of `model` = `task.model(config)`.
 
   Gradients of the summed loss are accumulated over the `accum` micro-batches
   (lax.scan) and divided by the total weight. Every micro-batch uses the
@@ -92,17 +99,17 @@ def train_step(state: TrainState, batch, *, model: ReformerLM,
     (new state, {'loss', 'weight', 'correct' sums, 'grad_norm', 'nonfinite':
     1. for a rejected step, else 0.}).
   """
-  hash_key, dropout_key = jax.random.split(
-      jax.random.fold_in(state.rng, state.step))
+  step_key = jax.random.fold_in(state.rng, state.step)
+  hash_key, dropout_key = jax.random.split(step_key)
+  task_key = jax.random.fold_in(step_key, 1)  # e.g. the masked LM's masking
 
   def micro_step(carry, xs):
     index, micro = xs
 
     def loss_fn(params):
-      sums = model.apply({"params": params}, micro["inputs"], micro.get("mask"),
-                         targets=micro["targets"], weights=micro["weights"],
-                         rngs={"dropout": jax.random.fold_in(dropout_key, index),
-                               "hash": hash_key})
+      sums = task.loss_sums(model, params, micro,
+                            {"dropout": jax.random.fold_in(dropout_key, index),
+                             "hash": hash_key}, jax.random.fold_in(task_key, index))
       return sums["loss"], sums
 
     grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -128,26 +135,24 @@ def train_step(state: TrainState, batch, *, model: ReformerLM,
   return new_state, dict(out, nonfinite=1. - applied.astype(jnp.float32))
 
 
-def eval_step(params, batch, key, *, model: ReformerLM):
-  """Loss sums of one [batch, L] batch with a deterministic model."""
-  return model.apply({"params": params}, batch["inputs"], batch.get("mask"),
-                     targets=batch["targets"], weights=batch["weights"],
-                     rngs={"hash": key})
+def eval_step(params, batch, key, *, model, task=CAUSAL_LM):
+  """(loss sums, per-example outputs) of one batch with a deterministic model."""
+  return task.eval_outputs(model, params, batch, key)
 
 
-def compile_train_step(config: ReformerConfig, tx, mesh: Mesh):
+def compile_train_step(config: ReformerConfig, tx, mesh: Mesh, task=CAUSAL_LM):
   """jit(train_step): state replicated and donated, batch sharded on axis 1."""
   replicated = sharding.replicated(mesh)
-  return jax.jit(functools.partial(train_step, model=ReformerLM(config), tx=tx),
+  return jax.jit(functools.partial(train_step, model=task.model(config), tx=tx, task=task),
                  in_shardings=(replicated, sharding.batch_sharding(mesh, 1)),
                  out_shardings=(replicated, replicated), donate_argnums=0)
 
 
-def compile_eval_step(config: ReformerConfig, mesh: Mesh):
+def compile_eval_step(config: ReformerConfig, mesh: Mesh, task=CAUSAL_LM):
   """jit(eval_step) for `config` made deterministic; batch sharded on axis 0."""
   replicated = sharding.replicated(mesh)
-  model = ReformerLM(config.replace(deterministic=True))
-  return jax.jit(functools.partial(eval_step, model=model),
+  model = task.model(config.replace(deterministic=True))
+  return jax.jit(functools.partial(eval_step, model=model, task=task),
                  in_shardings=(replicated, sharding.batch_sharding(mesh, 0),
                                replicated),
                  out_shardings=replicated)
@@ -160,21 +165,28 @@ def split_micro(batch, accum: int):
 
 def evaluate(eval_fn, params, data, *, batch_size: int, seq_len: int,
              n_batches: Optional[int], seed: int, mesh: Mesh,
-             split: str = "eval") -> dict:
-  """Mean loss, accuracy and bits per byte over `data.eval_batches(...)`.
+             split: str = "eval", task=CAUSAL_LM, examples: Optional[list] = None) -> dict:
+  """The task's metrics (LM: mean loss, accuracy, bits per byte) over
+  `data.eval_batches(...)`.
 
   The hash key of batch i is fold_in(eval key of `seed`, i): evaluations are
-  reproducible.
+  reproducible. `examples`: a list that receives, per real (weight > 0) example, a dict
+  of its targets (`task.targets`) and the eval step's per-example outputs (host arrays).
   """
   eval_key = run_keys(seed)[2]
   batch_sharding = sharding.batch_sharding(mesh, 0)
   sums = {}
   batches = data.eval_batches(batch_size, seq_len, n_batches, split=split)
   for i, batch in enumerate(batches):
-    out = eval_fn(params, sharding.put(batch, batch_sharding),
-                  jax.random.fold_in(eval_key, i))
+    out, outputs = eval_fn(params, sharding.put(batch, batch_sharding),
+                           jax.random.fold_in(eval_key, i))
     sums = metrics_lib.add_sums(sums, jax.device_get(out))
-  return metrics_lib.summarize(sums)
+    if examples is not None:
+      outputs = jax.device_get(outputs)
+      for row in np.flatnonzero(batch["weights"] > 0):
+        examples.append({**task.targets(batch, row),
+                         **{k: v[row] for k, v in outputs.items()}})
+  return task.summarize(sums)
 
 
 def dry_run_report(train_fn, state_shapes, batch_shapes) -> dict:
