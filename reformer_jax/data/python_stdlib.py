@@ -5,8 +5,10 @@ The `*.py` files under a directory (default: this Python's standard library,
 directories (`test`, `tests`, `idle_test`; some distributions leave them out) and
 installed packages (`site-packages`, `dist-packages`) are skipped, so the text depends
 only on the Python version. The split is by file: every `eval_every`-th file is eval
-text, so evaluation scores files the model never saw.
+text, so evaluation scores files the model never saw. A process reads a directory once.
 """
+import copy
+import functools
 import hashlib
 import os
 import pathlib
@@ -40,6 +42,14 @@ def corpus_files(directory: str) -> List[pathlib.Path]:
 def _read(directory: Optional[str], eval_every: int) -> Tuple[Dict[str, bytes], Dict[str, Any]]:
   """(split name -> concatenated bytes, a record of the corpus)."""
   directory = os.path.expanduser(directory) if directory else stdlib_directory()
+  return _read_directory(os.path.abspath(directory), eval_every)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_directory(directory: str, eval_every: int
+                    ) -> Tuple[Dict[str, bytes], Dict[str, Any]]:
+  """`_read`, once per process and (directory, eval_every): a study builds the same data
+  source for every run and evaluation."""
   if not os.path.isdir(directory):
     raise FileNotFoundError(
         f"python_stdlib_corpus: no directory at {directory!r}; give directory= a folder "
@@ -92,4 +102,4 @@ def corpus_record(directory: Optional[str] = None, eval_every: int = 20) -> Dict
   """What `python_stdlib_corpus(directory, eval_every=...)` reads: the directory, the
   Python version, files and bytes per split and their SHA-256 (the text differs between
   Python versions)."""
-  return _read(directory, eval_every)[1]
+  return copy.deepcopy(_read(directory, eval_every)[1])
