@@ -3,6 +3,8 @@
 Sources (plain functions, gin-free, for `gin.external_configurable`):
   shipped_corpus  byte-level text shipped with the package (Hamlet + Macbeth);
   local_file      byte-level data from any local file (enwik8-style splits);
+  python_stdlib_corpus  the Python standard library's source files (~12 MB, no download),
+                  split by file;
   tfds_text       byte-level data from a TensorFlow Datasets text feature;
   duplication     the paper's synthetic `0 w 0 w` copy task;
   offset_tokens   another byte-level source with token ids shifted (converted models).
@@ -29,6 +31,7 @@ from reformer_jax.data.lm_data import LMData
 from reformer_jax.data.local_files import local_file
 from reformer_jax.data.offset_bytes import OffsetByteCodec
 from reformer_jax.data.offset_bytes import offset_tokens
+from reformer_jax.data.python_stdlib import python_stdlib_corpus
 from reformer_jax.data.shipped import CORPUS_PATH
 from reformer_jax.data.shipped import shipped_corpus
 from reformer_jax.data.span_qa import SpanData

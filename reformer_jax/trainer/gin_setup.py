@@ -1,11 +1,11 @@
 """Gin at the edge: registers the configurables, finds config files, parses.
 
 Registered names (the math stays gin-free): ReformerConfig, OptimizerConfig,
-Experiment, the tasks CausalLM, MaskedLM, Classification and the data sources
-shipped_corpus, local_file, tfds_text, duplication, listops, text_label_files,
-tfds_classification. Config files are looked up as given, then in the repository's
-`configs/` directory and in `./configs`, so `include 'models/x.gin'` works from
-any working directory.
+Experiment, the tasks CausalLM, MaskedLM, Classification, SpanQA and the data sources
+shipped_corpus, local_file, python_stdlib_corpus, tfds_text, duplication, listops,
+text_label_files, tfds_classification, span_qa_files. Config files are looked up as given,
+then in the repository's `configs/` directory and in `./configs`, so
+`include 'models/x.gin'` works from any working directory.
 """
 import dataclasses
 import difflib
@@ -35,6 +35,7 @@ REGISTERED = {
     "Experiment": Experiment,
     "shipped_corpus": data.shipped_corpus,
     "local_file": data.local_file,
+    "python_stdlib_corpus": data.python_stdlib_corpus,
     "tfds_text": data.tfds_text,
     "duplication": data.duplication,
     "listops": data.listops,
@@ -220,8 +221,8 @@ def _check_macro_references(macros: set[str]):
 
 
 # Data-source parameters that hold paths, made absolute when parsed.
-PATH_PARAMETERS = ("local_file.path", "tfds_text.data_dir", "text_label_files.train",
-                   "text_label_files.eval", "text_label_files.test",
+PATH_PARAMETERS = ("local_file.path", "python_stdlib_corpus.directory", "tfds_text.data_dir",
+                   "text_label_files.train", "text_label_files.eval", "text_label_files.test",
                    "tfds_classification.data_dir", "span_qa_files.train",
                    "span_qa_files.eval", "span_qa_files.test")
 
