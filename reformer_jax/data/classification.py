@@ -13,7 +13,33 @@ PAD_ID, CLS_ID = 0, 1
 SPECIAL_IDS = 2  # byte or symbol ids start here
 
 
-class ClassificationData:
+class ExampleData:
+  """Batches of whole examples: a subclass gives `seed`, `size(split)` and
+  `_batch(split, indices, seq_len, weights=None)`."""
+
+  def train_batch(self, step: int, batch_size: int, seq_len: int) -> Dict[str, np.ndarray]:
+    """Batch `step` of training: examples drawn with replacement, a pure function of
+    (seed, step)."""
+    rng = np.random.default_rng([self.seed, step])
+    indices = rng.integers(0, self.size("train"), batch_size)
+    return self._batch("train", indices, seq_len)
+
+  def eval_batches(self, batch_size: int, seq_len: int, n_batches: Optional[int] = None,
+                   split: str = "eval") -> Iterator[Dict[str, np.ndarray]]:
+    """The examples of `split` in order (all, or the first `n_batches` batches); the last
+    batch is filled with copies of example 0 at weight 0."""
+    size = self.size(split)
+    for start in range(0, size, batch_size):
+      if n_batches is not None and start // batch_size >= n_batches:
+        return
+      indices = np.arange(start, min(start + batch_size, size))
+      weights = np.ones(batch_size, np.float32)
+      weights[len(indices):] = 0.
+      indices = np.concatenate([indices, np.zeros(batch_size - len(indices), np.int64)])
+      yield self._batch(split, indices, seq_len, weights)
+
+
+class ClassificationData(ExampleData):
   """Labelled token sequences in 'train', 'eval' and 'test' splits.
 
   Attributes:
@@ -67,24 +93,3 @@ class ClassificationData:
     return {"inputs": inputs, "mask": inputs != PAD_ID,
             "labels": self._labels[split][indices],
             "weights": np.ones(len(indices), np.float32) if weights is None else weights}
-
-  def train_batch(self, step: int, batch_size: int, seq_len: int) -> Dict[str, np.ndarray]:
-    """Batch `step` of training: examples drawn with replacement, a pure function of
-    (seed, step)."""
-    rng = np.random.default_rng([self.seed, step])
-    indices = rng.integers(0, self.size("train"), batch_size)
-    return self._batch("train", indices, seq_len)
-
-  def eval_batches(self, batch_size: int, seq_len: int, n_batches: Optional[int] = None,
-                   split: str = "eval") -> Iterator[Dict[str, np.ndarray]]:
-    """The examples of `split` in order (all, or the first `n_batches` batches); the last
-    batch is filled with copies of example 0 at weight 0."""
-    size = self.size(split)
-    for start in range(0, size, batch_size):
-      if n_batches is not None and start // batch_size >= n_batches:
-        return
-      indices = np.arange(start, min(start + batch_size, size))
-      weights = np.ones(batch_size, np.float32)
-      weights[len(indices):] = 0.
-      indices = np.concatenate([indices, np.zeros(batch_size - len(indices), np.int64)])
-      yield self._batch(split, indices, seq_len, weights)

@@ -11,15 +11,17 @@ padding examples of a last partial eval batch, whose start and end are seq_len: 
 """
 import json
 import os
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+
+from reformer_jax.data.classification import ExampleData
 
 PAD_ID, CLS_ID, SEP_ID = 0, 1, 2
 SPECIAL_IDS = 3  # byte ids start here
 
 
-class SpanData:
+class SpanData(ExampleData):
   """Question-answering examples in 'train', 'eval' and 'test' splits.
 
   Attributes:
@@ -66,26 +68,6 @@ class SpanData:
     start[weights == 0] = end[weights == 0] = seq_len
     return {"inputs": inputs, "mask": inputs != PAD_ID, "start": start, "end": end,
             "weights": weights}
-
-  def train_batch(self, step: int, batch_size: int, seq_len: int) -> Dict[str, np.ndarray]:
-    """Batch `step` of training: examples drawn with replacement, a pure function of
-    (seed, step)."""
-    rng = np.random.default_rng([self.seed, step])
-    return self._batch("train", rng.integers(0, self.size("train"), batch_size), seq_len)
-
-  def eval_batches(self, batch_size: int, seq_len: int, n_batches: Optional[int] = None,
-                   split: str = "eval") -> Iterator[Dict[str, np.ndarray]]:
-    """The examples of `split` in order (all, or the first `n_batches` batches); the last
-    batch is filled with copies of example 0 at weight 0."""
-    size = self.size(split)
-    for first in range(0, size, batch_size):
-      if n_batches is not None and first // batch_size >= n_batches:
-        return
-      indices = np.arange(first, min(first + batch_size, size))
-      weights = np.ones(batch_size, np.float32)
-      weights[len(indices):] = 0.
-      indices = np.concatenate([indices, np.zeros(batch_size - len(indices), np.int64)])
-      yield self._batch(split, indices, seq_len, weights)
 
 
 def _bytes(text: str) -> np.ndarray:
