@@ -1,5 +1,6 @@
 r"""Trains a Reformer described by gin configs: a language model, or the task that
-`Experiment.task` names (masked LM, sequence classification; `trainer/tasks.py`).
+`Experiment.task` names (masked LM, sequence classification, span QA;
+`trainer/tasks.py`).
 
   python -m reformer_jax.train --gin_file=configs/quickstart.gin \
       --workdir=workdirs/quickstart [--gin_bindings='TRAIN_STEPS=100'] [--dry_run]

@@ -15,8 +15,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-# ReformerLM: the default task's model, kept as `steps.ReformerLM` for callers.
-from reformer_jax.models import ReformerConfig, ReformerLM  # noqa: F401
+from reformer_jax.models import ReformerConfig
 from reformer_jax.trainer import metrics as metrics_lib
 from reformer_jax.trainer import optim, sharding
 from reformer_jax.trainer.tasks import CausalLM

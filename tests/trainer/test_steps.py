@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from reformer_jax.models import ReformerConfig
+from reformer_jax.models import ReformerConfig, ReformerLM
 from reformer_jax.trainer import optim, sharding, steps
 
 CONFIG = ReformerConfig(vocab_size=16, d_model=16, d_ff=32, n_heads=2, d_head=8, n_layers=1,
@@ -61,7 +61,7 @@ def test_a_finite_step_is_the_unguarded_optimisers_update(step_fn):
   batch = _batch(3)
   new_state, _ = train_fn(init(), batch)
   # The same update by hand from the gradients of the summed loss / weight.
-  model = steps.ReformerLM(CONFIG)
+  model = ReformerLM(CONFIG)
   hash_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, 0))
 
   def loss(params):
