@@ -1,6 +1,6 @@
 r"""Trains a Reformer described by gin configs: a language model, or the task that
 `Experiment.task` names (masked LM, sequence classification, span QA;
-`trainer/tasks.py`).
+`trainer/tasks/`).
 
   python -m reformer_jax.train --gin_file=configs/quickstart.gin \
       --workdir=workdirs/quickstart [--gin_bindings='TRAIN_STEPS=100'] [--dry_run]
@@ -105,7 +105,7 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
     batch = task.batch_shapes((exp.grad_accum_steps, exp.micro_batch_size), exp.seq_len)
     return steps.dry_run_report(train_fn, state_shapes, batch)
 
-  baselines = print_baselines(data)
+  baselines = print_baselines(task, data)
   os.makedirs(workdir, exist_ok=True)
   checkpointer = checkpointing.Checkpointer(
       workdir, every=exp.checkpoint_every, keep=exp.keep_checkpoints, clean_up=True)
@@ -124,20 +124,14 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
   return run_summary(exp, int(state.step), loop, baselines, nonfinite_steps)
 
 
-def print_baselines(data) -> dict:
-  """Prints and returns what a model that ignores its input scores on `data`:
-  {'unigram': the training split's unigram entropy (bits/byte; text), 'majority': the
-  eval split's majority-class accuracy (labelled data)}, None where it does not apply."""
-  unigram = metrics_lib.unigram_bits(data)
-  if unigram is not None:
-    console(f"unigram entropy of the training split: {unigram:.3f} bits/byte "
-            "(the loss of a model that ignores context)")
-  majority = None
-  if hasattr(data, "label_counts"):
-    counts = data.label_counts("eval")
-    majority = float(counts.max() / counts.sum())
-    console(f"majority class of the eval split: accuracy {majority:.4f} (the baseline)")
-  return {"unigram": unigram, "majority": majority}
+def print_baselines(task: tasks.Task, data) -> dict:
+  """Prints what a model that ignores its input scores on `data` (`task.baselines`);
+  returns {summary key: value}."""
+  baselines = task.baselines(data)
+  for baseline in baselines.values():
+    if baseline.value is not None:
+      console(baseline.note)
+  return {key: baseline.value for key, baseline in baselines.items()}
 
 
 def restore_or_init(checkpointer, state_shapes, init_state, mesh):
@@ -317,27 +311,15 @@ def print_sample(exp: experiment_lib.Experiment, params, data):
 
 
 def run_summary(exp: experiment_lib.Experiment, step: int, loop: TrainLoop, baselines: dict,
-            nonfinite_steps: int) -> dict:
-  """The run's JSON summary (the last line printed)."""
-  task, train_metrics, eval_metrics = exp.task, loop.train_metrics, loop.eval_metrics
-  if task.name != tasks.CausalLM.name:
-    majority = baselines["majority"]
-    return {"step": step, "task": task.name,
-            "train_loss": train_metrics.get("loss"),
-            **{f"eval_{k}": v for k, v in eval_metrics.items()},
-            **({"majority_class_accuracy": majority} if majority is not None else {}),
-            "tokens_per_second": loop.tokens_per_second(),
-            "nonfinite_steps": nonfinite_steps}
-  return {
-      "step": step,
-      "train_loss": train_metrics.get("loss"),
-      "eval_loss": eval_metrics["loss"],
-      "eval_accuracy": eval_metrics["accuracy"],
-      "eval_bits_per_byte": eval_metrics["bits_per_byte"],
-      "tokens_per_second": loop.tokens_per_second(),
-      "unigram_bits_per_byte": baselines["unigram"],
-      "nonfinite_steps": nonfinite_steps,
-  }
+                nonfinite_steps: int) -> dict:
+  """The run's JSON summary (the last line printed): step, the task's name
+  (`Task.named_in_reports`), train_loss, the last evaluation's metrics as eval_*,
+  tokens_per_second, the task's baselines, nonfinite_steps."""
+  return {"step": step, **exp.task.name_tag(),
+          "train_loss": loop.train_metrics.get("loss"),
+          **{f"eval_{k}": v for k, v in loop.eval_metrics.items()},
+          "tokens_per_second": loop.tokens_per_second(), **baselines,
+          "nonfinite_steps": nonfinite_steps}
 
 
 def _diverged_message(step: int, in_a_row: int, limit: int, checkpointer) -> str:
