@@ -11,7 +11,7 @@ import numpy as np
 from reformer_jax.data.classification import ClassificationData
 from reformer_jax.models import ReformerConfig, ReformerForSequenceClassification
 from reformer_jax.models.heads import classification_sums
-from reformer_jax.trainer.tasks.task import Baseline, Sums, Task, check_bidirectional
+from reformer_jax.trainer.tasks.task import Baseline, Sums, Task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,13 +29,14 @@ class Classification(Task):
   classifier_dropout: Optional[float] = None
   name = "classification"
   description = "a classifier"
+  bidirectional = True
   data_types = (ClassificationData,)
   data_kind = "labelled data (listops, text_label_files, tfds_classification)"
   hf_architecture = "ReformerForSequenceClassification"
   writes_predictions = True
 
   def check(self, config: ReformerConfig):
-    check_bidirectional(config, "Classification")
+    super().check(config)
     if isinstance(self.num_labels, bool) or not isinstance(self.num_labels, int) \
         or self.num_labels < 2:
       raise ValueError(f"Classification.num_labels must be an int >= 2, got "

@@ -8,7 +8,7 @@ import jax
 
 from reformer_jax.models import ReformerConfig, ReformerForMaskedLM, bert_masking
 from reformer_jax.trainer.tasks.causal_lm import CausalLM
-from reformer_jax.trainer.tasks.task import Sums, check_bidirectional
+from reformer_jax.trainer.tasks.task import Sums
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,12 +30,13 @@ class MaskedLM(CausalLM):
   rate: float = 0.15
   name = "masked_lm"
   description = "a masked LM"
+  bidirectional = True
   hf_architecture = "ReformerForMaskedLM"
   can_generate = False
   named_in_reports = True
 
   def check(self, config: ReformerConfig):
-    check_bidirectional(config, "MaskedLM")
+    super().check(config)
     if not 0. < self.rate < 1.:
       raise ValueError(f"MaskedLM.rate must be in (0, 1), got {self.rate!r}.")
     if self.mask_id is not None and not 1 <= self.mask_id < config.vocab_size:

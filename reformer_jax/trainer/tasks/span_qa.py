@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from reformer_jax.data.span_qa import SpanData
 from reformer_jax.models import ReformerConfig, ReformerForQuestionAnswering
 from reformer_jax.models.heads import span_sums
-from reformer_jax.trainer.tasks.task import Sums, Task, check_bidirectional
+from reformer_jax.trainer.tasks.task import Sums, Task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,13 +26,11 @@ class SpanQA(Task):
   """
   name = "span_qa"
   description = "a span-QA model"
+  bidirectional = True
   data_types = (SpanData,)
   data_kind = "question-answering data (span_qa_files)"
   hf_architecture = "ReformerForQuestionAnswering"
   writes_predictions = True
-
-  def check(self, config: ReformerConfig):
-    check_bidirectional(config, "SpanQA")
 
   def model(self, config: ReformerConfig) -> nn.Module:
     return ReformerForQuestionAnswering(config)

@@ -34,6 +34,7 @@ class Task(abc.ABC):
   Class attributes:
     name: the task's name in reports and summaries, e.g. 'classification'.
     description: what a trained model is, in messages: 'a classifier'.
+    bidirectional: whether it trains an encoder (`ReformerConfig.causal = False`).
     data_types: the data-source classes it trains on; () = any source whose class no
       task of `tasks.TASKS` claims (the language-modelling sources).
     data_kind: those sources in words, for errors: 'labelled data (listops, ...)'.
@@ -50,6 +51,7 @@ class Task(abc.ABC):
   """
   name: ClassVar[str]
   description: ClassVar[str]
+  bidirectional: ClassVar[bool] = False
   data_types: ClassVar[Tuple[type, ...]] = ()
   data_kind: ClassVar[str] = "language-modelling data"
   hf_architecture: ClassVar[Optional[str]] = None
@@ -58,8 +60,12 @@ class Task(abc.ABC):
   named_in_reports: ClassVar[bool] = True
 
   def check(self, config: ReformerConfig):
-    """Raises ValueError if the task cannot train a model of `config`."""
-    del config
+    """Raises ValueError if the task cannot train a model of `config` (default: a
+    bidirectional task's config must not be causal)."""
+    if self.bidirectional and config.causal:
+      raise ValueError(f"Experiment.task = @{type(self).__name__}() trains a bidirectional "
+                       "encoder but ReformerConfig.causal = True; set ReformerConfig.causal "
+                       "= False.")
 
   @abc.abstractmethod
   def model(self, config: ReformerConfig) -> nn.Module:
@@ -108,9 +114,3 @@ class Task(abc.ABC):
     """{'task': name} to lead a report with, or {} (`named_in_reports`)."""
     return {"task": self.name} if self.named_in_reports else {}
 
-
-def check_bidirectional(config: ReformerConfig, task: str):
-  """Raises ValueError naming the fix if `config` is causal (the encoder tasks)."""
-  if config.causal:
-    raise ValueError(f"Experiment.task = @{task}() trains a bidirectional encoder but "
-                     "ReformerConfig.causal = True; set ReformerConfig.causal = False.")
