@@ -28,9 +28,9 @@ def evaluate(workdir: str, gin_bindings: Sequence[str] = (), split: str = "eval"
   exp = cli.load_experiment(workdir, gin_bindings)
   if predictions is not None:
     if not exp.task.writes_predictions:
-      raise ValueError(f"--predictions writes a classifier's or span-QA model's per-example "
-                       f"outputs, but {workdir} holds a @{type(exp.task).__name__}() model; "
-                       "leave it out.")
+      raise ValueError(f"--predictions writes per-example outputs (a classifier's, a span-QA "
+                       f"model's), but {workdir} holds {exp.task.description} "
+                       f"(@{type(exp.task).__name__}()), which writes none; leave it out.")
     folder = os.path.dirname(os.path.abspath(predictions))
     if not os.path.isdir(folder):
       raise FileNotFoundError(f"--predictions={predictions}: no directory {folder}; "

@@ -81,9 +81,10 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
   `exp.max_consecutive_nonfinite` in a row, Diverged is raised.
 
   Returns:
-    The summary printed as the run's last line: step, train_loss, eval_loss,
-    eval_accuracy, eval_bits_per_byte, tokens_per_second, nonfinite_steps, ... or, for a dry
-    run, params, peak_bytes and flops_per_step.
+    The summary printed as the run's last line (`run_summary`; a language model's: step,
+    train_loss, eval_loss, eval_accuracy, eval_bits_per_byte, tokens_per_second,
+    unigram_bits_per_byte, nonfinite_steps) or, for a dry run, params, peak_bytes and
+    flops_per_step.
   """
   mesh = sharding.make_mesh()
   sharding.check_batch(exp.micro_batch_size, mesh,
