@@ -120,9 +120,11 @@ def export_hf(workdir: str, hf_dir: str) -> Dict[str, Any]:
   """The CLI's export: latest checkpoint of `workdir` -> `hf_dir`."""
   from reformer_jax.trainer import cli  # pylint: disable=g-import-not-at-top
   exp, step, params, _ = cli.load_workdir(workdir, ())
-  architecture = {"masked_lm": "ReformerForMaskedLM",
-                  "classification": "ReformerForSequenceClassification",
-                  "span_qa": "ReformerForQuestionAnswering"}.get(exp.task.name, LM)
+  architecture = exp.task.hf_architecture
+  if architecture is None:
+    raise ValueError(f"{workdir} holds {exp.task.description} (Experiment.task = "
+                     f"@{type(exp.task).__name__}()), which has no transformers class to "
+                     "export to")
   to_hf(exp.model, params, hf_dir, architecture)
   return {"hf_dir": hf_dir, "step": step, "architecture": architecture}
 

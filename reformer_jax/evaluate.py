@@ -27,10 +27,10 @@ def evaluate(workdir: str, gin_bindings: Sequence[str] = (), split: str = "eval"
   the per-example outputs there (JSONL)."""
   exp = cli.load_experiment(workdir, gin_bindings)
   if predictions is not None:
-    if not hasattr(exp.task, "prediction"):
-      raise ValueError(f"--predictions writes a classifier's or span-QA model's per-example "
-                       f"outputs, but {workdir} holds a @{type(exp.task).__name__}() model; "
-                       "leave it out.")
+    if not exp.task.writes_predictions:
+      raise ValueError(f"--predictions writes per-example outputs (a classifier's, a span-QA "
+                       f"model's), but {workdir} holds {exp.task.description} "
+                       f"(@{type(exp.task).__name__}()), which writes none; leave it out.")
     folder = os.path.dirname(os.path.abspath(predictions))
     if not os.path.isdir(folder):
       raise FileNotFoundError(f"--predictions={predictions}: no directory {folder}; "
@@ -46,8 +46,7 @@ def evaluate(workdir: str, gin_bindings: Sequence[str] = (), split: str = "eval"
   if predictions is not None:
     write_predictions(predictions, [exp.task.prediction(e) for e in examples])
   hashing = "lsh" in exp.model.layer_attention_types()
-  task = {} if exp.task.name == "causal_lm" else {"task": exp.task.name}
-  return {"step": step, "split": split, **task,
+  return {"step": step, "split": split, **exp.task.name_tag(),
           **({"n_hashes": exp.model.n_hashes} if hashing else {}),
           **{f"eval_{k}": v for k, v in metrics.items()}}
 

@@ -17,7 +17,6 @@ from absl import app, flags
 from reformer_jax.models.temperature_sampler import Sampling
 from reformer_jax.trainer import cli
 from reformer_jax.trainer.sampling import cache_refusal, check_can_sample, generate_texts
-from reformer_jax.trainer.tasks import CausalLM, Classification, SpanQA
 
 SEPARATOR = "-" * 40
 
@@ -61,14 +60,12 @@ def main():
   prompts = _prompts(args)
   Sampling(args.temperature, args.top_k, args.top_p)  # bad settings fail before loading
   exp = cli.load_experiment(args.workdir, args.gin_bindings)
-  if exp.task.name != CausalLM.name:
-    kind = {Classification.name: "a classifier", SpanQA.name: "a span-QA model"}.get(
-        exp.task.name, "a masked LM")
-    raise ValueError(f"this workdir is {kind} "
+  if not exp.task.can_generate:
+    raise ValueError(f"this workdir is {exp.task.description} "
                      f"(Experiment.task = @{type(exp.task).__name__}() in its config.gin), "
                      "not a causal language model: it cannot generate text. Score it with "
                      f"`python -m reformer_jax.evaluate --workdir={args.workdir}"
-                     f"{' --predictions=FILE' if hasattr(exp.task, 'prediction') else ''}`.")
+                     f"{' --predictions=FILE' if exp.task.writes_predictions else ''}`.")
   exp, _, params, _ = cli.load_workdir(args.workdir, args.gin_bindings, exp)
   # Only the codec is used: no split needs to hold SEQ_LEN + 1 tokens (`make_data`'s check).
   data = exp.data()

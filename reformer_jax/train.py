@@ -1,6 +1,6 @@
 r"""Trains a Reformer described by gin configs: a language model, or the task that
 `Experiment.task` names (masked LM, sequence classification, span QA;
-`trainer/tasks.py`).
+`trainer/tasks/`).
 
   python -m reformer_jax.train --gin_file=configs/quickstart.gin \
       --workdir=workdirs/quickstart [--gin_bindings='TRAIN_STEPS=100'] [--dry_run]
@@ -81,9 +81,10 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
   `exp.max_consecutive_nonfinite` in a row, Diverged is raised.
 
   Returns:
-    The summary printed as the run's last line: step, train_loss, eval_loss,
-    eval_accuracy, eval_bits_per_byte, tokens_per_second, nonfinite_steps, ... or, for a dry
-    run, params, peak_bytes and flops_per_step.
+    The summary printed as the run's last line (`run_summary`; a language model's: step,
+    train_loss, eval_loss, eval_accuracy, eval_bits_per_byte, tokens_per_second,
+    unigram_bits_per_byte, nonfinite_steps) or, for a dry run, params, peak_bytes and
+    flops_per_step.
   """
   mesh = sharding.make_mesh()
   sharding.check_batch(exp.micro_batch_size, mesh,
@@ -105,18 +106,38 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
     batch = task.batch_shapes((exp.grad_accum_steps, exp.micro_batch_size), exp.seq_len)
     return steps.dry_run_report(train_fn, state_shapes, batch)
 
-  unigram = metrics_lib.unigram_bits(data)
-  if unigram is not None:
-    console(f"unigram entropy of the training split: {unigram:.3f} bits/byte "
-            "(the loss of a model that ignores context)")
-  majority = None
-  if hasattr(data, "label_counts"):
-    counts = data.label_counts("eval")
-    majority = float(counts.max() / counts.sum())
-    console(f"majority class of the eval split: accuracy {majority:.4f} (the baseline)")
+  baselines = print_baselines(task, data)
   os.makedirs(workdir, exist_ok=True)
   checkpointer = checkpointing.Checkpointer(
       workdir, every=exp.checkpoint_every, keep=exp.keep_checkpoints, clean_up=True)
+  state = restore_or_init(checkpointer, state_shapes, init_state, mesh)
+  if write_config is not None and cli.is_primary():
+    write_config(workdir)
+  loop = TrainLoop(exp, workdir, mesh, data, state, train_fn, schedule, checkpointer,
+                   evaluation(exp, data, mesh, eval_batch_size))
+  loop.run()
+  state = loop.finish()
+  nonfinite_steps = int(optim.nonfinite_counts(state.opt_state)[1])
+  if nonfinite_steps:
+    console(f"{nonfinite_steps} step(s) had a non-finite loss or gradient and were skipped")
+  if exp.sample_length:
+    print_sample(exp, state.params, data)
+  return run_summary(exp, int(state.step), loop, baselines, nonfinite_steps)
+
+
+def print_baselines(task: tasks.Task, data) -> dict:
+  """Prints what a model that ignores its input scores on `data` (`task.baselines`);
+  returns {summary key: value}."""
+  baselines = task.baselines(data)
+  for baseline in baselines.values():
+    if baseline.value is not None:
+      console(baseline.note)
+  return {key: baseline.value for key, baseline in baselines.items()}
+
+
+def restore_or_init(checkpointer, state_shapes, init_state, mesh):
+  """The TrainState of the latest checkpoint (an optimiser state saved without the
+  non-finite guard gains it), else `init_state()`; prints which."""
   state = checkpointer.restore(state_shapes, older_opt_state=(
       optim.unguarded(state_shapes.opt_state),
       lambda inner: jax.device_put(optim.guard(inner), sharding.replicated(mesh))))
@@ -126,135 +147,180 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
   else:
     console(f"resuming from the checkpoint at step {int(state.step)} in "
             f"{checkpointer.directory}")
-  if write_config is not None and cli.is_primary():
-    write_config(workdir)
-  start = int(state.step)
-  if start >= exp.train_steps:
-    console(f"already trained to step {start} (TRAIN_STEPS={exp.train_steps}); "
-            "evaluating only")
+  return state
 
-  eval_fn = steps.compile_eval_step(exp.model, mesh, task)
 
-  def evaluate(params):
-    return steps.evaluate(eval_fn, params, data, batch_size=eval_batch_size,
-                          seq_len=exp.seq_len, n_batches=exp.eval_batches,
-                          seed=exp.seed, mesh=mesh, task=task)
+def evaluation(exp: experiment_lib.Experiment, data, mesh,
+               batch_size: int) -> Callable[[object], dict]:
+  """params -> the task's metrics over the eval split (`exp.eval_batches` batches)."""
+  eval_fn = steps.compile_eval_step(exp.model, mesh, exp.task)
+  return lambda params: steps.evaluate(eval_fn, params, data, batch_size=batch_size,
+                                       seq_len=exp.seq_len, n_batches=exp.eval_batches,
+                                       seed=exp.seed, mesh=mesh, task=exp.task)
 
-  writer = (metrics_lib.MetricWriter(workdir, start) if cli.is_primary()
-            else metrics_lib.NoWriter())
-  batch_sharding = sharding.batch_sharding(mesh, 1)
-  tokens_per_step = exp.batch_size * exp.seq_len
-  train_metrics, eval_metrics, sums, n_summed, done = {}, None, None, 0, start
-  bar = tqdm.tqdm(total=exp.train_steps, initial=start, unit="step",
-                  desc="train", dynamic_ncols=True, mininterval=1.0,
-                  disable=not cli.is_primary())
-  timer = _Timer()
 
-  def close():
-    bar.close()
-    checkpointer.close()
-    writer.close()
+class TrainLoop:
+  """The steps from the state's step to `exp.train_steps`, in named parts: a train step,
+  its logged metrics, an evaluation, a checkpoint (`step`); the ways a run stops early
+  (`run`: divergence, a lost host, Ctrl-C); the final evaluation and closing (`finish`).
 
-  try:
-    with _StopRequest() as stop:
-      for step in range(start, exp.train_steps):
-        batch = steps.split_micro(data.train_batch(step, exp.batch_size,
-                                                   exp.seq_len),
-                                  exp.grad_accum_steps)
-        state, out = train_fn(state, sharding.put(batch, batch_sharding))
-        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-        n_summed += 1
-        done = step + 1
-        bar.update(1)
-        if done == start + 1:
-          jax.block_until_ready(state)
-          timer.start(done)
-        last = done == exp.train_steps
-        # Waits for the step: whether it was skipped decides saving and stopping.
-        in_a_row = int(optim.nonfinite_counts(state.opt_state)[0])
-        diverged = in_a_row >= exp.max_consecutive_nonfinite
-        if done % exp.log_every == 0 or last or diverged:
-          host = jax.device_get(sums)
-          train_metrics = task.summarize(host)
-          skipped = int(host["nonfinite"])
-          applied = n_summed - skipped
-          train_metrics["grad_norm"] = (float(host["grad_norm"]) / applied if applied
-                                        else math.nan)
-          train_metrics["nonfinite_steps"] = skipped
-          sums, n_summed = None, 0
-          train_metrics["learning_rate"] = float(schedule(done - 1))
-          rate = timer.stop(done)
-          timer.start(done)
-          if rate is not None:
-            train_metrics["steps_per_second"] = rate
-            train_metrics["tokens_per_second"] = rate * tokens_per_step
-          writer.write(done, "train", train_metrics)
-          bar.set_postfix(loss=f"{train_metrics['loss']:.3f}")
-        if diverged:
-          raise Diverged(_diverged_message(done, in_a_row, exp.max_consecutive_nonfinite,
-                                           checkpointer))
-        if done % exp.eval_every == 0 or last:
-          jax.block_until_ready(state)
-          timer.stop(done)
-          eval_metrics = evaluate(state.params)
-          writer.write(done, "eval", eval_metrics)
-          timer.start(done)
-        # Read once: a Ctrl-C landing between the save and the check would stop
-        # without saving this step.
-        stopping = _on_any_process(stop.requested)
-        if not in_a_row:  # a skipped step's state is never saved
-          checkpointer.save(state, force=last or stopping)
-        if stopping and not last:
-          raise KeyboardInterrupt
-  except Diverged:
-    close()
-    raise
-  except Exception as e:  # pylint: disable=broad-except
-    if jax.process_count() == 1 or not cli.is_runtime_failure(e):
+  Attributes:
+    state: the latest TrainState.
+    train_metrics, eval_metrics: the last logged ones ({} and None before any).
+  """
+
+  def __init__(self, exp: experiment_lib.Experiment, workdir: str, mesh, data, state,
+               train_fn, schedule, checkpointer, evaluate: Callable[[object], dict]):
+    self.exp, self.data, self.state = exp, data, state
+    self.train_fn, self.schedule, self.evaluate = train_fn, schedule, evaluate
+    self.checkpointer = checkpointer
+    self.start = self.done = int(state.step)
+    if self.start >= exp.train_steps:
+      console(f"already trained to step {self.start} (TRAIN_STEPS={exp.train_steps}); "
+              "evaluating only")
+    self.writer = (metrics_lib.MetricWriter(workdir, self.start) if cli.is_primary()
+                   else metrics_lib.NoWriter())
+    self.batch_sharding = sharding.batch_sharding(mesh, 1)
+    self.tokens_per_step = exp.batch_size * exp.seq_len
+    self.train_metrics, self.eval_metrics = {}, None
+    self._sums, self._n_summed = None, 0
+    self.bar = tqdm.tqdm(total=exp.train_steps, initial=self.start, unit="step",
+                         desc="train", dynamic_ncols=True, mininterval=1.0,
+                         disable=not cli.is_primary())
+    self.timer = _Timer()
+
+  def run(self):
+    """Trains to `exp.train_steps`. Raises Diverged, cli.PeerLost (a multi-host run that
+    lost a process) or KeyboardInterrupt (Ctrl-C), each after closing what it can."""
+    try:
+      with _StopRequest() as stop:
+        for step in range(self.start, self.exp.train_steps):
+          self.step(step, stop)
+    except Diverged:
+      self.close()
       raise
-    bar.close()
-    writer.close()  # not the checkpointer: closing it waits for the other processes
-    raise cli.PeerLost(cli.peer_lost_message(
-        e, f"at step {done}", _latest_checkpoint(checkpointer))) from None
-  except KeyboardInterrupt:
-    latest = checkpointer.latest_step()
-    close()
-    where = (f"the checkpoint at step {latest} in {checkpointer.directory}"
-             if latest is not None else "step 0 (no checkpoint was saved yet)")
-    console(f"interrupted at step {int(state.step)}; the same command resumes from {where}.")
-    raise
-  bar.close()
-  if eval_metrics is None:
-    eval_metrics = evaluate(state.params)
-    writer.write(int(state.step), "eval", eval_metrics)
-  checkpointer.close()
-  writer.close()
-  nonfinite_steps = int(optim.nonfinite_counts(state.opt_state)[1])
-  if nonfinite_steps:
-    console(f"{nonfinite_steps} step(s) had a non-finite loss or gradient and were skipped")
-  if exp.sample_length:
-    text = sampling.generate(exp.model, state.params, data, exp.sample_prompt,
+    except Exception as e:  # pylint: disable=broad-except
+      if jax.process_count() == 1 or not cli.is_runtime_failure(e):
+        raise
+      self.bar.close()
+      self.writer.close()  # not the checkpointer: closing it waits for the other processes
+      raise cli.PeerLost(cli.peer_lost_message(
+          e, f"at step {self.done}", _latest_checkpoint(self.checkpointer))) from None
+    except KeyboardInterrupt:
+      where = _latest_checkpoint(self.checkpointer)
+      self.close()
+      console(f"interrupted at step {int(self.state.step)}; the same command resumes from "
+              f"{where}.")
+      raise
+
+  def step(self, step: int, stop: "_StopRequest"):
+    """Trains step `step`; logs, evaluates and saves when due. A step skipped for a
+    non-finite loss or gradient is never saved; the last of too many in a row raises
+    Diverged, and a Ctrl-C (`stop`) raises KeyboardInterrupt once the step is saved."""
+    self.train_step(step)
+    last = self.done == self.exp.train_steps
+    # Waits for the step: whether it was skipped decides saving and stopping.
+    in_a_row = int(optim.nonfinite_counts(self.state.opt_state)[0])
+    diverged = in_a_row >= self.exp.max_consecutive_nonfinite
+    if self.done % self.exp.log_every == 0 or last or diverged:
+      self.log_train_metrics()
+    if diverged:
+      raise Diverged(_diverged_message(self.done, in_a_row,
+                                       self.exp.max_consecutive_nonfinite,
+                                       self.checkpointer))
+    if self.done % self.exp.eval_every == 0 or last:
+      self.evaluate_now()
+    # Read once: a Ctrl-C landing between the save and the check would stop
+    # without saving this step.
+    stopping = _on_any_process(stop.requested)
+    if not in_a_row:  # a skipped step's state is never saved
+      self.checkpointer.save(self.state, force=last or stopping)
+    if stopping and not last:
+      raise KeyboardInterrupt
+
+  def train_step(self, step: int):
+    """Runs the update of step `step` and adds its sums to those not yet logged."""
+    exp = self.exp
+    batch = steps.split_micro(self.data.train_batch(step, exp.batch_size, exp.seq_len),
+                              exp.grad_accum_steps)
+    self.state, out = self.train_fn(self.state, sharding.put(batch, self.batch_sharding))
+    self._sums = out if self._sums is None else jax.tree.map(jnp.add, self._sums, out)
+    self._n_summed += 1
+    self.done = step + 1
+    self.bar.update(1)
+    if self.done == self.start + 1:  # the timer leaves out the first step's compilation
+      jax.block_until_ready(self.state)
+      self.timer.start(self.done)
+
+  def log_train_metrics(self):
+    """Writes the task's metrics of the steps since the last log, with the mean gradient
+    norm of the applied steps, the skipped steps, the learning rate and the throughput."""
+    host = jax.device_get(self._sums)
+    metrics = self.exp.task.summarize(host)
+    skipped = int(host["nonfinite"])
+    applied = self._n_summed - skipped
+    metrics["grad_norm"] = float(host["grad_norm"]) / applied if applied else math.nan
+    metrics["nonfinite_steps"] = skipped
+    self._sums, self._n_summed = None, 0
+    metrics["learning_rate"] = float(self.schedule(self.done - 1))
+    rate = self.timer.stop(self.done)
+    self.timer.start(self.done)
+    if rate is not None:
+      metrics["steps_per_second"] = rate
+      metrics["tokens_per_second"] = rate * self.tokens_per_step
+    self.train_metrics = metrics
+    self.writer.write(self.done, "train", metrics)
+    self.bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+
+  def evaluate_now(self):
+    """Evaluates the current params and writes the metrics (not timed as training)."""
+    jax.block_until_ready(self.state)
+    self.timer.stop(self.done)
+    self.eval_metrics = self.evaluate(self.state.params)
+    self.writer.write(self.done, "eval", self.eval_metrics)
+    self.timer.start(self.done)
+
+  def finish(self):
+    """After `run`: evaluates if no evaluation was logged (a run already trained to
+    `exp.train_steps`), closes the checkpointer (waiting for its saves) and the writer.
+    Returns the final TrainState."""
+    self.bar.close()
+    if self.eval_metrics is None:
+      self.eval_metrics = self.evaluate(self.state.params)
+      self.writer.write(int(self.state.step), "eval", self.eval_metrics)
+    self.checkpointer.close()
+    self.writer.close()
+    return self.state
+
+  def close(self):
+    self.bar.close()
+    self.checkpointer.close()
+    self.writer.close()
+
+  def tokens_per_second(self) -> Optional[float]:
+    """Training throughput, without the first step's compilation and the evaluations."""
+    rate = self.timer.steps_per_second()
+    return None if rate is None else rate * self.tokens_per_step
+
+
+def print_sample(exp: experiment_lib.Experiment, params, data):
+  """Prints `exp.sample_length` tokens sampled after `exp.sample_prompt`."""
+  text = sampling.generate(exp.model, params, data, exp.sample_prompt,
                            length=exp.sample_length, seed=exp.seed)
-    console(f"sample ({exp.sample_length} tokens after the prompt):\n"
-            f"{exp.sample_prompt}{text}\n")
-  tokens_per_second = (None if timer.steps_per_second() is None else
-                       timer.steps_per_second() * tokens_per_step)
-  if task.name != tasks.CausalLM.name:
-    return {"step": int(state.step), "task": task.name,
-            "train_loss": train_metrics.get("loss"),
-            **{f"eval_{k}": v for k, v in eval_metrics.items()},
-            **({"majority_class_accuracy": majority} if majority is not None else {}),
-            "tokens_per_second": tokens_per_second, "nonfinite_steps": nonfinite_steps}
-  return {
-      "step": int(state.step),
-      "train_loss": train_metrics.get("loss"),
-      "eval_loss": eval_metrics["loss"],
-      "eval_accuracy": eval_metrics["accuracy"],
-      "eval_bits_per_byte": eval_metrics["bits_per_byte"],
-      "tokens_per_second": tokens_per_second,
-      "unigram_bits_per_byte": unigram,
-      "nonfinite_steps": nonfinite_steps,
-  }
+  console(f"sample ({exp.sample_length} tokens after the prompt):\n"
+          f"{exp.sample_prompt}{text}\n")
+
+
+def run_summary(exp: experiment_lib.Experiment, step: int, loop: TrainLoop, baselines: dict,
+                nonfinite_steps: int) -> dict:
+  """The run's JSON summary (the last line printed): step, the task's name
+  (`Task.named_in_reports`), train_loss, the last evaluation's metrics as eval_*,
+  tokens_per_second, the task's baselines, nonfinite_steps."""
+  return {"step": step, **exp.task.name_tag(),
+          "train_loss": loop.train_metrics.get("loss"),
+          **{f"eval_{k}": v for k, v in loop.eval_metrics.items()},
+          "tokens_per_second": loop.tokens_per_second(), **baselines,
+          "nonfinite_steps": nonfinite_steps}
 
 
 def _diverged_message(step: int, in_a_row: int, limit: int, checkpointer) -> str:

@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 
 from reformer_jax.data.classification import SPECIAL_IDS, ClassificationData
-from reformer_jax.data.tfds_source import _examples, _to_bytes
+from reformer_jax.data.tfds_reader import read_examples, text_bytes
 
 
 def tfds_classification(name: str, data_dir: Optional[str] = None, text_feature: str = "text",
@@ -37,12 +37,13 @@ def tfds_classification(name: str, data_dir: Optional[str] = None, text_feature:
   for ours, split in (("train", train_split), ("eval", eval_split),
                       ("test", test_split or eval_split)):
     splits[ours], labels[ours] = [], []
-    for i, example in enumerate(_examples(name, split, data_dir, download)):
+    for i, example in enumerate(read_examples(name, split, data_dir, download,
+                                              source="tfds_classification")):
       if text_feature not in example or label_feature not in example:
         raise ValueError(f"tfds_classification: {name!r} examples have {sorted(example)}, "
                          f"not {text_feature!r} and {label_feature!r}; set text_feature / "
                          "label_feature")
-      data = _to_bytes(example[text_feature])
+      data = text_bytes(example[text_feature])
       if not data:
         raise ValueError(f"tfds_classification: {name!r} {split} example {i} has an empty "
                          "text")

@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 
 from reformer_jax.data.lm_data import LMData
+from reformer_jax.data.tfds_reader import read_examples, text_bytes
 
 
 def tfds_text(name: str, data_dir: Optional[str] = None, feature: str = "text",
@@ -51,7 +52,8 @@ def _split_bytes(name, split, data_dir, feature, download,
                  separator) -> np.ndarray:
   """Returns the [length] uint8 bytes of one split's concatenated texts."""
   stream = bytearray()
-  for i, example in enumerate(_examples(name, split, data_dir, download)):
+  for i, example in enumerate(read_examples(name, split, data_dir, download,
+                                            source="tfds_text")):
     if feature not in example:
       raise ValueError(
           f"tfds_text: {name!r} examples have no feature {feature!r}; they "
@@ -59,47 +61,5 @@ def _split_bytes(name, split, data_dir, feature, download,
           "'book_text').")
     if i:
       stream += separator
-    stream += _to_bytes(example[feature])
+    stream += text_bytes(example[feature])
   return np.frombuffer(stream, np.uint8)
-
-
-def _examples(name, split, data_dir, download):
-  """Returns the examples (dicts of numpy values) of one TFDS split."""
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  try:
-    return tfds.data_source(
-        name, split=split, data_dir=data_dir, download=download,
-        builder_kwargs={"file_format": "array_record"})
-  except ModuleNotFoundError as e:
-    if e.name == "importlib_resources":
-      raise ImportError(
-          "tfds_text: preparing a TFDS dataset needs the `importlib_resources` "
-          "package, which tensorflow-datasets 4.9 imports but does not declare "
-          "on Python >= 3.9: `pip install importlib_resources`.") from e
-    if e.name != "tensorflow":
-      raise
-    raise ImportError(
-        f"tfds_text: preparing {name!r} runs its TFDS builder, which needs "
-        f"TensorFlow: `pip install tensorflow` and run once (it writes "
-        f"array_record files to data_dir), or build it where TensorFlow is "
-        f"installed with `tfds build {name} --file_format=array_record "
-        f"--data_dir=DIR` and pass data_dir=DIR here. Reading prepared "
-        f"array_record files needs no TensorFlow.") from e
-  except NotImplementedError as e:
-    try:
-      import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
-    except ModuleNotFoundError:
-      raise ImportError(
-          f"tfds_text: {name!r} in data_dir {data_dir!r} was prepared as "
-          f"tfrecord files, which only TensorFlow reads: `pip install "
-          f"tensorflow`, or re-prepare it with `tfds build {name} "
-          f"--file_format=array_record`.") from e
-    return tfds.as_numpy(
-        tfds.load(name, split=split, data_dir=data_dir, download=False))
-
-
-def _to_bytes(value) -> bytes:
-  """Returns a decoded TFDS Text value (str, bytes or numpy scalar) as bytes."""
-  if isinstance(value, np.ndarray):
-    value = value.item()
-  return value.encode("utf-8") if isinstance(value, str) else bytes(value)

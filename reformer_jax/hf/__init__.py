@@ -28,6 +28,7 @@ heads) run a torch model and its conversion on the same batch (needs torch and t
   lsh        HF's rotations, bucket counts and padding, replayed.
   compare    outputs and gradients compared with transformers (language models).
   compare_encoders   the same for encoders and their heads.
+  torch_run  what both share: HF's hash seed fixed, its unused LM-head bias, its gradients.
   workdir    a converted model as a train / evaluate / sample workdir.
 """
 from reformer_jax.hf.compare import compare_gradients_with_hf, compare_with_hf

@@ -1,6 +1,5 @@
 """A transformers model and its conversion run on one batch: outputs and gradients compared
 (needs torch and transformers)."""
-import contextlib
 import functools
 from typing import Any, Dict, Optional
 
@@ -8,71 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reformer_jax.hf.lsh import hf_num_buckets, hf_rotations, pad_like_hf
+from reformer_jax.hf.lsh import pad_like_hf
+from reformer_jax.hf.torch_run import (dropout_rates, fixed_hashing, hf_gradients,
+                                       relative_errors, replayed_rotations,
+                                       unused_lm_head_bias)
 from reformer_jax.hf.weights import from_hf_model, params_to_hf
 from reformer_jax.models import ReformerConfig, ReformerLM
-
-
-def _hf_lsh_modules(hf_model):
-  return [m for m in hf_model.modules() if type(m).__name__ == "LSHSelfAttention"]
-
-
-@contextlib.contextmanager
-def _hf_hashing_with(hf_model, hash_seed: int, train: bool):
-  """HF in training (`train`) or eval mode with its LSH layers' `hash_seed` set;
-  restores the seeds, the bucket counts (HF sets unset ones at a forward), the mode and
-  (after training) clears the gradients on exit."""
-  lsh = _hf_lsh_modules(hf_model)
-  seeds = [m.hash_seed for m in lsh]
-  buckets = [m.num_buckets for m in lsh]
-  config_buckets = hf_model.config.num_buckets
-  training = hf_model.training
-  hf_model.train(train)
-  try:
-    for m in lsh:
-      m.hash_seed = hash_seed
-    yield
-  finally:
-    for m, seed, n_buckets in zip(lsh, seeds, buckets):
-      m.hash_seed, m.num_buckets = seed, n_buckets
-    hf_model.config.num_buckets = config_buckets
-    if train:
-      hf_model.zero_grad(set_to_none=True)
-    hf_model.train(training)
-
-
-def _replayed_rotations(config: ReformerConfig, hash_seed: int, hf_model, length: int):
-  """`(config, rotations)`: `config` with the num_buckets HF uses for `length` tokens, and
-  HF's LSH rotations for `hash_seed` as float32 (None without LSH layers)."""
-  if "lsh" not in config.attention_types:
-    return config, None
-  padded = pad_like_hf(config, np.zeros((1, length), np.int32))[0].shape[1]
-  config = config.replace(n_buckets=hf_num_buckets(hf_model.config.to_dict(), padded))
-  return config, hf_rotations(config, hash_seed, _dtype_name(hf_model)).astype(np.float32)
-
-
-def _unused_lm_head_bias(hf_model):
-  """`lm_head.bias` if transformers' LM head does not add it to the logits (5.x), else None.
-
-  transformers 4.x ties `lm_head.decoder.bias` to `lm_head.bias`; 5.x builds the decoder
-  without a bias and never reads `lm_head.bias`.
-  """
-  if getattr(hf_model.lm_head.decoder, "bias", None) is None:
-    return hf_model.lm_head.bias
-  return None
-
-
-def _hf_backward(hf_model, loss):
-  """`(loss, {name: gradient})` of `hf_model` after `loss.backward()` (zeros where unused)."""
-  loss.backward()
-  grads = {k: (np.zeros(tuple(p.shape), np.float32) if p.grad is None
-               else p.grad.detach().numpy().copy())
-           for k, p in hf_model.named_parameters()}
-  return float(loss.detach()), grads
-
-
-def _dtype_name(hf_model) -> str:
-  return str(next(hf_model.parameters()).dtype).replace("torch.", "")
 
 
 def compare_with_hf(hf_model, tokens: np.ndarray, mask: Optional[np.ndarray] = None, *,
@@ -106,15 +46,15 @@ def compare_with_hf(hf_model, tokens: np.ndarray, mask: Optional[np.ndarray] = N
   config, params = from_hf_model(hf_model)
   tokens = np.asarray(tokens)
   real = np.ones(tokens.shape, bool) if mask is None else np.asarray(mask).astype(bool)
-  with _hf_hashing_with(hf_model, hash_seed, train=False), torch.no_grad():
+  with fixed_hashing(hf_model, hash_seed, train=False), torch.no_grad():
     hf_mask = None if mask is None else torch.as_tensor(real.astype(np.int64))
     hidden = hf_model.reformer(torch.as_tensor(tokens, dtype=torch.long),
                                attention_mask=hf_mask).last_hidden_state
     logits = hf_model.lm_head(hidden)
-    unused = _unused_lm_head_bias(hf_model)
+    unused = unused_lm_head_bias(hf_model)
     if unused is not None:
       logits = logits + unused
-  config, rotations = _replayed_rotations(config, hash_seed, hf_model, tokens.shape[1])
+  config, rotations = replayed_rotations(config, hash_seed, hf_model, tokens.shape[1])
   ours_tokens, ours_mask = tokens, None if mask is None else real
   if hf_padding:
     ours_tokens, ours_mask = pad_like_hf(config, tokens, ours_mask)
@@ -163,24 +103,23 @@ def compare_gradients_with_hf(hf_model, tokens: np.ndarray, *,
   """
   import torch  # pylint: disable=g-import-not-at-top
   hf = hf_model.config
-  rates = {k: getattr(hf, k) for k in ("hidden_dropout_prob", "local_attention_probs_dropout_prob",
-                                       "lsh_attention_probs_dropout_prob")}
+  rates = dropout_rates(hf)
   if any(rates.values()):
     raise ValueError(f"gradients are compared without dropout; set these to 0: {rates}")
   config, params = from_hf_model(hf_model)
   tokens = np.asarray(tokens)
-  with _hf_hashing_with(hf_model, hash_seed, train=True):
+  with fixed_hashing(hf_model, hash_seed, train=True):
     hf_model.zero_grad(set_to_none=True)
     ids = torch.as_tensor(tokens, dtype=torch.long)
     logits = hf_model(ids).logits
-    unused = _unused_lm_head_bias(hf_model)
+    unused = unused_lm_head_bias(hf_model)
     if unused is not None:
       logits = logits + unused
     loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
                                              ids[:, 1:].reshape(-1))
-    hf_loss, hf_grads = _hf_backward(hf_model, loss)
+    hf_loss, hf_grads = hf_gradients(hf_model, loss)
 
-  config, rotations = _replayed_rotations(config, hash_seed, hf_model, tokens.shape[1])
+  config, rotations = replayed_rotations(config, hash_seed, hf_model, tokens.shape[1])
   model = ReformerLM(config.replace(deterministic=True))
   targets = np.roll(tokens, -1, axis=1)
   weights = np.ones(tokens.shape, np.float32)
@@ -193,10 +132,5 @@ def compare_gradients_with_hf(hf_model, tokens: np.ndarray, *,
 
   ours_loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
   ours = dict(params_to_hf(grads, config))
-  result = {}
-  for key, g in hf_grads.items():
-    scale = max(float(np.max(np.abs(g))), 1e-30)
-    result[key] = float(np.max(np.abs(ours[key] - g))) / scale
-  result["loss"] = abs(float(ours_loss) - hf_loss)
-  return result
+  return {**relative_errors(ours, hf_grads), "loss": abs(float(ours_loss) - hf_loss)}
 

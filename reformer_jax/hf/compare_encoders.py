@@ -2,7 +2,7 @@
 ReformerForSequenceClassification, ReformerForQuestionAnswering) and its conversion run on
 one batch: outputs and head-loss gradients compared (needs torch and transformers).
 
-LSH rotations are replayed from `hash_seed` as in `compare.py`; run HF in float64
+LSH rotations are replayed from `hash_seed` (`torch_run.py`); run HF in float64
 (`hf_model.double()`) for its exact arithmetic (see `compare_with_hf`).
 """
 from typing import Any, Dict, Optional
@@ -11,10 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reformer_jax.hf.compare import (_hf_backward, _hf_hashing_with, _replayed_rotations,
-                                     _unused_lm_head_bias)
 from reformer_jax.hf.config import hf_num_labels
 from reformer_jax.hf.lsh import pad_like_hf
+from reformer_jax.hf.torch_run import (dropout_rates, fixed_hashing, hf_gradients,
+                                       relative_errors, replayed_rotations,
+                                       unused_lm_head_bias)
 from reformer_jax.hf.weights import flax_model, from_hf_model, params_to_hf
 from reformer_jax.models import ReformerEncoder
 
@@ -42,7 +43,7 @@ def _hf_outputs(hf_model, architecture, out) -> Dict[str, Any]:
     return {}
   logits = out.logits
   if architecture == "ReformerForMaskedLM":
-    unused = _unused_lm_head_bias(hf_model)
+    unused = unused_lm_head_bias(hf_model)
     if unused is not None:
       logits = logits + unused
   return {"logits": logits}
@@ -65,13 +66,13 @@ def compare_encoder_with_hf(hf_model, tokens: np.ndarray, mask: Optional[np.ndar
   architecture, config, params, num_labels = _converted(hf_model)
   tokens = np.asarray(tokens)
   real = np.ones(tokens.shape, bool) if mask is None else np.asarray(mask).astype(bool)
-  with _hf_hashing_with(hf_model, hash_seed, train=False), torch.no_grad():
+  with fixed_hashing(hf_model, hash_seed, train=False), torch.no_grad():
     ids = torch.as_tensor(tokens, dtype=torch.long)
     hf_mask = None if mask is None else torch.as_tensor(real.astype(np.int64))
     body = hf_model if architecture == "ReformerModel" else hf_model.reformer
     hf_hidden = body(ids, attention_mask=hf_mask).last_hidden_state
     hf_out = _hf_outputs(hf_model, architecture, hf_model(ids, attention_mask=hf_mask))
-  config, rotations = _replayed_rotations(config, hash_seed, hf_model, tokens.shape[1])
+  config, rotations = replayed_rotations(config, hash_seed, hf_model, tokens.shape[1])
   config = config.replace(deterministic=True)
   ours_tokens, ours_mask = tokens, None if mask is None else real
   if hf_padding:
@@ -126,8 +127,7 @@ def compare_encoder_gradients_with_hf(hf_model, tokens: np.ndarray, *, labels=No
   """
   import torch  # pylint: disable=g-import-not-at-top
   hf = hf_model.config
-  rates = {k: getattr(hf, k) for k in ("hidden_dropout_prob", "local_attention_probs_dropout_prob",
-                                       "lsh_attention_probs_dropout_prob")}
+  rates = dropout_rates(hf)
   if any(rates.values()) or getattr(hf, "classifier_dropout", None):
     raise ValueError(f"gradients are compared without dropout; set these to 0: {rates} "
                      "(and classifier_dropout)")
@@ -136,7 +136,7 @@ def compare_encoder_gradients_with_hf(hf_model, tokens: np.ndarray, *, labels=No
     raise ValueError("ReformerModel has no head and no loss; compare one of its head models")
   tokens = np.asarray(tokens)
   as_torch = lambda x: None if x is None else torch.as_tensor(np.asarray(x), dtype=torch.long)
-  with _hf_hashing_with(hf_model, hash_seed, train=True):
+  with fixed_hashing(hf_model, hash_seed, train=True):
     hf_model.zero_grad(set_to_none=True)
     ids = torch.as_tensor(tokens, dtype=torch.long)
     if architecture == "ReformerForQuestionAnswering":
@@ -144,16 +144,16 @@ def compare_encoder_gradients_with_hf(hf_model, tokens: np.ndarray, *, labels=No
                       end_positions=as_torch(end_positions)).loss
     elif architecture == "ReformerForMaskedLM":
       logits = hf_model(ids).logits
-      unused = _unused_lm_head_bias(hf_model)
+      unused = unused_lm_head_bias(hf_model)
       if unused is not None:
         logits = logits + unused
       loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                                as_torch(labels).reshape(-1))
     else:
       loss = hf_model(ids, labels=as_torch(labels)).loss
-    hf_loss, hf_grads = _hf_backward(hf_model, loss)
+    hf_loss, hf_grads = hf_gradients(hf_model, loss)
 
-  config, rotations = _replayed_rotations(config, hash_seed, hf_model, tokens.shape[1])
+  config, rotations = replayed_rotations(config, hash_seed, hf_model, tokens.shape[1])
   model = flax_model(config.replace(deterministic=True), architecture, num_labels)
   if architecture == "ReformerForQuestionAnswering":
     kwargs = {"start_positions": jnp.asarray(start_positions),
@@ -173,9 +173,5 @@ def compare_encoder_gradients_with_hf(hf_model, tokens: np.ndarray, *, labels=No
   ours_loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
   ours = dict(params_to_hf(grads, config, architecture))
   largest = max(float(np.max(np.abs(g))) for g in hf_grads.values())
-  result = {}
-  for key, g in hf_grads.items():
-    scale = max(float(np.max(np.abs(g))), 1e-2 * largest, 1e-30)
-    result[key] = float(np.max(np.abs(ours[key] - g))) / scale
-  result["loss"] = abs(float(ours_loss) - hf_loss)
-  return result
+  return {**relative_errors(ours, hf_grads, floor=1e-2 * largest),
+          "loss": abs(float(ours_loss) - hf_loss)}

@@ -3,12 +3,10 @@ import dataclasses
 import math
 from typing import Any, Callable, Mapping, Optional
 
-from reformer_jax.data.classification import ClassificationData
-from reformer_jax.data.span_qa import SpanData
 from reformer_jax.data.duplication_task import DuplicationTask
 from reformer_jax.models.config import ReformerConfig, position_limit
 from reformer_jax.trainer.optim import OptimizerConfig
-from reformer_jax.trainer.tasks import TASKS, CausalLM, Classification, MaskedLM, SpanQA
+from reformer_jax.trainer.tasks import TASKS, CausalLM, Task
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -40,7 +38,7 @@ class Experiment:
     max_consecutive_nonfinite: the run stops with an error after this many
       consecutive steps with a non-finite loss or gradient (each is skipped:
       params and optimiser state stay as they were).
-    task: what is trained (`tasks.py`): @CausalLM() (the default), @MaskedLM(),
+    task: what is trained, a `tasks.Task`: @CausalLM() (the default), @MaskedLM(),
       @Classification() (with a classification data source such as @listops) or @SpanQA()
       (with @span_qa_files).
   """
@@ -98,10 +96,15 @@ class Experiment:
       raise ValueError(
           f"BATCH_SIZE={self.batch_size} must be a multiple of "
           f"Experiment.grad_accum_steps={self.grad_accum_steps}.")
-    if not isinstance(self.task, TASKS):
+    if not isinstance(self.task, Task):
       raise ValueError(f"Experiment.task must be one of "
                        f"{', '.join(f'@{t.__name__}()' for t in TASKS)}, got {self.task!r}.")
     self.task.check(self.model)
+    if self.sample_length and not self.task.can_generate:
+      raise ValueError(f"Experiment.sample_length={self.sample_length} samples text after "
+                       f"training, but Experiment.task = @{type(self.task).__name__}() "
+                       f"trains {self.task.description}, which cannot generate text; set "
+                       "Experiment.sample_length = 0.")
     check_length(self.model, self.seq_len)
 
   def make_data(self, names: Optional[Mapping[str, str]] = None):
@@ -130,9 +133,7 @@ def check_data(exp: Experiment, data, names: Optional[Mapping[str, str]] = None)
   names = names or {}
   name = lambda target: names.get(target, target)
   seq_len = f"{name('Experiment.seq_len')}={exp.seq_len}"
-  check_task_data(exp.task, exp.model, data, names)
-  if isinstance(data, SpanData):
-    data.check_fits(exp.seq_len, name("Experiment.seq_len"))
+  check_task_data(exp.task, exp.model, exp.seq_len, data, names)
   if data.vocab_size > exp.model.vocab_size:
     raise ValueError(
         f"the data has {data.vocab_size} token ids but the model's "
@@ -167,34 +168,21 @@ def check_data(exp: Experiment, data, names: Optional[Mapping[str, str]] = None)
           f"give that split more data.")
 
 
-def check_task_data(task, config: ReformerConfig, data, names: Mapping[str, str]):
-  """Raises ValueError if `data` is not the kind of data `task` trains on."""
-  if isinstance(task, SpanQA) != isinstance(data, SpanData):
-    raise ValueError(
-        "Experiment.task = @SpanQA() needs question-answering data (span_qa_files), got "
-        f"{type(data).__name__}; set Experiment.data, or Experiment.task = @CausalLM()."
-        if isinstance(task, SpanQA) else
-        f"SpanData is question-answering data but Experiment.task = @{type(task).__name__}"
-        "(); set Experiment.task = @SpanQA().")
-  classifying = isinstance(data, ClassificationData)
-  if isinstance(task, Classification):
-    if not classifying:
-      raise ValueError(f"Experiment.task = @Classification() needs labelled data (listops, "
-                       f"text_label_files, tfds_classification), got {type(data).__name__}; "
-                       "set Experiment.data, or Experiment.task = @CausalLM().")
-    if data.num_labels != task.num_labels:
-      label = names.get("Classification.num_labels", "Classification.num_labels")
-      raise ValueError(f"the data has {data.num_labels} labels but {label}="
-                       f"{task.num_labels}; set it to {data.num_labels}.")
-  elif classifying:
-    raise ValueError(f"{type(data).__name__} is labelled data but Experiment.task = "
-                     f"@{type(task).__name__}(); set Experiment.task = @Classification() "
-                     "(with Classification.num_labels).")
-  if isinstance(task, MaskedLM) and task.resolved_mask_id(config) < data.vocab_size:
-    raise ValueError(f"MaskedLM's mask id {task.resolved_mask_id(config)} is one of the "
-                     f"data's {data.vocab_size} token ids; reserve one: "
-                     f"ReformerConfig.vocab_size = {data.vocab_size + 1} (the mask id "
-                     f"defaults to vocab_size - 1).")
+def check_task_data(task: Task, config: ReformerConfig, seq_len: int, data,
+                    names: Mapping[str, str]):
+  """Raises ValueError if `data` is not the kind of data `task` trains on (its
+  `data_types`; a class that another task of `TASKS` claims is refused), or does not fit
+  it (`task.check_data`)."""
+  kind = type(data).__name__
+  if task.data_types and not isinstance(data, task.data_types):
+    raise ValueError(f"Experiment.task = @{type(task).__name__}() needs {task.data_kind}, "
+                     f"got {kind}; set Experiment.data, or Experiment.task = "
+                     f"@{CausalLM.__name__}().")
+  owner = next((t for t in TASKS if t.data_types and isinstance(data, t.data_types)), None)
+  if owner is not None and not isinstance(data, task.data_types):
+    raise ValueError(f"{kind} is {owner.data_kind} but Experiment.task = "
+                     f"@{type(task).__name__}(); set Experiment.task = @{owner.__name__}().")
+  task.check_data(data, config, seq_len, names)
 
 
 def _is_int(value) -> bool:

@@ -1,9 +1,9 @@
 """Gin at the edge: registers the configurables, finds config files, parses.
 
 Registered names (the math stays gin-free): ReformerConfig, OptimizerConfig,
-Experiment, the tasks CausalLM, MaskedLM, Classification, SpanQA and the data sources
-shipped_corpus, local_file, python_stdlib_corpus, tfds_text, duplication, listops,
-text_label_files, tfds_classification, span_qa_files. Config files are looked up as given,
+Experiment, the tasks of `tasks.TASKS` (CausalLM, MaskedLM, Classification, SpanQA) and
+the data sources shipped_corpus, local_file, python_stdlib_corpus, tfds_text, duplication,
+listops, text_label_files, tfds_classification, span_qa_files. Config files are looked up as given,
 then in the repository's `configs/` directory and in `./configs`, so
 `include 'models/x.gin'` works from any working directory.
 """
@@ -23,7 +23,7 @@ from reformer_jax import data
 from reformer_jax.models import ReformerConfig
 from reformer_jax.trainer.experiment import Experiment
 from reformer_jax.trainer.optim import OptimizerConfig
-from reformer_jax.trainer.tasks import CausalLM, Classification, MaskedLM, SpanQA
+from reformer_jax.trainer.tasks import TASKS
 
 CONFIG_DIRS = (pathlib.Path(__file__).resolve().parents[2] / "configs",  # a checkout
                pathlib.Path(__file__).resolve().parents[1] / "configs",  # an installed wheel
@@ -42,10 +42,7 @@ REGISTERED = {
     "text_label_files": data.text_label_files,
     "tfds_classification": data.tfds_classification,
     "span_qa_files": data.span_qa_files,
-    "CausalLM": CausalLM,
-    "MaskedLM": MaskedLM,
-    "Classification": Classification,
-    "SpanQA": SpanQA,
+    **{task.__name__: task for task in TASKS},
 }
 CONFIGURABLES = {name: gin.external_configurable(fn, name)
                  for name, fn in REGISTERED.items()}
