@@ -3,7 +3,7 @@
 Steps are compiled over a 1-D device mesh: the batch is sharded along 'data',
 the train state is replicated and donated. Random bits come from
 `fold_in(state.rng, step)`, so they do not depend on the device count. The task
-(`tasks.py`: causal LM by default) supplies the model and its loss sums.
+(`tasks/`: causal LM by default) supplies the model and its loss sums.
 """
 import functools
 from typing import Any, Optional

@@ -104,11 +104,13 @@ class Task(abc.ABC):
 
   def targets(self, batch: Mapping[str, Any], row: int) -> Dict[str, Any]:
     """The true targets of example `row` of `batch`, for `prediction`."""
-    raise NotImplementedError(f"{type(self).__name__} writes no predictions")
+    raise ValueError(f"{type(self).__name__} writes no predictions (writes_predictions "
+                     "is False): evaluate without --predictions")
 
   def prediction(self, example: Mapping[str, Any]) -> Dict[str, Any]:
     """The JSON record of one eval example: its `targets` and `eval_outputs` rows."""
-    raise NotImplementedError(f"{type(self).__name__} writes no predictions")
+    raise ValueError(f"{type(self).__name__} writes no predictions (writes_predictions "
+                     "is False): evaluate without --predictions")
 
   def name_tag(self) -> Dict[str, str]:
     """{'task': name} to lead a report with, or {} (`named_in_reports`)."""
