@@ -24,10 +24,10 @@ slot p mod `slots` (-1: empty). A query at p attends to the ring's entries at po
 (local attention: its window lies among the last (chunks_before + 1) * chunk_len
 positions); full attention keeps every position (`slots` = the cache length).
 """
-import dataclasses
 from typing import Callable, Dict, Sequence, Tuple, Union
 
 import flax.linen as nn
+from flax import struct
 import jax
 import jax.numpy as jnp
 
@@ -37,21 +37,21 @@ from reformer_jax.layers.softmax import softmax_lse
 Cache = Dict[str, jnp.ndarray]
 
 
-@dataclasses.dataclass(frozen=True)
+@struct.dataclass
 class Prefill:
-  """Decode mode: run prompts `[batch, P, ...]` and write the cache.
+  """Decode mode: run prompts `[batch, P, ...]` and write the cache (a pytree).
 
   Attributes:
     lengths: int `[batch]` real positions of each prompt, 1 .. P (the rest is padding).
     cache_len: positions the cache holds (prompt and new tokens), >= P; static.
   """
   lengths: jnp.ndarray
-  cache_len: int
+  cache_len: int = struct.field(pytree_node=False)
 
 
-@dataclasses.dataclass(frozen=True)
+@struct.dataclass
 class Step:
-  """Decode mode: one new position per sequence, read from and added to the cache.
+  """Decode mode: one new position per sequence, read from and added to the cache (a pytree).
 
   Attributes:
     positions: int `[batch]` position of each sequence's new token.

@@ -738,7 +738,8 @@ class LSHSelfAttention(nn.Module):
     key = normalize_shared_keys(qk)
     if self.has_variable("cache", "ring"):
       n_total = math.prod(_bucket_factors(self.n_buckets))
-      buckets = self._hash(x, jnp.ones(x.shape[:2], bool), params, rotations, 1, 1)
+      buckets = self._hash(x, jnp.ones(x.shape[:2], bool), params, rotations, padded=1,
+                           chunk=1)
       out = cached_step(self, BUCKET_RINGS, bucket_ring_attention, qk, key, v,
                         _round_buckets(buckets, n_total)[..., 0], positions,
                         self.correct_duplicates)

@@ -19,6 +19,10 @@ Parameter tree (`params[...]`):
   final_norm/{scale, bias}                [2 * d_model]
   lm_head/kernel                          [2 * d_model, vocab]
   lm_head/bias                            [vocab]            (config.lm_head_bias)
+
+Cached decoding (`ReformerLM.prefill`, then `ReformerLM.decode_step` per token) keeps each
+attention layer's cache in the 'cache' collection, `encoder/layer_{i}/attention/attention/
+...` (see `layers/kv_cache.py`, `layers/lsh_cache.py`; planned in `decoding.py`).
 """
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
@@ -185,7 +189,8 @@ class ReformerLM(nn.Module):
   """Reformer language model; see the module docstring for the layout and parameter tree.
 
   Randomness: rng stream 'dropout' (unless deterministic) and 'hash' (LSH rotations; not
-  needed when `lsh_rotations` are given or no layer is "lsh").
+  needed when `lsh_rotations` are given or no layer is "lsh"). Cached decoding: `prefill`,
+  then `decode_step` (apply with `method=` and `mutable=['cache']`).
   """
   config: ReformerConfig
 
