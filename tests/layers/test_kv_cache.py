@@ -10,6 +10,14 @@ from reformer_jax.layers.kv_cache import Prefill, Step
 D_MODEL, CACHE_LEN = 8, 14
 
 
+def random_params(layer, x, **kwargs):
+  """`{'params': ...}` of `layer` on `x`, normal with std 0.5 (no compiled init)."""
+  shapes = jax.eval_shape(lambda: layer.init(jax.random.PRNGKey(0), x, **kwargs))
+  rng = np.random.default_rng(0)
+  return jax.tree.map(lambda s: jnp.asarray(0.5 * rng.standard_normal(s.shape), s.dtype),
+                      shapes)
+
+
 def decoded_outputs(layer, lengths, **kwargs):
   """`(cached, forward, cache)`: outputs `[2, CACHE_LEN, d_model]` of `layer` on random
   inputs, the prefill's at the prompts' real positions and one step's at each later
@@ -18,7 +26,7 @@ def decoded_outputs(layer, lengths, **kwargs):
   x = jax.random.normal(jax.random.PRNGKey(1), (len(lengths), CACHE_LEN, D_MODEL))
   apply = jax.jit(lambda variables, x, decode=None: layer.apply(
       variables, x, decode=decode, mutable=["cache"], **kwargs))
-  params = jax.jit(lambda: layer.init(jax.random.PRNGKey(0), x, **kwargs))()
+  params = random_params(layer, x, **kwargs)
   forward = np.asarray(apply(params, x)[0])
   lengths = jnp.asarray(lengths, jnp.int32)
   prompt = int(lengths.max())
@@ -73,12 +81,13 @@ def _x(length=3):
 ])
 def test_bad_decoding_gets_one_clear_error(layer, decode, message):
   with pytest.raises(ValueError, match=message):
-    layer.init({"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, _x(),
-               decode=decode)
+    jax.eval_shape(lambda: layer.init({"params": jax.random.PRNGKey(0),
+                                       "dropout": jax.random.PRNGKey(1)}, _x(), decode=decode))
 
 
 def test_a_step_without_a_prefill_says_to_prefill():
   layer = FullSelfAttention(n_heads=2, d_head=4, causal=True, deterministic=True)
-  params = layer.init(jax.random.PRNGKey(0), _x())
+  params = random_params(layer, _x())
   with pytest.raises(ValueError, match=r"no cache to step from: run it with decode=Prefill"):
-    layer.apply(params, _x(1), decode=Step(jnp.array([0, 0])), mutable=["cache"])
+    jax.eval_shape(lambda: layer.apply(params, _x(1), decode=Step(jnp.array([0, 0])),
+                                       mutable=["cache"]))

@@ -44,6 +44,6 @@ def test_refuses_what_no_cache_reproduces(changes, rotations, message):
   layer = _lsh(**changes)
   kwargs = dict(rotations=_rotations(layer)) if rotations else {}
   with pytest.raises(ValueError, match=message):
-    layer.init({"params": jax.random.PRNGKey(0), "hash": jax.random.PRNGKey(1)},
-               jnp.zeros((2, 3, D_MODEL)), decode=Prefill(jnp.array([3, 3]), CACHE_LEN),
-               **kwargs)
+    jax.eval_shape(lambda: layer.init(
+        {"params": jax.random.PRNGKey(0), "hash": jax.random.PRNGKey(1)},
+        jnp.zeros((2, 3, D_MODEL)), decode=Prefill(jnp.array([3, 3]), CACHE_LEN), **kwargs))
