@@ -14,6 +14,9 @@ import jax.numpy as jnp
 from reformer_jax.layers.chunking import (MASK_VALUE, SELF_MASK_VALUE, check_sequence,
                                           replace_masked)
 from reformer_jax.layers.dropout import dropout
+from reformer_jax.layers.kv_cache import (RING, DecodeMode, Prefill, Step, cached_step,
+                                          check_decodable, fill_ring, ring_attention,
+                                          write_cache)
 from reformer_jax.layers.softmax import softmax_lse
 
 
@@ -101,6 +104,10 @@ class FullSelfAttention(nn.Module):
   the normalised queries and the own position is soft-masked (-1e5). This is the exact
   oracle for LSH attention and lets an LSH-trained model be evaluated with full attention.
 
+  Cached decoding (`decode=`, causal only; see `kv_cache`) keeps every position's key and
+  value (a ring of `cache_len` slots that never wraps): the cost per token grows with the
+  position.
+
   Attributes:
     n_heads: number of heads.
     d_head: size of each head.
@@ -120,10 +127,17 @@ class FullSelfAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, mask: Optional[jnp.ndarray] = None,
-               deterministic: Optional[bool] = None) -> jnp.ndarray:
-    """`x`: `[batch, length, d_model]`, `mask`: `[batch, length]` -> `[batch, length, d_model]`."""
+               deterministic: Optional[bool] = None,
+               decode: Optional[DecodeMode] = None) -> jnp.ndarray:
+    """`x`: `[batch, length, d_model]`, `mask`: `[batch, length]` -> `[batch, length, d_model]`.
+
+    `decode`: `kv_cache.Prefill` (also writes the 'cache' collection) or `kv_cache.Step`
+    (`x` `[batch, 1, d_model]`: attends from the cache and updates it); deterministic.
+    """
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
     check_sequence(x, n_heads=self.n_heads, d_head=self.d_head)
+    if decode is not None:
+      check_decodable(self, decode, self.causal, deterministic, x.shape[1])
     d_model = x.shape[-1]
     x = x.astype(self.dtype)
     dense = lambda name: nn.Dense(self.n_heads * self.d_head, use_bias=False, dtype=self.dtype,
@@ -136,10 +150,17 @@ class FullSelfAttention(nn.Module):
       k = split_heads(dense("key")(x), self.n_heads, self.d_head)
       k = k / jnp.sqrt(jnp.asarray(self.d_head, k.dtype))
     v = split_heads(dense("value")(x), self.n_heads, self.d_head)
+    if isinstance(decode, Prefill):
+      k_rows, v_rows = (jnp.swapaxes(t, 1, 2) for t in (k, v))  # [b, h, P, d_head]
+      write_cache(self, fill_ring(k_rows, v_rows, decode.lengths, decode.cache_len))
     rng = None
     if not deterministic and self.attention_dropout > 0.:
       rng = self.make_rng("dropout")
-    out = full_attention(q, k, v, causal=self.causal, mask=mask, self_mask=self.shared_qk,
-                         dropout_rate=self.attention_dropout, dropout_rng=rng)
+    if isinstance(decode, Step):
+      out = cached_step(self, RING, ring_attention, *(t[:, 0] for t in (q, k, v)),
+                        decode.positions, self_mask=self.shared_qk)[:, None]
+    else:
+      out = full_attention(q, k, v, causal=self.causal, mask=mask, self_mask=self.shared_qk,
+                           dropout_rate=self.attention_dropout, dropout_rng=rng)
     out = out.reshape(out.shape[:2] + (self.n_heads * self.d_head,))
     return nn.Dense(d_model, use_bias=False, dtype=self.dtype, name="out")(out)

@@ -17,6 +17,9 @@ from reformer_jax.layers.chunking import (check_sequence, chunk_positions, pad_a
                                           split_chunks)
 from reformer_jax.layers.dense import DenseParams, layer_norm, output_projection, project_heads
 from reformer_jax.layers.full_attention import attend, full_attention
+from reformer_jax.layers.kv_cache import (RING, DecodeMode, Step, cached_step,
+                                          check_decodable, fill_ring, ring_attention,
+                                          write_cache)
 from reformer_jax.layers.windowed import (can_rebuild, default_chunks_per_step, query_chunks,
                                           rebuild_attention, window_keys,
                                           windowed_attention)
@@ -164,6 +167,12 @@ class LocalSelfAttention(nn.Module):
   Parameters `query`, `key`, `value` (`[d_model, n_heads * d_head]`) and `out`
   (`[n_heads * d_head, d_model]`), as Hugging Face's `LocalSelfAttention` + output dense.
 
+  Cached decoding (`decode=`, causal only; see `kv_cache`): a query at p in chunk c sees
+  chunks c - n_chunks_before .. c up to p, all among the last `(n_chunks_before + 1) *
+  chunk_len` positions, so the cache is a ring of that many keys, values and positions
+  (`kv_cache.fill_ring`), masked by chunk: its size and the cost per token do not depend
+  on the position.
+
   Attributes:
     n_heads: number of heads.
     d_head: size of each head.
@@ -199,7 +208,8 @@ class LocalSelfAttention(nn.Module):
   def __call__(self, x: jnp.ndarray, mask: Optional[jnp.ndarray] = None,
                deterministic: Optional[bool] = None,
                norm: Optional[Tuple[jnp.ndarray, jnp.ndarray]] = None,
-               rebuild: Optional[Tuple[jnp.ndarray, ...]] = None):
+               rebuild: Optional[Tuple[jnp.ndarray, ...]] = None,
+               decode: Optional[DecodeMode] = None):
     """`x`: `[batch, length, d_model]`, `mask`: `[batch, length]` -> `[batch, length, d_model]`.
 
     `norm`: optional `(scale, bias)` `[d_model]` of a LayerNorm (epsilon `norm_eps`)
@@ -207,6 +217,8 @@ class LocalSelfAttention(nn.Module):
     `rebuild`: `(y, dx, dy)` for the backward pass of a reversible layer: returns
     `(y - out, dx + dout/dx^T dy, param grads, norm grads)` in one pass over the chunks
     (`rebuild_attention`), or None where that does not apply (`can_rebuild`).
+    `decode`: `kv_cache.Prefill` (also writes the 'cache' collection) or `kv_cache.Step`
+    (`x` `[batch, 1, d_model]`: attends from the cache and updates it); deterministic.
     """
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
     _check_settings(self.chunk_len, self.n_chunks_before, self.n_chunks_after)
@@ -225,6 +237,16 @@ class LocalSelfAttention(nn.Module):
     attn_rng = self.make_rng("dropout") if drop and self.attention_dropout > 0. else None
     out_rng = self.make_rng("dropout") if drop and self.output_dropout > 0. else None
     project = functools.partial(_project_qkv, eps=self.norm_eps, dtype=self.dtype)
+    if decode is not None:
+      check_decodable(self, decode, self.causal, deterministic, length)
+      if isinstance(decode, Step):
+        q, k, v = (t[:, :, 0] for t in project(params, x[:, None]))
+        out = cached_step(self, RING, ring_attention, q, k, v, decode.positions,
+                          chunk_len=self.chunk_len, chunks_before=self.n_chunks_before)
+        return output_projection(out[:, :, None], w_out, 0., None, 1, self.dtype)
+      _, k, v = project(params, x[:, None])
+      slots = (self.n_chunks_before + 1) * self.chunk_len
+      write_cache(self, fill_ring(k, v, decode.lengths, slots))
 
     padded, _ = chunk_positions(length, self.chunk_len)
     real = jnp.ones((batch, length), bool) if mask is None else mask.astype(bool)

@@ -30,6 +30,11 @@ from reformer_jax.layers.dense import (DenseParams, dense, layer_norm, output_pr
                                        project_heads)
 from reformer_jax.layers.dropout import dropout
 from reformer_jax.layers.full_attention import full_attention, normalize_shared_keys
+from reformer_jax.layers.kv_cache import (RING, DecodeMode, Prefill, Step, cached_step,
+                                          check_decodable, fill_ring, ring_attention,
+                                          write_cache)
+from reformer_jax.layers.lsh_cache import (BUCKET_RINGS, bucket_ring_attention,
+                                           fill_bucket_rings)
 from reformer_jax.layers.softmax import softmax_lse
 from reformer_jax.layers.windowed import (can_rebuild, default_chunks_per_step, query_chunks,
                                           rebuild_attention, window_keys,
@@ -320,6 +325,12 @@ def lsh_buckets(buckets: jnp.ndarray, real: jnp.ndarray, n_total: int) -> jnp.nd
   return buckets + (n_total + 1) * jnp.arange(n_hashes, dtype=jnp.int32)[None, None, :, None]
 
 
+def _round_buckets(buckets: jnp.ndarray, n_total: int) -> jnp.ndarray:
+  """`lsh_buckets` without the round offsets: each round's own buckets in `[0, n_total]`."""
+  n_hashes = buckets.shape[2]
+  return buckets - (n_total + 1) * jnp.arange(n_hashes, dtype=buckets.dtype)[None, None, :, None]
+
+
 def sort_rounds(buckets: jnp.ndarray, n_values: Optional[int] = None) -> jnp.ndarray:
   """Each round's positions sorted by (bucket, position): int32 `[b, h, n_hashes, Lp]`.
 
@@ -505,6 +516,14 @@ class LSHSelfAttention(nn.Module):
   look-back chunks, so the cost is unchanged. `strict_causal=False` reproduces HF/trax
   exactly (for parity and imported checkpoints).
 
+  Cached decoding (`decode=`; strictly causal only, with a fixed `n_buckets` and given
+  `rotations`, the same for the prefill and every step; see `kv_cache`): the cache keeps
+  every position's key and value and, per head, round and bucket, a ring of its latest
+  `n_chunks_before * chunk_len + 1` positions (`lsh_cache`, where the algorithm and why
+  it equals the forward pass are described). When the whole generation fits in one
+  chunk (`cache_len <= chunk_len`) the forward pass is plain shared-QK attention, and the
+  cache a ring of every position (`kv_cache.fill_ring`).
+
   Attributes:
     n_heads: number of heads.
     d_head: size of each head.
@@ -550,7 +569,8 @@ class LSHSelfAttention(nn.Module):
                rotations: Optional[jnp.ndarray] = None,
                norm: Optional[Tuple[jnp.ndarray, jnp.ndarray]] = None,
                rebuild: Optional[Tuple[jnp.ndarray, ...]] = None,
-               buckets: Optional[jnp.ndarray] = None, return_buckets: bool = False):
+               buckets: Optional[jnp.ndarray] = None, return_buckets: bool = False,
+               decode: Optional[DecodeMode] = None):
     """`x`: `[batch, length, d_model]`, `mask`: `[batch, length]` -> `[batch, length, d_model]`.
 
     `rotations`: optional `[n_heads, d_head, n_hashes, sum(factors) // 2]` used instead of
@@ -567,6 +587,10 @@ class LSHSelfAttention(nn.Module):
     chunk and is not hashed). `buckets`: such buckets, used instead of hashing `x` (a
     reversible backward pass gives the forward's back: its rebuilt `x` can differ by
     rounding, and a vector near a bucket boundary would change bucket).
+    `decode`: `kv_cache.Prefill` (also writes the 'cache' collection; a prompt within one
+    chunk is padded, masked, past it when the cache is longer, so that it is hashed as the
+    longer sequence is) or `kv_cache.Step` (`x` `[batch, 1, d_model]`: attends from the
+    cache and updates it); deterministic.
     """
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
     _check_settings(self.chunk_len, self.n_chunks_before, self.n_chunks_after,
@@ -574,6 +598,11 @@ class LSHSelfAttention(nn.Module):
     if self.n_hashes < 1:
       raise ValueError(f"n_hashes must be >= 1, got {self.n_hashes}")
     check_sequence(x, n_heads=self.n_heads, d_head=self.d_head)
+    prompt_len = x.shape[1]
+    if decode is not None:
+      self._check_decode(decode, deterministic, rotations, prompt_len)
+      if isinstance(decode, Prefill):
+        x, mask = self._hashed_prompt(x, mask, decode.cache_len)
     batch, length, d_model = x.shape
     if mask is not None and mask.shape != (batch, length):
       raise ValueError(f"mask must be [batch, length] = {(batch, length)}, got {mask.shape}")
@@ -593,6 +622,8 @@ class LSHSelfAttention(nn.Module):
     if rebuild is not None and (self.n_hashes != 1
                                 or not can_rebuild(rebuild, length, self.chunk_len)):
       return None
+    if isinstance(decode, Step):
+      return self._decode_step(x, decode.positions, params, project, w_out, rotations)
 
     padded, _ = chunk_positions(length, self.chunk_len)
     if padded <= self.chunk_len:
@@ -629,6 +660,9 @@ class LSHSelfAttention(nn.Module):
       out = lsh_core(x[:, None], params, project, buckets, real, dropout_rng=attn_rng,
                      **settings)[:, :, :length]
     out = output_projection(out, w_out, self.output_dropout, out_rng, chunk, self.dtype)
+    if isinstance(decode, Prefill):
+      self._fill_cache(decode, x, params, project, buckets)
+      out = out[:, :prompt_len]
     return (out, buckets) if return_buckets else out
 
   def _hash(self, x, real, params, rotations, padded, chunk):
@@ -659,6 +693,59 @@ class LSHSelfAttention(nn.Module):
     hash_params = jax.lax.stop_gradient((params, rotations))
     buckets = map_positions(hash_chunk, hash_params, jax.lax.stop_gradient(x), chunk)
     return lsh_buckets(jnp.moveaxis(buckets, 1, 3), real, math.prod(factors))
+
+  def _check_decode(self, decode, deterministic, rotations, length):
+    check_decodable(self, decode, self.causal, deterministic, length)
+    if not self.strict_causal:
+      raise ValueError("LSHSelfAttention decodes only strictly causal attention "
+                       "(strict_causal=True): HF's chunk windows depend on later tokens, so "
+                       "no cache reproduces them; run the whole sequence instead")
+    if self.n_buckets is None:
+      raise ValueError("LSHSelfAttention decodes with a fixed n_buckets (a position's buckets "
+                       "must not change as the sequence grows): set n_buckets, e.g. "
+                       "resolve_n_buckets(None, padded max length, chunk_len)")
+    if rotations is None:
+      raise ValueError("LSHSelfAttention decodes with given rotations=, the same for the "
+                       "prefill and every step (draw_rotations)")
+
+  def _hashed_prompt(self, x, mask, cache_len):
+    """`(x, mask)` of a prefill: a prompt within one chunk padded (masked) to one position
+    past it when the cache is longer, so that it is hashed as the longer sequence is."""
+    length = x.shape[1]
+    if cache_len <= self.chunk_len or length > self.chunk_len:
+      return x, mask
+    real = jnp.ones(x.shape[:2], bool) if mask is None else mask.astype(bool)
+    return (pad_axis(x, self.chunk_len + 1, axis=1),
+            pad_axis(real, self.chunk_len + 1, axis=1, value=False))
+
+  def _fill_cache(self, decode, x, params, project, buckets):
+    """Writes the cache of a prefill of `x` `[batch, P, d_model]` hashed into the forward
+    pass's `buckets` (None: plain shared-QK attention, the generation within one chunk)."""
+    qk, v = project(params, x[:, None])
+    key = normalize_shared_keys(qk)
+    if buckets is None:
+      write_cache(self, fill_ring(key, v, decode.lengths, decode.cache_len))
+      return
+    n_total = math.prod(_bucket_factors(self.n_buckets))
+    rounds = _round_buckets(buckets[..., :x.shape[1]], n_total)
+    write_cache(self, fill_bucket_rings(key, v, rounds, decode.lengths, decode.cache_len,
+                                        self.n_chunks_before * self.chunk_len, n_total))
+
+  def _decode_step(self, x, positions, params, project, w_out, rotations):
+    """Output `[batch, 1, d_model]` of one new position per sequence, `x` `[batch, 1,
+    d_model]` at `positions` `[batch]`, from the cache of a prefill (updated)."""
+    qk, v = (t[:, :, 0] for t in project(params, x[:, None]))  # [b, h, d_head]
+    key = normalize_shared_keys(qk)
+    if self.has_variable("cache", "ring"):
+      n_total = math.prod(_bucket_factors(self.n_buckets))
+      buckets = self._hash(x, jnp.ones(x.shape[:2], bool), params, rotations, padded=1,
+                           chunk=1)
+      out = cached_step(self, BUCKET_RINGS, bucket_ring_attention, qk, key, v,
+                        _round_buckets(buckets, n_total)[..., 0], positions,
+                        self.correct_duplicates)
+    else:
+      out = cached_step(self, RING, ring_attention, qk, key, v, positions, self_mask=True)
+    return output_projection(out[:, :, None], w_out, 0., None, 1, self.dtype)
 
 
 def _project_shared_qk(params, rows, *, eps, dtype):

@@ -320,6 +320,17 @@ class _BlockFn:
                             rebuild=(y, dx, dy), **state)
 
 
+def _decode_block(block, params, x, aux, layer_aux, decode, cache):
+  """`(block's output on x, its new 'cache' collection)`; a block that does not decode
+  is applied as it is, its cache None."""
+  if not getattr(block, "decodes", False):
+    return block.apply({"params": params}, x, aux, layer_aux, deterministic=True), None
+  variables = {"params": params} if cache is None else {"params": params, "cache": cache}
+  out, state = block.apply(variables, x, aux, layer_aux, deterministic=True, decode=decode,
+                           mutable=["cache"])
+  return out, state["cache"]
+
+
 class ReversibleStack(nn.Module):
   """A stack of reversible layers built from flax block definitions.
 
@@ -334,6 +345,8 @@ class ReversibleStack(nn.Module):
       returns `(y - out, dx + dout/dx^T dy, param grads)` or None (`rebuild_vjp` of
       `reversible_layers`). A block with a true class attribute `saves_state` accepts
       `save_state=True` (returns `(out, state)`) and `state=` (`reversible_layers`).
+      A block with a true class attribute `decodes` accepts `decode=` and keeps what
+      cached decoding needs in its 'cache' collection (see `__call__`).
       Blocks must be pure functions of their parameters: only the 'params' collection is
       carried, so a block with batch statistics (`nn.BatchNorm`) or sown values
       (`self.sow`) raises at init; use LayerNorm, or compute such values outside the stack.
@@ -346,7 +359,8 @@ class ReversibleStack(nn.Module):
     deterministic: disables dropout; merged with the `__call__` argument.
 
   Parameter tree: `{'layer_0': {names[0]: <F params>, names[1]: <G params>}, 'layer_1': ...}`,
-  each layer one parameter holding the nested dicts of its two blocks.
+  each layer one parameter holding the nested dicts of its two blocks. Cache tree (when
+  decoding): `{'layer_0': {names[0]: <F cache>}, ...}` for the blocks that decode.
   """
   blocks: Sequence[Tuple[nn.Module, nn.Module]]
   names: Tuple[str, str] = ("attention", "feed_forward")
@@ -357,11 +371,16 @@ class ReversibleStack(nn.Module):
   @nn.compact
   def __call__(self, x1: jnp.ndarray, x2: jnp.ndarray, aux: Any = None,
                deterministic: Optional[bool] = None,
-               layer_aux: Optional[Sequence[Any]] = None) -> Tuple[jnp.ndarray, jnp.ndarray]:
+               layer_aux: Optional[Sequence[Any]] = None,
+               decode: Optional[Any] = None) -> Tuple[jnp.ndarray, jnp.ndarray]:
     """Runs the layers on the streams `x1`, `x2` (`[..., d]`) and returns `(y1, y2)`.
 
     `aux` is passed to every block; `layer_aux[i]` (e.g. LSH rotations) to the blocks of
     layer i only (None when not given).
+    `decode`: cached decoding (e.g. `kv_cache.Prefill` or `kv_cache.Step`): the layers run
+    forward one after the other, deterministic, no `custom_vjp` or scan; blocks that
+    `decode` get `decode=` with their 'cache' collection, kept in this stack's 'cache'
+    collection (apply with `mutable=['cache']`); the others must be position-wise.
     """
     deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
     if x1.shape != x2.shape:
@@ -385,9 +404,27 @@ class ReversibleStack(nn.Module):
       rngs.append(tuple({"rngs": self._block_rngs(deterministic), "layer_aux": layer_aux[i]}
                         for _ in range(2)))
     fns, params, rngs = tuple(fns), tuple(params), tuple(rngs)
+    if decode is not None:
+      return self._decode(fns, params, x1, x2, aux, layer_aux, decode)
     if self.reversible:
       return reversible_layers(fns, params, rngs, x1, x2, aux, self.scan)
     return _forward(fns, params, rngs, x1, x2, aux, self.scan)[:2]
+
+  def _decode(self, fns, params, x1, x2, aux, layer_aux, decode):
+    """`(y1, y2)` of the layers run forward in decoding mode `decode`, updating the caches."""
+    for i, ((f, g), (pf, pg)) in enumerate(zip(fns, params)):
+      name = f"layer_{i}"
+      cached = self.get_variable("cache", name, {})
+      out, cache_f = _decode_block(f.block, pf, x2, aux, layer_aux[i], decode,
+                                   cached.get(self.names[0]))
+      x1 = x1 + out.astype(x1.dtype)
+      out, cache_g = _decode_block(g.block, pg, x1, aux, layer_aux[i], decode,
+                                   cached.get(self.names[1]))
+      x2 = x2 + out.astype(x2.dtype)
+      kept = {n: c for n, c in zip(self.names, (cache_f, cache_g)) if c is not None}
+      if kept:
+        self.put_variable("cache", name, kept)
+    return x1, x2
 
   def _init_layer(self, rng, f_block, g_block, x, aux, layer_aux):
     keys = jax.random.split(rng, 4)

@@ -19,6 +19,10 @@ Parameter tree (`params[...]`):
   final_norm/{scale, bias}                [2 * d_model]
   lm_head/kernel                          [2 * d_model, vocab]
   lm_head/bias                            [vocab]            (config.lm_head_bias)
+
+Cached decoding (`ReformerLM.prefill`, then `ReformerLM.decode_step` per token) keeps each
+attention layer's cache in the 'cache' collection, `encoder/layer_{i}/attention/attention/
+...` (see `layers/kv_cache.py`, `layers/lsh_cache.py`; planned in `decoding.py`).
 """
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
@@ -31,6 +35,7 @@ from reformer_jax.layers.dense import LayerNormParams, layer_norm
 from reformer_jax.layers.dropout import dropout
 from reformer_jax.layers.feed_forward import ChunkedFeedForward
 from reformer_jax.layers.full_attention import FullSelfAttention
+from reformer_jax.layers.kv_cache import DecodeMode, Prefill, Step
 from reformer_jax.layers.local_attention import LocalSelfAttention
 from reformer_jax.layers.lsh_attention import LSHSelfAttention
 from reformer_jax.layers.positional import (AxialPositionalEmbedding,
@@ -52,11 +57,13 @@ class AttentionBlock(nn.Module):
   attention_type: str
   rebuilds = True  # accepts `rebuild=`; see `ReversibleStack`
   saves_state = True  # LSH keeps its buckets for the backward pass; see `ReversibleStack`
+  decodes = True  # accepts `decode=`, keeps a 'cache' collection; see `ReversibleStack`
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, aux: Dict[str, Any], rotations: Optional[jnp.ndarray],
                deterministic: bool, rebuild: Optional[Tuple[jnp.ndarray, ...]] = None,
-               save_state: bool = False, state: Optional[jnp.ndarray] = None):
+               save_state: bool = False, state: Optional[jnp.ndarray] = None,
+               decode: Optional[DecodeMode] = None):
     """`x` `[batch, length, d_model]` -> `[batch, length, d_model]`.
 
     `aux['mask']`: `[batch, length]` padding mask or None; `rotations`: this layer's LSH
@@ -65,6 +72,7 @@ class AttentionBlock(nn.Module):
     attention with one hashing round; see `LocalSelfAttention`), or None.
     `save_state`: returns `(out, state)`, the state being LSH attention's buckets (None
     for the other types); `state`: those buckets, reused instead of hashing `x` again.
+    `decode`: cached decoding by the attention (`kv_cache.Prefill` or `kv_cache.Step`).
     """
     cfg = self.config
     norm = LayerNormParams(x.shape[-1], name="norm")()
@@ -80,7 +88,8 @@ class AttentionBlock(nn.Module):
           strict_causal=cfg.strict_causal, attention_dropout=cfg.lsh_attention_dropout,
           correct_duplicates=cfg.correct_duplicates, **chunked, **common)
       result = attention(x, mask, deterministic=deterministic, rotations=rotations, norm=norm,
-                         rebuild=rebuild, buckets=state, return_buckets=save_state)
+                         rebuild=rebuild, buckets=state, return_buckets=save_state,
+                         decode=decode)
       return result if save_state else self._grads(result, rebuild)
     if self.attention_type == "local":
       attention = LocalSelfAttention(
@@ -88,17 +97,17 @@ class AttentionBlock(nn.Module):
           n_chunks_after=cfg.local_n_chunks_after, wrap=cfg.local_wrap,
           attention_dropout=cfg.attention_dropout, **chunked, **common)
       out = self._grads(attention(x, mask, deterministic=deterministic, norm=norm,
-                                  rebuild=rebuild), rebuild)
+                                  rebuild=rebuild, decode=decode), rebuild)
       return (out, None) if save_state else out
     if rebuild is not None:
       return None
     h = layer_norm(x, *norm, cfg.layer_norm_eps).astype(cfg.dtype)
     if self.attention_type == "full":
       h = FullSelfAttention(attention_dropout=cfg.attention_dropout, **common)(
-          h, mask, deterministic=deterministic)
+          h, mask, deterministic=deterministic, decode=decode)
     elif self.attention_type == "shared_qk_full":
       h = FullSelfAttention(shared_qk=True, attention_dropout=cfg.lsh_attention_dropout,
-                            **common)(h, mask, deterministic=deterministic)
+                            **common)(h, mask, deterministic=deterministic, decode=decode)
     else:
       raise ValueError(f"unknown attention type {self.attention_type!r}")
     out = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
@@ -180,7 +189,8 @@ class ReformerLM(nn.Module):
   """Reformer language model; see the module docstring for the layout and parameter tree.
 
   Randomness: rng stream 'dropout' (unless deterministic) and 'hash' (LSH rotations; not
-  needed when `lsh_rotations` are given or no layer is "lsh").
+  needed when `lsh_rotations` are given or no layer is "lsh"). Cached decoding: `prefill`,
+  then `decode_step` (apply with `method=` and `mutable=['cache']`).
   """
   config: ReformerConfig
 
@@ -189,7 +199,7 @@ class ReformerLM(nn.Module):
                targets: Optional[jnp.ndarray] = None, weights: Optional[jnp.ndarray] = None,
                positions: Optional[jnp.ndarray] = None,
                lsh_rotations: Optional[Union[jnp.ndarray, Sequence[jnp.ndarray]]] = None,
-               deterministic: Optional[bool] = None):
+               deterministic: Optional[bool] = None, decode: Optional[DecodeMode] = None):
     """Runs the model.
 
     Args:
@@ -205,13 +215,15 @@ class ReformerLM(nn.Module):
         layer, or a sequence with one array per "lsh" layer; None draws them from the
         'hash' rng.
       deterministic: overrides `config.deterministic` (True disables dropout).
+      decode: cached decoding, as set by `prefill` and `decode_step`.
 
     Returns:
       Logits `[batch, length, vocab]` (float32 unless config.dtype), or with `targets` a
       dict of float32 sums {'loss': weighted cross-entropy, 'weight': weights,
       'correct': weighted count of argmax == target}. Without targets, the final hidden
       states `[batch, length, 2 * d_model]` (after `final_norm` and dropout) are sown as
-      `intermediates/final_hidden` (`mutable=['intermediates']` to read them).
+      `intermediates/final_hidden` (`mutable=['intermediates']` to read them). With
+      `decode`, logits `[batch, vocab]` of each sequence's last (real) position.
     """
     cfg = self.config
     deterministic = cfg.deterministic if deterministic is None else deterministic
@@ -221,19 +233,67 @@ class ReformerLM(nn.Module):
                 "set ReformerConfig.vocab_size above the largest id, or map the ids into range")
     if weights is not None and targets is None:
       raise ValueError("weights are only used with targets; pass targets too")
+    if decode is not None and targets is not None:
+      raise ValueError("decoding computes logits, not a loss; pass no targets")
     (x1, x2), final, final_params = encode(self, tokens, mask, positions, lsh_rotations,
-                                           deterministic)
+                                           deterministic, decode)
     head = LMHead(cfg.vocab_size, cfg.lm_head_bias, cfg.loss_chunk_len, cfg.dtype,
                   name="lm_head")
     if targets is None:
+      if isinstance(decode, Prefill):  # only each prompt's last position is continued
+        last = (decode.lengths - 1)[:, None, None]
+        x1, x2 = (jnp.take_along_axis(t, last, axis=1) for t in (x1, x2))
       h = final(final_params, jnp.concatenate([x1, x2], axis=-1), jnp.int32(0))
       self.sow("intermediates", "final_hidden", h)
-      return head(h)
+      logits = head(h)
+      return logits if decode is None else logits[:, 0]
     if weights is None:
       weights = jnp.ones(tokens.shape, jnp.float32) if mask is None else mask
     loss, weight, correct = head((x1, x2), targets, weights, transform=final,
                                  transform_params=final_params)
     return {"loss": loss, "weight": weight, "correct": correct}
+
+  def prefill(self, tokens: jnp.ndarray, lengths: jnp.ndarray, cache_len: int,
+              lsh_rotations: Optional[Union[jnp.ndarray, Sequence[jnp.ndarray]]] = None
+              ) -> jnp.ndarray:
+    """Runs the prompts and writes the 'cache' collection, each attention layer its own.
+
+    Apply with `method=ReformerLM.prefill, mutable=['cache']`; deterministic. The
+    embedding, positions, layers and head are those of `__call__`.
+
+    Args:
+      tokens: int `[batch, P]` prompts, right-padded (anything after `lengths`).
+      lengths: int `[batch]` prompt lengths, 1 .. P.
+      cache_len: positions the cache holds, prompt and new tokens (>= P); a static int.
+      lsh_rotations: as in `__call__`; required with "lsh" layers, and the same for every
+        `decode_step`.
+
+    Returns:
+      Logits `[batch, vocab]` of each prompt's last token.
+    """
+    lengths = lengths.astype(jnp.int32)
+    mask = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    return self(tokens, mask, lsh_rotations=lsh_rotations, deterministic=True,
+                decode=Prefill(lengths, cache_len))
+
+  def decode_step(self, tokens: jnp.ndarray, positions: jnp.ndarray,
+                  lsh_rotations: Optional[Union[jnp.ndarray, Sequence[jnp.ndarray]]] = None
+                  ) -> jnp.ndarray:
+    """One new token per sequence from the 'cache' collection of `prefill` (updated).
+
+    Apply with `method=ReformerLM.decode_step, mutable=['cache']`; deterministic.
+
+    Args:
+      tokens: int `[batch]` new tokens.
+      positions: int `[batch]` their positions; each sequence's earlier ones are cached.
+      lsh_rotations: those given to `prefill`.
+
+    Returns:
+      Logits `[batch, vocab]` after each new token.
+    """
+    positions = positions.astype(jnp.int32)
+    return self(tokens[:, None], positions=positions[:, None], lsh_rotations=lsh_rotations,
+                deterministic=True, decode=Step(positions))
 
 
 def check_inputs(cfg: ReformerConfig, tokens: jnp.ndarray, **arrays: Optional[jnp.ndarray]
@@ -254,12 +314,14 @@ def check_inputs(cfg: ReformerConfig, tokens: jnp.ndarray, **arrays: Optional[jn
 
 
 def encode(module: nn.Module, tokens: jnp.ndarray, mask: Optional[jnp.ndarray],
-           positions: Optional[jnp.ndarray], lsh_rotations, deterministic: bool):
+           positions: Optional[jnp.ndarray], lsh_rotations, deterministic: bool,
+           decode: Optional[DecodeMode] = None):
   """The shared body, called inside `module`'s compact `__call__` (`module.config`).
 
   Creates `module`'s `token_embed`, `positional`, `encoder` and `final_norm` parameters
   and runs tokens `[batch, length]` through the embedding and the reversible stack.
-  Arguments as `ReformerLM.__call__` (checked with `check_inputs`).
+  Arguments as `ReformerLM.__call__` (checked with `check_inputs`); `decode` goes to
+  the stack (`ReversibleStack`).
 
   Returns:
     `((x1, x2), final, final_params)`: the two output streams `[batch, length, d_model]`
@@ -293,7 +355,7 @@ def encode(module: nn.Module, tokens: jnp.ndarray, mask: Optional[jnp.ndarray],
   blocks = tuple((AttentionBlock(cfg, t, parent=None), FeedForwardBlock(cfg, parent=None))
                  for t in types)
   x1, x2 = ReversibleStack(blocks, scan=cfg.scan_layers, name="encoder")(
-      x, x, {"mask": mask}, deterministic=deterministic, layer_aux=rotations)
+      x, x, {"mask": mask}, deterministic=deterministic, layer_aux=rotations, decode=decode)
   final_norm = LayerNormParams(2 * cfg.d_model, name="final_norm")()
 
   def final(params, h, index):  # final_norm -> dropout, per chunk of concat(x1, x2)

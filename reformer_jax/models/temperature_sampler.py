@@ -172,8 +172,7 @@ def generate_tokens(config: ReformerConfig, params, prompts: Sequence[Sequence[i
   out, n_new = np.asarray(out), np.asarray(n_new)
   cache_bytes = 0
   if use_cache:
-    cache_bytes = decoding.cache_bytes(jax.eval_shape(
-        lambda: decoding.init_cache(config, len(arrays), total)))
+    cache_bytes = decoding.cache_bytes(decoding.cache_shapes(config, len(arrays), total))
   return Generation([out[i, n:n + k] for i, (n, k) in enumerate(zip(lengths, n_new))],
                     use_cache, cache_bytes, compile_seconds, seconds)
 

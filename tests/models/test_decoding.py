@@ -96,7 +96,7 @@ def test_bfloat16():
 
 def test_the_cache_size_is_flat_in_length_for_local_layers():
   config = BASE.replace(attention_types=("local",), n_layers=1)
-  short, long = (decoding.init_cache(config, 2, n) for n in (16, 4096))
+  short, long = (decoding.cache_shapes(config, 2, n) for n in (16, 4096))
   assert jax.tree.map(lambda x: x.shape, short) == jax.tree.map(lambda x: x.shape, long)
   assert decoding.cache_bytes(short) == 2 * 2 * 2 * 8 * 4 * 4 + 2 * 8 * 4
 

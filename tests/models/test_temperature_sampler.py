@@ -50,7 +50,7 @@ def test_greedy_tokens_of_the_cache_equal_the_uncached_path_and_a_plain_loop(par
   np.testing.assert_array_equal(cached.tokens[0], _greedy_loop(params, PROMPTS[0], total, NEW))
   assert cached.new_tokens == 2 * NEW and cached.tokens_per_second > 0
   config = decoding.decoding_config(CONFIG, total)
-  assert cached.cache_bytes == decoding.cache_bytes(decoding.init_cache(config, 2, total))
+  assert cached.cache_bytes == decoding.cache_bytes(decoding.cache_shapes(config, 2, total))
   assert uncached.cache_bytes == 0
 
 
