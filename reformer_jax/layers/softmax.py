@@ -5,12 +5,15 @@ short rows of chunked attention (a query's window of 128 keys). Here row maxima 
 halving tree of elementwise maxima and row sums products with a vector of ones, and the
 gradient is written out so that its row sums are products too: one attention step's
 softmax with its logsumexp, forward and backward, takes about half the time of
-`jax.nn.logsumexp` and `exp` (`python -m experiments.row_reductions`).
+`jax.nn.logsumexp` and `exp` (`python -m experiments.row_reductions`). Programs compiled for
+other platforms use plain reductions (`xla_cpu.select`).
 """
 from typing import Tuple
 
 import jax
 import jax.numpy as jnp
+
+from reformer_jax.layers import xla_cpu
 
 # Rows are halved with elementwise maxima down to at most this width, then reduced.
 _TREE_WIDTH = 8
@@ -18,7 +21,14 @@ _TREE_WIDTH = 8
 
 def row_max(x: jnp.ndarray) -> jnp.ndarray:
   """`max(x, axis=-1, keepdims=True)` `[..., n]` -> `[..., 1]`, without a gradient."""
-  x = jax.lax.stop_gradient(x)
+  return xla_cpu.select("row_reductions", _halving_max, _plain_max, jax.lax.stop_gradient(x))
+
+
+def _plain_max(x):
+  return jnp.max(x, axis=-1, keepdims=True)
+
+
+def _halving_max(x):
   while x.shape[-1] > _TREE_WIDTH and x.shape[-1] % 2 == 0:
     half = x.shape[-1] // 2
     x = jnp.maximum(x[..., :half], x[..., half:])
@@ -26,7 +36,15 @@ def row_max(x: jnp.ndarray) -> jnp.ndarray:
 
 
 def row_sum(x: jnp.ndarray) -> jnp.ndarray:
-  """`sum(x, axis=-1, keepdims=True)` of float32 `[..., n]` as a product with ones."""
+  """`sum(x, axis=-1, keepdims=True)` of float32 `[..., n]` (on CPU a product with ones)."""
+  return xla_cpu.select("row_reductions", _product_sum, _plain_sum, x)
+
+
+def _plain_sum(x):
+  return jnp.sum(x, axis=-1, keepdims=True)
+
+
+def _product_sum(x):
   ones = jnp.ones((x.shape[-1], 1), x.dtype)
   return jnp.dot(x, ones, precision=jax.lax.Precision.HIGHEST)
 

@@ -1,0 +1,61 @@
+"""XLA:CPU workarounds inside the math, chosen by the platform a program is compiled for.
+
+Some of the layers' arithmetic is written around XLA:CPU's kernels (docs/performance.md):
+row maxima and sums as halving trees and products with ones (its row reductions are a slow
+reduce-window + reduce pair), LayerNorm moments as matrix-vector products, LSH's signed
+argmax as a halving tree. Each has a plain form of equal value. `select` stages both with
+`jax.lax.platform_dependent`, so the choice follows the platform the program is lowered for
+(the compile target: a TPU topology planned from a CPU machine gets the plain form), not
+`jax.default_backend()`. The TPU compiler's view of each (`experiments/accelerator_plan.py
+--workarounds`) is in docs/tpu_planning.md.
+
+Two more are kept on every platform, because the TPU compiler plans the same or less with
+them (measured, docs/tpu_planning.md): 16-bit floats moved through loops as uint16 bits
+(`chunking.to_bits`: a bitcast) and NaN-flag ties that order XLA's schedule
+(`reversible._tie`, `chunking.zeros_after`). `kept(name)` says whether one is on.
+
+`forced` overrides the choice while tracing, to compare the forms on one target.
+"""
+import contextlib
+from typing import Callable, Dict, Iterator
+
+import jax
+
+# The workarounds that `select` chooses between, by name.
+WORKAROUNDS = ("row_reductions", "layer_norm_moments", "signed_argmax")
+# The workarounds kept on every platform (unless `forced` off).
+KEPT = ("bits_moves", "ties")
+
+_forced: Dict[str, bool] = {}
+
+
+def select(name: str, workaround: Callable, plain: Callable, *args):
+  """`workaround(*args)` in programs compiled for a CPU, `plain(*args)` elsewhere (both
+  traced; lowering keeps one). Under `forced`, the forced form on every platform."""
+  if name not in WORKAROUNDS:
+    raise ValueError(f"unknown XLA:CPU workaround {name!r}; known: {WORKAROUNDS}")
+  if name in _forced:
+    return (workaround if _forced[name] else plain)(*args)
+  return jax.lax.platform_dependent(*args, cpu=workaround, default=plain)
+
+
+def kept(name: str) -> bool:
+  """Whether the KEPT workaround `name` is on (always, unless `forced` off)."""
+  return _forced.get(name, True)
+
+
+@contextlib.contextmanager
+def forced(**choices: bool) -> Iterator[None]:
+  """While tracing inside: `name=True` uses the workaround on every platform, `name=False`
+  the plain form (measurements and tests; jit traces fresh functions only)."""
+  unknown = set(choices) - set(WORKAROUNDS + KEPT)
+  if unknown:
+    raise ValueError(f"unknown XLA:CPU workarounds {sorted(unknown)}; known: "
+                     f"{WORKAROUNDS + KEPT}")
+  saved = dict(_forced)
+  _forced.update(choices)
+  try:
+    yield
+  finally:
+    _forced.clear()
+    _forced.update(saved)
