@@ -58,6 +58,11 @@ def parse_args(argv):
                            "workaround on and off instead of the search")
   parser.add_argument("--length", type=int, default=2 ** 16)
   parser.add_argument("--workarounds_target", default="v5e:1x1")
+  parser.add_argument("--settings", default="",
+                      help="with --workarounds: which settings (default: all; e.g. "
+                           "default,all:on,ties:off)")
+  parser.add_argument("--layers", type=int, default=None,
+                      help="n_layers of every model (default: the config's)")
   parser.add_argument("--fresh", action="store_true", help="ignore cached compiles")
   parser.add_argument("--timeout", type=float, default=7200.)
   parser.add_argument("--quick", action="store_true",
@@ -65,6 +70,7 @@ def parse_args(argv):
                            "(smoke test: one compile)")
   common.add_out_argument(parser)
   args = parser.parse_args(argv)
+  args.settings = [v.strip() for v in args.settings.split(",") if v.strip()]
   for name, known in (("models", MODELS), ("variants", VARIANTS), ("chips", CHIPS)):
     values = [v.strip() for v in getattr(args, name).split(",") if v.strip()]
     unknown = [v for v in values if v not in known]
@@ -84,6 +90,8 @@ def experiment(spec):
   exp = gin_setup.make_experiment()
   changes = common.configs._config_changes(  # pylint: disable=protected-access
       dict(VARIANTS[spec["variant"]], **(QUICK if spec.get("quick") else {})))
+  if spec.get("layers"):
+    changes["n_layers"] = spec["layers"]
   length = spec["length"]
   shape = exp.model.resolved_axial_shape
   if shape[0] * shape[1] < length:  # a longer first axis of the axial position table
@@ -117,8 +125,9 @@ def worker(spec):
 
 
 def _key(spec):
-  return json.dumps({k: spec[k] for k in ("model", "variant", "target", "length",
-                                          "workarounds", "quick")}, sort_keys=True)
+  return json.dumps({k: spec.get(k) for k in ("model", "variant", "target", "length",
+                                              "workarounds", "quick", "layers")},
+                    sort_keys=True)
 
 
 class Runs:
@@ -130,7 +139,7 @@ class Runs:
     self.records = {_key(r["spec"]): r for r in old.get("runs", [])}
 
   def run(self, spec):
-    spec = dict({"workarounds": {}, "quick": False}, **spec)
+    spec = dict({"workarounds": {}, "quick": False, "layers": None}, **spec)
     key = _key(spec)
     if key not in self.records:
       record = common.measure(FILE, spec, threads=common.default_threads(),
@@ -155,6 +164,23 @@ def need_bytes(record):
   """Planned bytes per chip (peak + program), or None where the compiler refused."""
   memory = record.get("bytes_per_device")
   return None if memory is None else memory["peak"] + memory["program"]
+
+
+def workaround_settings(names=None):
+  """{setting: xla_cpu.forced choices}: the default (by target), each chosen workaround
+  forced on, each kept one forced off, all forced off, all forced on; `names` selects."""
+  from reformer_jax.layers import xla_cpu  # pylint: disable=import-outside-toplevel
+  settings = {"default": {}}
+  settings.update({f"{n}:on": {n: True} for n in xla_cpu.WORKAROUNDS})
+  settings.update({f"{n}:off": {n: False} for n in xla_cpu.KEPT})
+  settings["all:off"] = {n: False for n in xla_cpu.WORKAROUNDS + xla_cpu.KEPT}
+  settings["all:on"] = {n: True for n in xla_cpu.WORKAROUNDS + xla_cpu.KEPT}
+  if names:
+    unknown = [n for n in names if n not in settings]
+    if unknown:
+      raise SystemExit(f"unknown --settings {unknown}; choose from {list(settings)}")
+    settings = {n: settings[n] for n in names}
+  return settings
 
 
 def fits(runs, spec, length) -> bool:
@@ -204,16 +230,24 @@ def markdown(result):
     lines.append(_run_row(run, gib))
   if result.get("workarounds"):
     lines += ["", "| workarounds (v. the default for the target) | planned (GiB) | "
-              "temporaries (GiB) | bytes accessed (estimate) | flops (estimate) |",
-              "|---|---:|---:|---:|---:|"]
+              "temporaries (GiB) | bytes accessed (estimate) | flops (estimate) | compile |",
+              "|---|---:|---:|---:|---:|---|"]
     for row in result["workarounds"]:
       run = row["run"]
       cost = run.get("compiler_estimate", {})
       memory = run.get("bytes_per_device", {})
       lines.append(f"| {row['name']} | {gib(need_bytes(run))} | "
                    f"{gib(memory.get('temporaries'))} | {_num(cost.get('bytes_accessed'))} | "
-                   f"{_num(cost.get('flops'))} |")
+                   f"{_num(cost.get('flops'))} | {_compile_note(run)} |")
   return "\n".join(lines) + "\n"
+
+
+def _compile_note(run):
+  if "error" not in run:
+    return f"{run.get('compile_s', 0):.0f} s"
+  if "exit -11" in run["error"]:
+    return "libtpu's compiler crashed (SIGSEGV: stack overflow)"
+  return run["error"][:80]
 
 
 def _num(x):
@@ -271,16 +305,14 @@ def main(argv=None):
   result = {"machine": common.machine_info(common.default_threads()),
             "command": " ".join(["python -m experiments.accelerator_plan"] + argv),
             "chips": args.chips, "longest": [], "usable_hbm": {}, "workarounds": []}
-  base = {"quick": args.quick}
+  base = {"quick": args.quick, "layers": args.layers}
   if args.workarounds:
-    from reformer_jax.layers import xla_cpu  # pylint: disable=import-outside-toplevel
-    settings = [("default (by target)", {})]
-    settings += [(f"{n}: workaround", {n: True}) for n in xla_cpu.WORKAROUNDS]
-    settings += [(f"{n}: off", {n: False}) for n in xla_cpu.KEPT]
-    settings += [("all workarounds", {n: True for n in xla_cpu.WORKAROUNDS})]
+    settings = workaround_settings(args.settings)
     for model in args.models:
       for variant in args.variants:
-        for name, forced in settings:
+        for name, forced in settings.items():
+          if variant == "float32" and set(forced) == {"bits_moves"}:
+            continue  # no 16-bit arrays to move
           run = runs.run(dict(base, model=model, variant=variant, length=args.length,
                               target=args.workarounds_target, workarounds=forced))
           result["workarounds"].append({"name": f"{model}, {variant}: {name}", "run": run})

@@ -5,8 +5,9 @@ short rows of chunked attention (a query's window of 128 keys). Here row maxima 
 halving tree of elementwise maxima and row sums products with a vector of ones, and the
 gradient is written out so that its row sums are products too: one attention step's
 softmax with its logsumexp, forward and backward, takes about half the time of
-`jax.nn.logsumexp` and `exp` (`python -m experiments.row_reductions`). Programs compiled for
-other platforms use plain reductions (`xla_cpu.select`).
+`jax.nn.logsumexp` and `exp` (`python -m experiments.row_reductions`). They are kept on
+every platform (`xla_cpu.kept`): the TPU compiler plans the same memory either way, and its
+plain-reduction form of the bfloat16 step crashes libtpu 0.0.42's compiler.
 """
 from typing import Tuple
 
@@ -21,7 +22,8 @@ _TREE_WIDTH = 8
 
 def row_max(x: jnp.ndarray) -> jnp.ndarray:
   """`max(x, axis=-1, keepdims=True)` `[..., n]` -> `[..., 1]`, without a gradient."""
-  return xla_cpu.select("row_reductions", _halving_max, _plain_max, jax.lax.stop_gradient(x))
+  x = jax.lax.stop_gradient(x)
+  return _halving_max(x) if xla_cpu.kept("row_reductions") else _plain_max(x)
 
 
 def _plain_max(x):
@@ -36,8 +38,8 @@ def _halving_max(x):
 
 
 def row_sum(x: jnp.ndarray) -> jnp.ndarray:
-  """`sum(x, axis=-1, keepdims=True)` of float32 `[..., n]` (on CPU a product with ones)."""
-  return xla_cpu.select("row_reductions", _product_sum, _plain_sum, x)
+  """`sum(x, axis=-1, keepdims=True)` of float32 `[..., n]` as a product with ones."""
+  return _product_sum(x) if xla_cpu.kept("row_reductions") else _plain_sum(x)
 
 
 def _plain_sum(x):

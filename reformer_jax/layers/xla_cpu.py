@@ -1,20 +1,22 @@
-"""XLA:CPU workarounds inside the math, chosen by the platform a program is compiled for.
+"""XLA:CPU workarounds inside the math, and which of them a program compiled for another
+platform keeps: the one place that decides.
 
-Some of the layers' arithmetic is written around XLA:CPU's kernels (docs/performance.md):
-row maxima and sums as halving trees and products with ones (its row reductions are a slow
-reduce-window + reduce pair), LayerNorm moments as matrix-vector products, LSH's signed
-argmax as a halving tree. Each has a plain form of equal value. `select` stages both with
-`jax.lax.platform_dependent`, so the choice follows the platform the program is lowered for
-(the compile target: a TPU topology planned from a CPU machine gets the plain form), not
-`jax.default_backend()`. The TPU compiler's view of each (`experiments/accelerator_plan.py
---workarounds`) is in docs/tpu_planning.md.
+Some of the layers' arithmetic is written around XLA:CPU's kernels (docs/performance.md).
+Compiled for a TPU, each was measured on and off (`experiments/accelerator_plan.py
+--workarounds`, docs/tpu_planning.md):
 
-Two more are kept on every platform, because the TPU compiler plans the same or less with
-them (measured, docs/tpu_planning.md): 16-bit floats moved through loops as uint16 bits
-(`chunking.to_bits`: a bitcast) and NaN-flag ties that order XLA's schedule
-(`reversible._tie`, `chunking.zeros_after`). `kept(name)` says whether one is on.
+* chosen by the compile target (`select`): LayerNorm moments as matrix-vector products and
+  LSH's signed argmax as a halving tree. Both forms are staged with
+  `jax.lax.platform_dependent`, so the choice follows the platform the program is lowered
+  for (a TPU topology planned from a CPU machine gets the plain form), not
+  `jax.default_backend()`;
+* kept on every platform (`kept`): row maxima and sums as halving trees and products with
+  ones (plain reductions of the bfloat16 step crash libtpu 0.0.42's compiler, and plan the
+  same memory in float32), 16-bit floats moved through loops as uint16 bits
+  (`chunking.to_bits`: a bitcast) and NaN-flag ties that order XLA's schedule
+  (`reversible._tie`, `chunking.zeros_after`).
 
-`forced` overrides the choice while tracing, to compare the forms on one target.
+`forced` overrides either kind while tracing, to compare the forms on one target.
 """
 import contextlib
 from typing import Callable, Dict, Iterator
@@ -22,9 +24,9 @@ from typing import Callable, Dict, Iterator
 import jax
 
 # The workarounds that `select` chooses between, by name.
-WORKAROUNDS = ("row_reductions", "layer_norm_moments", "signed_argmax")
+WORKAROUNDS = ("layer_norm_moments", "signed_argmax")
 # The workarounds kept on every platform (unless `forced` off).
-KEPT = ("bits_moves", "ties")
+KEPT = ("row_reductions", "bits_moves", "ties")
 
 _forced: Dict[str, bool] = {}
 

@@ -48,14 +48,27 @@ def test_signed_argmax_forms_agree_with_ties():
 
 
 def test_lowering_follows_the_compile_target_not_the_default_backend():
-  """On this CPU machine, a program lowered for a TPU holds the plain reductions."""
-  traced = jax.jit(lambda v: (softmax.row_sum(v), softmax.row_max(v))).trace(
-      jnp.ones((4, 64)))
+  """On this CPU machine, a program lowered for a TPU holds the plain LayerNorm moments and
+  signed argmax; one lowered for the CPU the workarounds."""
+  scale = jnp.ones(64)
+
+  def f(v):
+    return dense.layer_norm(v, scale, scale, 1e-6), lsh_attention._signed_argmax(v)  # pylint: disable=protected-access
+
+  traced = jax.jit(f).trace(jnp.ones((4, 64)))
   for_cpu = traced.lower(lowering_platforms=("cpu",)).as_text()
   for_tpu = traced.lower(lowering_platforms=("tpu",)).as_text()
   assert "dot_general" in for_cpu and "dot_general" not in for_tpu
+  assert "concatenate" in for_tpu and "concatenate" not in for_cpu
   assert "stablehlo.reduce" in for_tpu
-  assert for_cpu.count("stablehlo.maximum") > for_tpu.count("stablehlo.maximum")
+
+
+def test_kept_workarounds_stay_on_every_platform():
+  traced = jax.jit(softmax.row_sum).trace(jnp.ones((4, 64)))
+  assert "dot_general" in traced.lower(lowering_platforms=("tpu",)).as_text()
+  with xla_cpu.forced(row_reductions=False):
+    plain = jax.jit(lambda v: softmax.row_sum(v)).trace(jnp.ones((4, 64)))
+  assert "dot_general" not in plain.lower(lowering_platforms=("cpu",)).as_text()
 
 
 def test_forced_names_must_be_known():
