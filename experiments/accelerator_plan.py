@@ -147,9 +147,16 @@ class Runs:
       record["spec"] = spec
       record["commit"] = _commit()
       self.records[key] = record
+      self.save()
       print(json.dumps({k: record.get(k) for k in ("spec", "fits", "compile_s", "error")}),
             flush=True)
     return self.records[key]
+
+
+  def save(self):
+    """Writes the records so far (a long study interrupted keeps what it compiled)."""
+    previous = json.loads(self.path.read_text()) if self.path.is_file() else {}
+    common.write_json(self.path, dict(previous, runs=list(self.records.values())))
 
 
 def _commit():
