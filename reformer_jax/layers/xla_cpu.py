@@ -10,25 +10,31 @@ Compiled for a TPU, each was measured on and off (`experiments/accelerator_plan.
   `jax.lax.platform_dependent`, so the choice follows the platform the program is lowered
   for (a TPU topology planned from a CPU machine gets the plain form), not
   `jax.default_backend()`;
+* chosen by the platform being traced for (`kept`): 16-bit floats moved through loops as
+  uint16 bits (`chunking.to_bits`). It changes the loops' dtypes, so both forms cannot be
+  staged; the trainer's steps are traced inside `compiling_for(platform)` when planning
+  for a TPU from a CPU machine (`trainer/plan.py`), else for `jax.default_backend()`.
+  On a TPU the bits cost memory (the bfloat16 step: 7.7% more temporaries);
 * kept on every platform (`kept`): row maxima and sums as halving trees and products with
-  ones (plain reductions of the bfloat16 step crash libtpu 0.0.42's compiler, and plan the
-  same memory in float32), 16-bit floats moved through loops as uint16 bits
-  (`chunking.to_bits`: a bitcast) and NaN-flag ties that order XLA's schedule
-  (`reversible._tie`, `chunking.zeros_after`).
+  ones (plain reductions of the bfloat16 step crash libtpu 0.0.42's compiler), and NaN-flag
+  ties that order XLA's schedule (`reversible._tie`, `chunking.zeros_after`; not measured
+  on a TPU).
 
-`forced` overrides either kind while tracing, to compare the forms on one target.
+`forced` overrides any of them while tracing, to compare the forms on one target.
 """
 import contextlib
-from typing import Callable, Dict, Iterator
+from typing import Callable, Dict, Iterator, List
 
 import jax
 
 # The workarounds that `select` chooses between, by name.
 WORKAROUNDS = ("layer_norm_moments", "signed_argmax")
-# The workarounds kept on every platform (unless `forced` off).
+# The workarounds `kept` decides while tracing: on every platform, or (TRACED) for a CPU only.
 KEPT = ("row_reductions", "bits_moves", "ties")
+TRACED = ("bits_moves",)
 
 _forced: Dict[str, bool] = {}
+_platform: List[str] = []  # the platform being traced for, innermost last
 
 
 def select(name: str, workaround: Callable, plain: Callable, *args):
@@ -42,8 +48,27 @@ def select(name: str, workaround: Callable, plain: Callable, *args):
 
 
 def kept(name: str) -> bool:
-  """Whether the KEPT workaround `name` is on (always, unless `forced` off)."""
-  return _forced.get(name, True)
+  """Whether the KEPT workaround `name` is on while tracing: a TRACED one for a CPU only,
+  the others always (unless `forced`)."""
+  if name in _forced:
+    return _forced[name]
+  return name not in TRACED or traced_platform() == "cpu"
+
+
+def traced_platform() -> str:
+  """The platform the program being traced is for: `compiling_for`'s, else JAX's default."""
+  return _platform[-1] if _platform else jax.default_backend()
+
+
+@contextlib.contextmanager
+def compiling_for(platform: str) -> Iterator[None]:
+  """Traces inside compile for `platform` ('cpu', 'tpu', 'gpu'), e.g. a TPU topology's
+  devices on a CPU machine."""
+  _platform.append(platform)
+  try:
+    yield
+  finally:
+    _platform.pop()
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reformer_jax.layers import xla_cpu
 from reformer_jax.trainer import optim, sharding, steps
 
 EXTRA = "tpu-plan"
@@ -232,8 +233,9 @@ def plan_train(exp, target: Optional[str] = None) -> Dict:
   init_state = steps.make_init_state(exp.model, tx, exp.seed, exp.seq_len, mesh, exp.task)
   state_shapes = steps.abstract_state(init_state, mesh)
   batch = exp.task.batch_shapes((exp.grad_accum_steps, exp.micro_batch_size), exp.seq_len)
-  compiled = steps.compile_train_step(exp.model, tx, mesh, exp.task).lower(
-      state_shapes, batch).compile()
+  with xla_cpu.compiling_for(devices[0].platform):
+    lowered = steps.compile_train_step(exp.model, tx, mesh, exp.task).lower(state_shapes, batch)
+  compiled = lowered.compile()
   return report(compiled, devices, target, "train", seq_len=exp.seq_len,
                 batch_size=exp.batch_size, params=_count(state_shapes.params))
 
@@ -248,8 +250,10 @@ def plan_eval(exp, target: Optional[str] = None) -> Dict:
   sharding.check_batch(batch_size, mesh, "Experiment.eval_batch_size")
   params = steps.abstract_params(exp.model, exp.seq_len, mesh, exp.task)
   key = jax.ShapeDtypeStruct((2,), jnp.uint32)
-  compiled = steps.compile_eval_step(exp.model, mesh, exp.task).lower(
-      params, exp.task.batch_shapes((batch_size,), exp.seq_len), key).compile()
+  with xla_cpu.compiling_for(devices[0].platform):
+    lowered = steps.compile_eval_step(exp.model, mesh, exp.task).lower(
+        params, exp.task.batch_shapes((batch_size,), exp.seq_len), key)
+  compiled = lowered.compile()
   return report(compiled, devices, target, "eval", seq_len=exp.seq_len,
                 batch_size=batch_size, params=_count(params))
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reformer_jax.layers import dense, lsh_attention, softmax, xla_cpu
+from reformer_jax.layers import chunking, dense, lsh_attention, softmax, xla_cpu
 from reformer_jax.layers.lsh_attention import draw_rotations
 from reformer_jax.models import ReformerConfig, ReformerLM
 
@@ -103,3 +103,13 @@ def test_every_workaround_off_gives_the_same_loss_and_gradients():
   np.testing.assert_allclose(loss_off, loss_on, rtol=1e-5)
   for off, on in zip(jax.tree.leaves(grads_off), jax.tree.leaves(grads_on)):
     np.testing.assert_allclose(off, on, rtol=1e-3, atol=1e-5)
+
+
+def test_bits_moves_follow_the_platform_being_traced_for():
+  x = jnp.ones((4,), jnp.bfloat16)
+  assert chunking.to_bits(x).dtype == jnp.uint16  # this CPU
+  with xla_cpu.compiling_for("tpu"):
+    assert chunking.to_bits(x).dtype == jnp.bfloat16
+    with xla_cpu.forced(bits_moves=True):
+      assert chunking.to_bits(x).dtype == jnp.uint16
+  assert xla_cpu.traced_platform() == "cpu"
