@@ -14,7 +14,8 @@ Compiled for a TPU, each was measured on and off (`experiments/accelerator_plan.
   uint16 bits (`chunking.to_bits`). It changes the loops' dtypes, so both forms cannot be
   staged; the trainer's steps are traced inside `compiling_for(platform)` when planning
   for a TPU from a CPU machine (`trainer/plan.py`), else for `jax.default_backend()`.
-  On a TPU the bits cost memory (the bfloat16 step: 7.7% more temporaries);
+  On a TPU the bits cost memory (the bfloat16 step plans 7.7% fewer temporaries
+  without them);
 * kept on every platform (`kept`): row maxima and sums as halving trees and products with
   ones (plain reductions of the bfloat16 step crash libtpu 0.0.42's compiler), and NaN-flag
   ties that order XLA's schedule (`reversible._tie`, `chunking.zeros_after`; not measured
