@@ -28,5 +28,8 @@ setuptools.setup(
                   "reformer_jax.configs.models": ["*.gin"]},
     python_requires=">=3.10",
     install_requires=_requirements("requirements.txt"),
-    extras_require={"test": _requirements("requirements-test.txt")},
+    # tpu-plan: libtpu (the version jax's `tpu` extra pins), to compile for TPU topologies on
+    # any machine (`--dry_run --target=...`, reformer_jax/trainer/plan.py).
+    extras_require={"test": _requirements("requirements-test.txt"),
+                    "tpu-plan": ["jax[tpu]"]},
 )

@@ -2,6 +2,7 @@ r"""Evaluates the latest checkpoint of a training workdir.
 
   python -m reformer_jax.evaluate --workdir=workdirs/quickstart \
       [--gin_bindings='N_HASHES=4'] [--split=test] [--predictions=FILE]
+  python -m reformer_jax.evaluate --workdir=workdirs/quickstart --dry_run [--target=v5e:2x2]
 
 Reads `workdir/config.gin`; bindings change evaluation-time settings (e.g.
 N_HASHES, ReformerConfig.attention_types, Experiment.eval_batches), not the
@@ -10,7 +11,9 @@ byte; masked LM: masked-token accuracy; classification: accuracy, macro F1; span
 QA: exact match, F1). `--predictions=FILE` (classification, span QA) writes one
 JSON line per example, in order: its index and the task's `prediction` (a
 classifier's predicted and true label, logits and probabilities; span QA's
-predicted and true span); only once the whole evaluation has run. The last line printed is a JSON object of the metrics.
+predicted and true span); only once the whole evaluation has run. `--dry_run` compiles the
+eval step without a checkpoint or data (for a TPU topology with `--target`,
+`trainer/plan.py`) and prints its plan. The last line printed is a JSON object of the metrics.
 """
 import json
 import os
@@ -18,7 +21,7 @@ from typing import Optional, Sequence
 
 from absl import app, flags
 
-from reformer_jax.trainer import cli, sharding, steps
+from reformer_jax.trainer import cli, plan, sharding, steps
 
 
 def evaluate(workdir: str, gin_bindings: Sequence[str] = (), split: str = "eval",
@@ -66,6 +69,10 @@ def define_flags():
       "gin_bindings", [], "Gin binding applied after workdir/config.gin, e.g. "
       "'N_HASHES=4' (repeatable).")
   flags.DEFINE_string("split", "eval", "Data split: 'eval' or 'test'.")
+  flags.DEFINE_bool("dry_run", False, "Compile the eval step from workdir/config.gin without "
+                    "running it (no checkpoint needed); print its memory and cost plan.")
+  flags.DEFINE_string("target", None, "With --dry_run: plan for this TPU topology's chips "
+                      "(e.g. v5e:2x2; needs the tpu-plan extra).")
   flags.DEFINE_string("predictions", None, "Classification and span QA: a JSONL file for "
                       "the per-example predictions (classification: label, predicted, "
                       "logits, probabilities; span QA: predicted and true span).")
@@ -76,6 +83,13 @@ def main():
   if not args.workdir:
     raise ValueError("--workdir is required (a directory written by "
                      "`python -m reformer_jax.train`).")
+  if args.target and not args.dry_run:
+    raise ValueError(f"--target={args.target} plans the eval step for TPU chips without "
+                     "running it; add --dry_run.")
+  if args.dry_run:
+    cli.print_json(plan.plan_eval(cli.load_experiment(args.workdir, args.gin_bindings),
+                                  args.target))
+    return
   cli.print_json(evaluate(args.workdir, args.gin_bindings, args.split, args.predictions))
 
 

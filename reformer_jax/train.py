@@ -4,6 +4,8 @@ r"""Trains a Reformer described by gin configs: a language model, or the task th
 
   python -m reformer_jax.train --gin_file=configs/quickstart.gin \
       --workdir=workdirs/quickstart [--gin_bindings='TRAIN_STEPS=100'] [--dry_run]
+  python -m reformer_jax.train --gin_file=configs/crime_and_punishment.gin \
+      --workdir=/tmp/w --dry_run --target=v5e:1x1    # plan for a TPU (trainer/plan.py)
 
 The workdir receives `config.gin` (the operative config), `checkpoints/`,
 TensorBoard event files and `metrics.jsonl`. A run on a workdir holding
@@ -32,7 +34,7 @@ from absl import app, flags
 from jax.experimental import multihost_utils
 
 from reformer_jax.trainer import checkpointing, cli, gin_setup, optim
-from reformer_jax.trainer import sampling, sharding
+from reformer_jax.trainer import plan, sampling, sharding
 from reformer_jax.trainer import experiment as experiment_lib
 from reformer_jax.trainer import metrics as metrics_lib
 from reformer_jax.trainer import steps, tasks
@@ -49,11 +51,13 @@ def console(message: str):
 
 
 def run(gin_files: Sequence[str], gin_bindings: Sequence[str], workdir: str,
-        dry_run: bool = False) -> dict:
-  """Parses the configs, trains (or dry-runs); writes `workdir/config.gin` once
-  the train state is restored or initialised."""
+        dry_run: bool = False, target: Optional[str] = None) -> dict:
+  """Parses the configs, trains (or dry-runs, for this machine or a TPU `target`); writes
+  `workdir/config.gin` once the train state is restored or initialised."""
   gin_setup.parse(gin_files, gin_bindings)
   exp = gin_setup.make_experiment()
+  if target:
+    return plan.plan_train(exp, target)
   if dry_run:
     return train_and_evaluate(exp, workdir, dry_run=True)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
@@ -412,6 +416,10 @@ def define_flags():
   flags.DEFINE_bool(
       "dry_run", False, "Compile the train step without running it; print "
       "params, peak_bytes and flops_per_step.")
+  flags.DEFINE_string(
+      "target", None, "With --dry_run: compile the train step for this TPU topology's "
+      "chips (e.g. v5e:1x1, v5e:2x4, v4:2x2x1, v5p:2x2x1, v6e:2x2) and print the memory "
+      "per chip against its HBM, and XLA's cost estimate (needs the tpu-plan extra).")
   flags.DEFINE_bool(
       "distributed", False, "Multi-host: run this command once per host; the "
       "processes join with jax.distributed.initialize, and only the first "
@@ -436,13 +444,16 @@ def main():
                      "--gin_file=configs/quickstart.gin.")
   given = [f"--{name}" for name in ("coordinator_address", "num_processes", "process_id")
            if getattr(args, name) is not None]
+  if args.target and not args.dry_run:
+    raise ValueError(f"--target={args.target} plans a run for TPU chips without running "
+                     "it; add --dry_run.")
   if given and not args.distributed:
     raise ValueError(f"{', '.join(given)} only apply with --distributed.")
   if args.distributed:
     cli.initialize_distributed(args.coordinator_address, args.num_processes,
                                args.process_id)
   cli.print_json(run(args.gin_file, args.gin_bindings, args.workdir,
-                     args.dry_run))
+                     args.dry_run, args.target))
 
 
 if __name__ == "__main__":

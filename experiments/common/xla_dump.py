@@ -102,8 +102,8 @@ def peak_buffers(dump_dir: str, module: str = "jit_train_step", top: int = 20
     live buffers (bytes, shape, opcode, source op), 'by_shape': bytes grouped by shape
     and opcode (all live buffers), 'by_source': bytes grouped by source op (top 15)}.
   """
-  live_file = _find_dump(dump_dir, module, "cpu_after_optimizations-live-range.txt")
-  table = _instructions(_find_dump(dump_dir, module, "cpu_after_optimizations.txt"))
+  live_file = _find_dump(dump_dir, module, "after_optimizations-live-range.txt")
+  table = _instructions(_find_dump(dump_dir, module, "after_optimizations.txt"))
   lines = live_file.read_text().splitlines()
   sequence, peak_at, live = {}, None, []
   section = None
@@ -130,7 +130,7 @@ def peak_buffers(dump_dir: str, module: str = "jit_train_step", top: int = 20
     raise ValueError(f"{live_file} has no 'Live ranges at N (peak)' section")
   # A phi value is held in its operands' buffers, which are listed themselves.
   phis = _phi_values(_find_dump(dump_dir, module,
-                                "cpu_after_optimizations-buffer-assignment.txt"))
+                                "after_optimizations-buffer-assignment.txt"))
   live = [(name, index, size) for name, index, size in live if (name, index) not in phis]
 
   def describe(name, index=(), size=None):

@@ -11,6 +11,8 @@ from typing import Any, Callable, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
+from reformer_jax.layers import xla_cpu
+
 MASK_VALUE = -1e9
 SELF_MASK_VALUE = -1e5
 
@@ -119,7 +121,8 @@ def to_bits(t: jnp.ndarray) -> jnp.ndarray:
   float32 and would hoist a float32 copy of the whole array out of the loop; bits are
   moved, not converted.
   """
-  if jnp.issubdtype(t.dtype, jnp.floating) and t.dtype.itemsize == 2:
+  if (jnp.issubdtype(t.dtype, jnp.floating) and t.dtype.itemsize == 2
+      and xla_cpu.kept("bits_moves")):
     return jax.lax.bitcast_convert_type(t, jnp.uint16)
   return t
 
@@ -138,6 +141,8 @@ def zeros_after(shape, dtype, *refs: jnp.ndarray) -> jnp.ndarray:
   NaN, or the smallest integer, and then NaN or 1) is allocated where it is needed and
   aliased in place. Constant refs fold away: pass at least one computed array.
   """
+  if not xla_cpu.kept("ties"):
+    return jnp.zeros(shape, dtype)
   flag = jnp.bool_(False)
   for ref in refs:
     first = jnp.ravel(ref)[0]

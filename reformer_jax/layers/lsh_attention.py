@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from reformer_jax.layers import xla_cpu
 from reformer_jax.layers.chunking import (MASK_VALUE, SELF_MASK_VALUE, check_sequence,
                                           chunk_positions, map_positions, pad_axis,
                                           replace_masked, split_chunks)
@@ -110,10 +111,18 @@ _ARGMAX_TREE_WIDTH = 8
 
 
 def _signed_argmax(part: jnp.ndarray) -> jnp.ndarray:
-  """`argmax(concatenate([part, -part], -1), -1)` as int32 `[...]` of `part` `[..., w]`.
+  """`argmax(concatenate([part, -part], -1), -1)` as int32 `[...]` of `part` `[..., w]`
+  (on CPU `_halving_signed_argmax`)."""
+  return xla_cpu.select("signed_argmax", _halving_signed_argmax, _plain_signed_argmax, part)
 
-  Without the concatenation, and with XLA:CPU's slow variadic row reduction only over the
-  last few columns: the entry of largest `|part|` (bucket `i` where `part[i] >= 0`, else
+
+def _plain_signed_argmax(part):
+  return jnp.argmax(jnp.concatenate([part, -part], -1), -1).astype(jnp.int32)
+
+
+def _halving_signed_argmax(part: jnp.ndarray) -> jnp.ndarray:
+  """`_signed_argmax` without the concatenation, and with XLA:CPU's slow variadic row
+  reduction only over the last few columns: the entry of largest `|part|` (bucket `i` where `part[i] >= 0`, else
   `w + i`), found by halving the row with elementwise comparisons. Ties go to the smaller
   bucket, as argmax's first maximum; NaN counts as the largest value (unless an infinity
   comes first).

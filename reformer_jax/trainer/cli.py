@@ -1,4 +1,5 @@
 """The command-line edge: JAX settings, logging, and clean errors for user mistakes."""
+import importlib.util
 import json
 import os
 import re
@@ -84,10 +85,27 @@ def configure():
     if flag.split("=")[0] not in flags:
       flags = f"{flags} {flag}".strip()
   os.environ["XLA_FLAGS"] = flags
+  _leave_out_absent_tpu()
   # Random bits independent of how arrays are sharded: the same dropout and
   # hashes on 1 or 8 devices.
   jax.config.update("jax_threefry_partitionable", True)
   logging.set_verbosity(logging.WARNING)
+
+
+def _leave_out_absent_tpu():
+  """With libtpu installed (the `tpu-plan` extra) on a machine without TPU chips and without
+  other accelerator plugins, JAX would start libtpu's TPU runtime at its first computation,
+  which prints initialisation warnings and falls back to the CPU: use the CPU directly.
+  Planning for a TPU topology (`plan.py`) still loads libtpu's compiler. JAX_PLATFORMS,
+  when set, wins."""
+  if jax.config.jax_platforms or importlib.util.find_spec("libtpu") is None:
+    return
+  from importlib import metadata  # pylint: disable=import-outside-toplevel
+  from jax._src import hardware_utils  # pylint: disable=import-outside-toplevel
+  if (hardware_utils.num_available_tpu_chips_and_device_id()[0] == 0
+      and not metadata.entry_points(group="jax_plugins")
+      and importlib.util.find_spec("jax_plugins") is None):
+    jax.config.update("jax_platforms", "cpu")
 
 
 def initialize_distributed(coordinator_address: Optional[str] = None,

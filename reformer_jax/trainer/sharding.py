@@ -1,4 +1,6 @@
 """Data parallelism: a 1-D mesh over all devices, batch sharded, params replicated."""
+from typing import Optional, Sequence
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -6,9 +8,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 AXIS = "data"
 
 
-def make_mesh() -> Mesh:
-  """A mesh with one axis, 'data', over every device."""
-  return Mesh(np.asarray(jax.devices()), (AXIS,))
+def make_mesh(devices: Optional[Sequence] = None) -> Mesh:
+  """A mesh with one axis, 'data', over `devices` (default: every device; a TPU topology's
+  compile-only devices when planning, `plan.py`)."""
+  return Mesh(np.asarray(jax.devices() if devices is None else list(devices)), (AXIS,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

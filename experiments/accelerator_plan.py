@@ -1,0 +1,357 @@
+r"""How long a sequence fits one TPU chip: the trainer's step compiled for TPU topologies on a
+CPU machine (libtpu, the `tpu-plan` extra), read from the TPU compiler's memory analysis.
+
+For each model (configs/crime_and_punishment.gin, configs/enwik8.gin), precision variant
+(float32; bfloat16 activations and streams) and chip (v4, v5e, v5p, v6e: one-chip
+topologies), it compiles the training step (forward, backward, Adam; batch 1) at power-of-two
+lengths, doubling until the step no longer fits the chip's usable HBM (the compiler's
+figure), and records per-chip memory against length and XLA's cost estimate. `--workarounds`
+compiles one length with each XLA:CPU workaround on and off (`layers/xla_cpu.py`). Every
+compile runs in a fresh subprocess; results are cached in the output JSON (same model,
+variant, target, length and workarounds: not compiled again unless `--fresh`). Writes JSON,
+Markdown and a PNG. TPU compiles take minutes each at long lengths: run it with `nice`.
+
+  python -m experiments.accelerator_plan                              # everything (hours)
+  python -m experiments.accelerator_plan --models crime_and_punishment --chips v5e \
+      --variants float32 --min_len 1048576
+  python -m experiments.accelerator_plan --workarounds --length 65536  # on v5e:1x1
+  python -m experiments.accelerator_plan --quick --out /tmp/q         # tiny model, seconds
+"""
+import argparse
+import dataclasses
+import json
+import pathlib
+import re
+import subprocess
+import sys
+import time
+
+if __package__ in (None, ""):
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from experiments import common  # noqa: E402  pylint: disable=wrong-import-position
+
+MODELS = {"crime_and_punishment": "crime_and_punishment.gin", "enwik8": "enwik8.gin"}
+VARIANTS = {"float32": {}, "bfloat16-streams": {"dtype": "bfloat16",
+                                                "stream_dtype": "bfloat16"}}
+# One chip of each generation (libtpu's default host is 2x2; one chip names its own bounds).
+CHIPS = {"v4": "v4:1x1x1", "v5e": "v5e:1x1", "v5p": "v5p:1x1x1", "v6e": "v6e:1x1"}
+# The Hugging Face blog: "under 8 GB to train on sequences of half a million tokens" (GPU).
+BLOG_TOKENS, BLOG_BYTES = 524288, 8e9
+# The issue's goal: one v5e chip trains the crime-and-punishment model on this many tokens.
+GOAL_TOKENS = 2 ** 21
+FILE = "accelerator_plan"
+QUICK = dict(common.QUICK_CHANGES, n_layers=2)  # --quick: one compile of 2 tiny layers
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--models", default=",".join(MODELS))
+  parser.add_argument("--variants", default=",".join(VARIANTS))
+  parser.add_argument("--chips", default=",".join(CHIPS),
+                      help=f"generations ({', '.join(CHIPS)}), one chip each")
+  parser.add_argument("--min_len", type=int, default=2 ** 16,
+                      help="first length of the doubling search")
+  parser.add_argument("--max_len", type=int, default=2 ** 24)
+  parser.add_argument("--workarounds", action="store_true",
+                      help="compile --length on --workarounds_target with each XLA:CPU "
+                           "workaround on and off instead of the search")
+  parser.add_argument("--length", type=int, default=2 ** 16)
+  parser.add_argument("--workarounds_target", default="v5e:1x1")
+  parser.add_argument("--settings", default="",
+                      help="with --workarounds: which settings (default: all; e.g. "
+                           "default,all:on,ties:off)")
+  parser.add_argument("--layers", type=int, default=None,
+                      help="n_layers of every model (default: the config's)")
+  parser.add_argument("--fresh", action="store_true", help="ignore cached compiles")
+  parser.add_argument("--timeout", type=float, default=7200.)
+  parser.add_argument("--quick", action="store_true",
+                      help="tiny 2-layer crime-and-punishment model at 64 tokens on v5e "
+                           "(smoke test: one compile)")
+  common.add_out_argument(parser)
+  args = parser.parse_args(argv)
+  args.settings = [v.strip() for v in args.settings.split(",") if v.strip()]
+  for name, known in (("models", MODELS), ("variants", VARIANTS), ("chips", CHIPS)):
+    values = [v.strip() for v in getattr(args, name).split(",") if v.strip()]
+    unknown = [v for v in values if v not in known]
+    if unknown:
+      parser.error(f"unknown --{name} {unknown}; choose from {list(known)}")
+    setattr(args, name, values)
+  if args.quick:
+    args.models, args.variants, args.chips = ["crime_and_punishment"], ["float32"], ["v5e"]
+    args.min_len, args.max_len, args.length = 64, 64, 64
+  return args
+
+
+def experiment(spec):
+  """The trainer's Experiment of `spec`'s model at `spec['length']`, batch 1."""
+  from reformer_jax.trainer import gin_setup  # pylint: disable=import-outside-toplevel
+  gin_setup.parse([MODELS[spec["model"]]])
+  exp = gin_setup.make_experiment()
+  changes = common.configs._config_changes(  # pylint: disable=protected-access
+      dict(VARIANTS[spec["variant"]], **(QUICK if spec.get("quick") else {})))
+  if spec.get("layers"):
+    changes["n_layers"] = spec["layers"]
+  length = spec["length"]
+  shape = exp.model.resolved_axial_shape
+  if shape[0] * shape[1] < length:  # a longer first axis of the axial position table
+    changes["axial_shape"] = (-(-length // shape[1]), shape[1])
+  return dataclasses.replace(exp, model=exp.model.replace(**changes), seq_len=length,
+                             batch_size=1, grad_accum_steps=1)
+
+
+def worker(spec):
+  """Compiles the train step of `spec` for `spec['target']`: plan.plan_train's record, or
+  {'fits': False, 'error'} when the compiler refuses it (temporaries beyond the HBM)."""
+  common.configure_jax()
+  from reformer_jax.layers import xla_cpu  # pylint: disable=import-outside-toplevel
+  from reformer_jax.trainer import plan  # pylint: disable=import-outside-toplevel
+  start = time.perf_counter()
+  try:
+    with xla_cpu.forced(**spec.get("workarounds", {})):
+      record = plan.plan_train(experiment(spec), spec["target"])
+  except Exception as e:  # pylint: disable=broad-except
+    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if "RESOURCE_EXHAUSTED" not in message:
+      raise
+    record = {"fits": False, "error": message[:400]}
+    match = re.search(r"temporaries \(([\d.]+)([KMGT])\)", message)
+    if match:
+      record["temporaries_required_bytes"] = int(
+          float(match.group(1)) * 2 ** (10 * "KMGT".index(match.group(2)) + 10))
+  record["compile_s"] = time.perf_counter() - start
+  record["libtpu"] = plan.libtpu_version()
+  return record
+
+
+def _key(spec):
+  return json.dumps({k: spec.get(k) for k in ("model", "variant", "target", "length",
+                                              "workarounds", "quick", "layers")},
+                    sort_keys=True)
+
+
+class Runs:
+  """Compiles specs in fresh subprocesses, reusing the cached records of earlier runs."""
+
+  def __init__(self, path, fresh, timeout):
+    self.path, self.timeout = path, timeout
+    old = json.loads(path.read_text()) if path.is_file() and not fresh else {}
+    self.records = {_key(r["spec"]): r for r in old.get("runs", [])}
+
+  def run(self, spec):
+    spec = dict({"workarounds": {}, "quick": False, "layers": None}, **spec)
+    key = _key(spec)
+    if key not in self.records:
+      record = common.measure(FILE, spec, threads=common.default_threads(),
+                              timeout=self.timeout)
+      record["spec"] = spec
+      record["commit"] = _commit()
+      self.records[key] = record
+      self.save()
+      print(json.dumps({k: record.get(k) for k in ("spec", "fits", "compile_s", "error")}),
+            flush=True)
+    return self.records[key]
+
+
+  def save(self):
+    """Writes the records so far (a long study interrupted keeps what it compiled)."""
+    previous = json.loads(self.path.read_text()) if self.path.is_file() else {}
+    common.write_json(self.path, dict(previous, runs=list(self.records.values())))
+
+
+def _commit():
+  try:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=common.REPO,
+                          capture_output=True, text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return None
+
+
+def need_bytes(record):
+  """Planned bytes per chip (peak + program), or None where the compiler refused."""
+  memory = record.get("bytes_per_device")
+  return None if memory is None else memory["peak"] + memory["program"]
+
+
+def workaround_settings(names=None):
+  """{setting: xla_cpu.forced choices}: the default (by target), each chosen workaround
+  forced on, each kept one forced off, all forced off, all forced on; `names` selects."""
+  from reformer_jax.layers import xla_cpu  # pylint: disable=import-outside-toplevel
+  settings = {"default": {}}
+  settings.update({f"{n}:on": {n: True} for n in xla_cpu.WORKAROUNDS})
+  settings.update({f"{n}:off": {n: False} for n in xla_cpu.KEPT})
+  settings["all:off"] = {n: False for n in xla_cpu.WORKAROUNDS + xla_cpu.KEPT}
+  settings["all:on"] = {n: True for n in xla_cpu.WORKAROUNDS + xla_cpu.KEPT}
+  if names:
+    unknown = [n for n in names if n not in settings]
+    if unknown:
+      raise SystemExit(f"unknown --settings {unknown}; choose from {list(settings)}")
+    settings = {n: settings[n] for n in names}
+  return settings
+
+
+def fits(runs, spec, length) -> bool:
+  """Whether the step of `spec` at `length` fits its chip (raises if the compile failed for
+  another reason than memory)."""
+  record = runs.run(dict(spec, length=length))
+  if record.get("fits") is None:
+    raise RuntimeError(f"{spec['target']} at {length}: {record.get('error', record)}")
+  return record["fits"]
+
+
+def longest_fitting(runs, spec, min_len, max_len):
+  """The longest power-of-two length that fits, doubling from `min_len` (halving first
+  while it does not fit), or None below 64 tokens."""
+  length = min_len
+  if not fits(runs, spec, length):
+    while length > 64:
+      length //= 2
+      if fits(runs, spec, length):
+        return length
+    return None
+  while length * 2 <= max_len and fits(runs, spec, length * 2):
+    length *= 2
+  return length
+
+
+def markdown(result):
+  gib = lambda n: "—" if n is None else f"{n / common.GiB:.2f}"
+  lines = ["| model | precision | " + " | ".join(
+      f"{g} ({gib(result['usable_hbm'].get(g))} GiB usable)" for g in result["chips"]) + " |",
+           "|---|---|" + "---:|" * len(result["chips"])]
+  for row in result["longest"]:
+    cells = []
+    for g in result["chips"]:
+      cell = row["chips"].get(g)
+      cells.append("—" if cell is None or cell["length"] is None else
+                   f"{cell['length']:,} ({gib(cell['need_bytes'])} GiB)")
+    lines.append(f"| {row['model']} | {row['variant']} | " + " | ".join(cells) + " |")
+  lines += ["", "| model | precision | chip | tokens | arguments | temporaries | outputs | "
+            "aliased | program | planned (GiB) | fits | flops (estimate) | "
+            "bytes accessed (estimate) | compile (s) |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|---:|"]
+  for run in sorted(result["runs"], key=lambda r: (r["spec"]["model"], r["spec"]["variant"],
+                                                   r["spec"]["target"], r["spec"]["length"])):
+    if run["spec"]["workarounds"]:
+      continue
+    lines.append(_run_row(run, gib))
+  if result.get("workarounds"):
+    lines += ["", "| workarounds (v. the default for the target) | planned (GiB) | "
+              "temporaries (GiB) | bytes accessed (estimate) | flops (estimate) | compile |",
+              "|---|---:|---:|---:|---:|---|"]
+    for row in result["workarounds"]:
+      run = row["run"]
+      cost = run.get("compiler_estimate", {})
+      memory = run.get("bytes_per_device", {})
+      lines.append(f"| {row['name']} | {gib(need_bytes(run))} | "
+                   f"{gib(memory.get('temporaries'))} | {_num(cost.get('bytes_accessed'))} | "
+                   f"{_num(cost.get('flops'))} | {_compile_note(run)} |")
+  return "\n".join(lines) + "\n"
+
+
+def _compile_note(run):
+  if "error" not in run:
+    return f"{run.get('compile_s', 0):.0f} s"
+  if "exit -11" in run["error"]:
+    return "libtpu's compiler crashed (SIGSEGV: stack overflow)"
+  return run["error"][:80]
+
+
+def _num(x):
+  return "—" if x is None else f"{x:.3g}"
+
+
+def _run_row(run, gib):
+  spec, memory = run["spec"], run.get("bytes_per_device", {})
+  cost = run.get("compiler_estimate", {})
+  fits = {True: "yes", False: "no"}.get(run.get("fits"), "?")
+  return (f"| {spec['model']} | {spec['variant']} | {spec['target']} | {spec['length']:,} | "
+          f"{gib(memory.get('arguments'))} | {gib(memory.get('temporaries'))} | "
+          f"{gib(memory.get('outputs'))} | {gib(memory.get('aliased'))} | "
+          f"{gib(memory.get('program'))} | {gib(need_bytes(run))} | {fits} | "
+          f"{_num(cost.get('flops'))} | {_num(cost.get('bytes_accessed'))} | "
+          f"{run.get('compile_s', 0):.0f} |")
+
+
+def plot(result, path):
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  series = {}
+  for run in result["runs"]:
+    spec = run["spec"]
+    if spec["workarounds"] or need_bytes(run) is None:
+      continue
+    series.setdefault((spec["model"], spec["variant"], spec["target"]), []).append(
+        (spec["length"], need_bytes(run) / common.GiB))
+  for (model, variant, target), points in sorted(series.items()):
+    points.sort()
+    ax.plot(*zip(*points), marker="o", label=f"{model}, {variant}, {target}")
+  for generation, usable in result["usable_hbm"].items():
+    if usable:
+      ax.axhline(usable / common.GiB, color="grey", lw=0.8, ls="--")
+      ax.text(ax.get_xlim()[0] if ax.lines else 1, usable / common.GiB, f" {generation}",
+              va="bottom", fontsize=8, color="grey")
+  ax.set_xscale("log", base=2)
+  ax.set_yscale("log", base=2)
+  ax.set_xlabel("tokens (batch 1)")
+  ax.set_ylabel("planned per chip (GiB): TPU compiler")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(argv=None):
+  argv = sys.argv[1:] if argv is None else argv
+  args = parse_args(argv)
+  out = common.out_dir(args)
+  path = out / f"{FILE}.json"
+  runs = Runs(path, args.fresh, args.timeout)
+  result = {"machine": common.machine_info(common.default_threads()),
+            "command": " ".join(["python -m experiments.accelerator_plan"] + argv),
+            "chips": args.chips, "longest": [], "usable_hbm": {}, "workarounds": []}
+  base = {"quick": args.quick, "layers": args.layers}
+  if args.workarounds:
+    settings = workaround_settings(args.settings)
+    for model in args.models:
+      for variant in args.variants:
+        for name, forced in settings.items():
+          if variant == "float32" and set(forced) == {"bits_moves"}:
+            continue  # no 16-bit arrays to move
+          run = runs.run(dict(base, model=model, variant=variant, length=args.length,
+                              target=args.workarounds_target, workarounds=forced))
+          result["workarounds"].append({"name": f"{model}, {variant}: {name}", "run": run})
+  else:
+    for model in args.models:
+      for variant in args.variants:
+        row = {"model": model, "variant": variant, "chips": {}}
+        for generation in args.chips:
+          spec = dict(base, model=model, variant=variant, target=CHIPS[generation])
+          best = longest_fitting(runs, spec, args.min_len, args.max_len)
+          row["chips"][generation] = {"length": best, "need_bytes": (
+              None if best is None else need_bytes(runs.run(dict(spec, length=best))))}
+        result["longest"].append(row)
+  result["runs"] = list(runs.records.values())
+  for run in result["runs"]:
+    hbm = run.get("hbm") or {}
+    if hbm.get("generation"):
+      result["usable_hbm"][hbm["generation"]] = hbm.get("usable_bytes")
+  blog = [r for r in result["runs"] if r["spec"]["length"] == BLOG_TOKENS
+          and r["spec"]["model"] == "crime_and_punishment" and not r["spec"]["workarounds"]
+          and need_bytes(r) is not None]
+  result["blog_comparison"] = [
+      {"target": r["spec"]["target"], "variant": r["spec"]["variant"],
+       "planned_bytes": need_bytes(r), "blog_bytes": BLOG_BYTES} for r in blog]
+  common.write_json(path, result)
+  (out / f"{FILE}.md").write_text(markdown(result))
+  if any(need_bytes(r) is not None for r in result["runs"]):
+    plot(result, out / f"{FILE}.png")
+  print(f"wrote {path}, .md and .png")
+  return result
+
+
+if __name__ == "__main__":
+  if not common.worker_main(sys.argv, worker):
+    main()

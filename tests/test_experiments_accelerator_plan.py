@@ -1,0 +1,31 @@
+"""Smoke test of experiments/accelerator_plan.py: one tiny TPU compile (libtpu, the tpu-plan
+extra), its tables and plot, and the cache that keeps a rerun from compiling again."""
+import importlib.util
+import json
+
+import pytest
+
+from experiments import accelerator_plan, common
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                reason="libtpu not installed (pip install -e '.[tpu-plan]')")
+
+
+def test_accelerator_plan_quick_and_its_cache(tmp_path, monkeypatch):
+  accelerator_plan.main(["--quick", "--out", str(tmp_path)])
+  result = json.loads((tmp_path / "accelerator_plan.json").read_text())
+  assert (tmp_path / "accelerator_plan.png").stat().st_size > 1000
+  (run,) = result["runs"]
+  assert run["spec"]["target"] == "v5e:1x1" and run["spec"]["length"] == 64
+  assert run["fits"] is True and run["hbm"]["generation"] == "v5e"
+  assert result["longest"] == [{"model": "crime_and_punishment", "variant": "float32",
+                                "chips": {"v5e": {"length": 64,
+                                                  "need_bytes": accelerator_plan.need_bytes(run)}}}]
+  assert "| crime_and_punishment | float32 | 64 (" in (tmp_path / "accelerator_plan.md").read_text()
+
+  def no_compiling(*args, **kwargs):
+    raise AssertionError("compiled again instead of reading the cache")
+
+  monkeypatch.setattr(common, "measure", no_compiling)
+  again = accelerator_plan.main(["--quick", "--out", str(tmp_path)])
+  assert again["runs"] == result["runs"]
