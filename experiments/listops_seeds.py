@@ -72,7 +72,7 @@ def markdown(result: Dict[str, Any]) -> str:
     s = entry["spread"]
     lines.append(f"| {ATTENTION[attention][0]} | {per_seed} | {100 * s['mean']:.1f}% | "
                  f"{100 * s['std']:.1f} | {100 * s['min']:.1f}% | {100 * s['max']:.1f}% |")
-  return "\n".join(lines) + "\n"
+  return "\n".join(lines)
 
 
 def main(argv=None):
@@ -85,13 +85,14 @@ def main(argv=None):
                                                              "listops_seeds"))
   common.add_out_argument(parser)
   args = parser.parse_args(argv)
-  seeds = [int(s) for s in args.seeds.split(",") if s]
+  seeds = common.ints(args.seeds)
   attentions = [a for a in args.attention.split(",") if a]
   if not seeds or min(seeds) < 0 or not attentions or set(attentions) - set(ATTENTION):
     parser.error(f"--seeds: non-negative integers; --attention: a subset of "
                  f"{','.join(ATTENTION)}")
   common.configure_jax()
   bindings = QUICK_BINDINGS if args.quick else []
+  start = time.perf_counter()
   result = {"quick": args.quick, "seeds": seeds, "bindings": bindings,
             "machine": common.machine_info(common.default_threads()), "attention": {}}
   for attention in attentions:
@@ -108,9 +109,7 @@ def main(argv=None):
   first = next(iter(next(iter(result["attention"].values()))["runs"].values()))
   result["train_steps"] = first["summary"]["step"]
   result["majority_class_accuracy"] = first["summary"]["majority_class_accuracy"]
-  out = common.out_dir(args)
-  common.write_json(out / "listops_seeds.json", result)
-  (out / "listops_seeds.md").write_text(markdown(result))
+  common.write_results(common.out_dir(args), "listops_seeds", result, markdown, start)
   print(markdown(result))
   return result
 

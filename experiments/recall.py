@@ -22,7 +22,6 @@ Writes `<out>/recall.{json,md,png}`; workdirs go to `<workdir_root>/<length>/<pa
 <variant>` and are replaced on every run.
 """
 import argparse
-import dataclasses
 import os
 import pathlib
 import shutil
@@ -63,10 +62,6 @@ QUICK_RUN = {"lengths": [32], "pairs": [4], "seeds": [0], "train_steps": 2,
                           "Experiment.eval_every=2", "OptimizerConfig.warmup_steps=1"]}
 
 
-def _ints(text: str) -> List[int]:
-  return [int(v) for v in text.split(",") if v]
-
-
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
@@ -89,7 +84,7 @@ def parse_args(argv):
   run = dict(QUICK_RUN if args.quick else FULL_RUN)
   for name in ("lengths", "pairs", "seeds"):
     if getattr(args, name) is not None:
-      run[name] = _ints(getattr(args, name))
+      run[name] = common.ints(getattr(args, name))
   for name in ("train_steps", "tokens_per_step", "power_a"):
     if getattr(args, name) is not None:
       run[name] = getattr(args, name)
@@ -120,23 +115,6 @@ def run_bindings(run: Dict[str, Any], length: int, pairs: int, seed: int) -> Lis
           f"mqar.seed={seed}"] + run["bindings"]
 
 
-def describe_setting(bindings: Sequence[str]) -> Dict[str, Any]:
-  """The model, optimiser and loop of `configs/mqar.gin` + `bindings`."""
-  from reformer_jax.trainer import gin_setup  # pylint: disable=import-outside-toplevel
-  gin_setup.parse([GIN_FILE], bindings)
-  exp = gin_setup.make_experiment()
-  return {"seq_len": exp.seq_len, "batch_size": exp.batch_size,
-          "train_steps": exp.train_steps, "eval_batches": exp.eval_batches,
-          "model": common.config_record(exp.model),
-          "optimizer": dataclasses.asdict(exp.optimizer)}
-
-
-def compiled_step(variant: str, bindings: Sequence[str]) -> Dict[str, Any]:
-  """The trainer's dry run of `variant`: params, compiled peak bytes, flops per step."""
-  from reformer_jax import train  # pylint: disable=import-outside-toplevel
-  return train.run([GIN_FILE], list(bindings) + VARIANTS[variant][1], "", dry_run=True)
-
-
 def train_variant(variant: str, bindings: Sequence[str], workdir: str) -> Dict[str, Any]:
   """Trains `variant` in `workdir` (replaced): eval accuracy (and with `EVAL_ROUNDS` rounds
   for an LSH model), step time."""
@@ -146,7 +124,7 @@ def train_variant(variant: str, bindings: Sequence[str], workdir: str) -> Dict[s
   shutil.rmtree(workdir, ignore_errors=True)
   start = time.perf_counter()
   summary = train.run([GIN_FILE], bindings, workdir)
-  setting = describe_setting(bindings)
+  setting = common.trainer_setting(GIN_FILE, bindings)
   record = {"wall_s": time.perf_counter() - start, "summary": summary,
             "accuracy": summary["eval_accuracy"],
             "step_time_s": setting["batch_size"] * setting["seq_len"]
@@ -236,9 +214,7 @@ def plot(result: Dict[str, Any], path: pathlib.Path):
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  common.save_figure(fig, path)
 
 
 def main(argv=None):
@@ -251,11 +227,12 @@ def main(argv=None):
   for length in run["lengths"]:
     for pairs in run["pairs"]:
       key = f"{length}x{pairs}"
-      result["settings"][key] = describe_setting(run_bindings(run, length, pairs,
-                                                              run["seeds"][0]))
+      result["settings"][key] = common.trainer_setting(
+          GIN_FILE, run_bindings(run, length, pairs, run["seeds"][0]))
       entry = {"length": length, "pairs": pairs, "runs": {}, "rows": {}}
       for variant in args.variants:
-        compiled = compiled_step(variant, run_bindings(run, length, pairs, run["seeds"][0]))
+        compiled = common.dry_run(GIN_FILE, run_bindings(run, length, pairs, run["seeds"][0])
+                                  + VARIANTS[variant][1])
         fits = compiled["peak_bytes"] <= args.max_train_gib * common.GiB
         runs = {}
         for seed in run["seeds"] if fits else []:
@@ -269,13 +246,7 @@ def main(argv=None):
         entry["runs"][variant] = runs
         entry["rows"][variant] = summarize(runs, compiled)
       result["cells"][key] = entry
-  result["total_wall_s"] = time.perf_counter() - start
-  result["load_average_after"] = list(os.getloadavg())
-  out = common.out_dir(args)
-  common.write_json(out / "recall.json", result)
-  (out / "recall.md").write_text(markdown(result) + "\n")
-  plot(result, out / "recall.png")
-  print(f"wrote {out / 'recall'}.json, .md and .png ({result['total_wall_s']:.0f} s)")
+  common.write_results(common.out_dir(args), "recall", result, markdown, start, plot)
   return result
 
 
