@@ -2,7 +2,7 @@
 
 Steps are compiled over a 1-D device mesh: the batch is sharded along 'data',
 the train state is replicated and donated. Random bits come from
-`fold_in(state.rng, step)`, so they do not depend on the device count. The task
+`fold_in(state.rng, step)` (`step_keys`), so they do not depend on the device count. The task
 (`tasks/`: causal LM by default) supplies the model and its loss sums.
 """
 import functools
@@ -80,6 +80,15 @@ def _replicated_shapes(shapes, mesh: Mesh):
       shapes)
 
 
+def step_keys(rng, step):
+  """(hash, dropout, task) keys of update `step` from the run's base key `rng`: the three
+  of `split(fold_in(rng, step), 3)`, independent of each other. (Under
+  `jax_threefry_partitionable`, which the trainer sets, the first two are
+  `split(fold_in(rng, step))`: the hash and dropout keys of earlier runs.)"""
+  hash_key, dropout_key, task_key = jax.random.split(jax.random.fold_in(rng, step), 3)
+  return hash_key, dropout_key, task_key
+
+
 def train_step(state: TrainState, batch, *, model, tx: optax.GradientTransformation,
                task=CAUSAL_LM):
   """One update from `batch` (the task's arrays, e.g. {'inputs', 'targets', 'weights'}:
@@ -98,9 +107,7 @@ def train_step(state: TrainState, batch, *, model, tx: optax.GradientTransformat
     (new state, {'loss', 'weight', 'correct' sums, 'grad_norm', 'nonfinite':
     1. for a rejected step, else 0.}).
   """
-  step_key = jax.random.fold_in(state.rng, state.step)
-  hash_key, dropout_key = jax.random.split(step_key)
-  task_key = jax.random.fold_in(step_key, 1)  # e.g. the masked LM's masking
+  hash_key, dropout_key, task_key = step_keys(state.rng, state.step)
 
   def micro_step(carry, xs):
     index, micro = xs
