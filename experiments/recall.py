@@ -68,8 +68,9 @@ def parse_args(argv):
   parser.add_argument("--variants", default=None,
                       help=f"comma-separated subset of {','.join(VARIANTS)} (default: all; "
                            "--quick: full,local,lsh1,mix)")
-  for name, example in (("lengths", "512,2048"), ("pairs", "64"), ("seeds", "0,1,2")):
-    parser.add_argument(f"--{name}", default=None, help=f"e.g. {example} (default: the run's)")
+  parser.add_argument("--lengths", default=None, help="e.g. 512,2048 (default: the run's)")
+  parser.add_argument("--pairs", default=None, help="e.g. 16,64 (default: the run's)")
+  parser.add_argument("--seeds", default=None, help="e.g. 0,1,2 (default: the run's)")
   parser.add_argument("--train_steps", type=int, default=None, help="steps of every run")
   parser.add_argument("--tokens_per_step", type=int, default=None)
   parser.add_argument("--power_a", type=float, default=None,
