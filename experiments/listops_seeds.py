@@ -8,7 +8,9 @@ setting, and the eval split's majority class. Before the axial position tables w
 initialised ~ N(0, 0.02) (they were N(0, 1)), about half of the seeds stayed on the
 majority class.
 
-  nice -n 10 python -m experiments.listops_seeds          # 6 runs, ~1 h on 2 shared cores
+  nice -n 10 python -m experiments.listops_seeds          # 6 runs of 1,000 steps
+  nice -n 10 python -m experiments.listops_seeds --train_steps 300 \
+      --out experiments/results/listops_seeds_300      # what ran here (shared 2 cores)
   python -m experiments.listops_seeds --quick             # 2 steps per run, a smoke run
 
 Writes `<out>/listops_seeds.{json,md}`; workdirs go to `<workdir_root>/<attention>/<seed>`
@@ -79,6 +81,9 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="2 steps per run (a smoke run)")
   parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+  parser.add_argument("--train_steps", type=int, default=None,
+                      help="steps per run (default: the config's 1,000; the cosine schedule "
+                           "ends there)")
   parser.add_argument("--attention", default=",".join(ATTENTION),
                       help=f"comma-separated subset of {','.join(ATTENTION)}")
   parser.add_argument("--workdir_root", default=os.path.join(tempfile.gettempdir(),
@@ -87,11 +92,15 @@ def main(argv=None):
   args = parser.parse_args(argv)
   seeds = common.ints(args.seeds)
   attentions = [a for a in args.attention.split(",") if a]
-  if not seeds or min(seeds) < 0 or not attentions or set(attentions) - set(ATTENTION):
+  if (not seeds or min(seeds) < 0 or not attentions or set(attentions) - set(ATTENTION)
+      or (args.train_steps is not None and args.train_steps < 1)):
     parser.error(f"--seeds: non-negative integers; --attention: a subset of "
-                 f"{','.join(ATTENTION)}")
+                 f"{','.join(ATTENTION)}; --train_steps: positive")
   common.configure_jax()
   bindings = QUICK_BINDINGS if args.quick else []
+  if args.train_steps is not None:
+    bindings = bindings + [f"TRAIN_STEPS={args.train_steps}",
+                           f"Experiment.eval_every={args.train_steps}"]
   start = time.perf_counter()
   result = {"quick": args.quick, "seeds": seeds, "bindings": bindings,
             "machine": common.machine_info(common.default_threads()), "attention": {}}

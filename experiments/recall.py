@@ -8,7 +8,8 @@ Per run: the eval accuracy on the answers, the LSH models also evaluated with 8 
 step time (compilation and evaluations left out), and the compiled memory of the train step
 (the trainer's dry run, XLA's memory analysis: argument + temp + output - alias), once per
 variant and length. A variant whose compiled step needs more than --max_train_gib is not
-trained: its memory is reported and its accuracy left out ("does not fit").
+trained: its memory is reported and its accuracy left out ("does not fit"); --memory_only
+compiles every variant and trains none.
 
 Queries are placed uniformly after the pairs by default (`--power_a 1.0`), so that a query's
 key lies anywhere in the sequence; Zoology's anchor uses its power law (`--power_a 0.01`):
@@ -68,12 +69,15 @@ def parse_args(argv):
   parser.add_argument("--variants", default=None,
                       help=f"comma-separated subset of {','.join(VARIANTS)} (default: all; "
                            "--quick: full,local,lsh1,mix)")
-  for name, example in (("lengths", "512,2048"), ("pairs", "64"), ("seeds", "0,1,2")):
-    parser.add_argument(f"--{name}", default=None, help=f"e.g. {example} (default: the run's)")
+  parser.add_argument("--lengths", default=None, help="e.g. 512,2048 (default: the run's)")
+  parser.add_argument("--pairs", default=None, help="e.g. 16,64 (default: the run's)")
+  parser.add_argument("--seeds", default=None, help="e.g. 0,1,2 (default: the run's)")
   parser.add_argument("--train_steps", type=int, default=None, help="steps of every run")
   parser.add_argument("--tokens_per_step", type=int, default=None)
   parser.add_argument("--power_a", type=float, default=None,
                       help="query gap law (1.0: uniform, the default; Zoology: 0.01)")
+  parser.add_argument("--memory_only", action="store_true",
+                      help="compile each variant's train step for its memory, train none")
   parser.add_argument("--max_train_gib", type=float, default=16.0,
                       help="train only variants whose compiled step needs at most this")
   parser.add_argument("--gin_bindings", action="append", default=[],
@@ -177,8 +181,10 @@ def markdown(result: Dict[str, Any]) -> str:
     for variant, row in entry["rows"].items():
       memory = f"{row['peak_bytes'] / common.MiB:,.1f} MiB"
       if not row["trained"]:
-        lines.append(f"| {VARIANTS[variant][0]} | does not fit (> {run['max_train_gib']:g} "
-                     f"GiB) | - | - | {memory} | {row['params']:,} |")
+        why = ("not trained (--memory_only)" if run["memory_only"] else
+               f"does not fit (> {run['max_train_gib']:g} GiB)")
+        lines.append(f"| {VARIANTS[variant][0]} | {why} | - | - | {memory} | "
+                     f"{row['params']:,} |")
         continue
       seeds = ", ".join(f"{100 * v:.1f}" for v in row["accuracy_by_seed"])
       eight = row.get(f"accuracy_lsh{EVAL_ROUNDS}")
@@ -220,7 +226,7 @@ def plot(result: Dict[str, Any], path: pathlib.Path):
 def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
   common.configure_jax()
-  run = dict(args.run, max_train_gib=args.max_train_gib)
+  run = dict(args.run, max_train_gib=args.max_train_gib, memory_only=args.memory_only)
   result = {"quick": args.quick, "machine": common.machine_info(common.default_threads()),
             "run": run, "variants": args.variants, "settings": {}, "cells": {}}
   start = time.perf_counter()
@@ -233,7 +239,8 @@ def main(argv=None):
       for variant in args.variants:
         compiled = common.dry_run(GIN_FILE, run_bindings(run, length, pairs, run["seeds"][0])
                                   + VARIANTS[variant][1])
-        fits = compiled["peak_bytes"] <= args.max_train_gib * common.GiB
+        fits = (not args.memory_only
+                and compiled["peak_bytes"] <= args.max_train_gib * common.GiB)
         runs = {}
         for seed in run["seeds"] if fits else []:
           print(f"== length {length}, {pairs} pairs, seed {seed}: {VARIANTS[variant][0]}",

@@ -23,14 +23,15 @@ def test_recall_quick_trains_reports_and_leaves_out_what_does_not_fit(tmp_path):
   assert row["trained"] and row["accuracy"] == run["accuracy"] and row["peak_bytes"] > 0
   assert "| Local |" in (tmp_path / "recall.md").read_text()
   assert (tmp_path / "recall.png").stat().st_size > 1000
-  recall.main(["--quick", "--variants", "local", "--max_train_gib", "0", "--out",
+  recall.main(["--quick", "--variants", "local", "--memory_only", "--out",
                str(tmp_path / "none"), "--workdir_root", str(tmp_path / "work")])
   result = json.loads((tmp_path / "none" / "recall.json").read_text())
   (cell,) = result["cells"].values()
   assert cell["runs"]["local"] == {} and not cell["rows"]["local"]["trained"]
   assert math.isclose(cell["rows"]["local"]["peak_bytes"], row["peak_bytes"])
-  assert "| Local | does not fit (> 0 GiB)" in (tmp_path / "none" / "recall.md").read_text()
-
+  assert "| Local | not trained (--memory_only)" in (tmp_path / "none" / "recall.md").read_text()
+  result["run"].update(memory_only=False, max_train_gib=0.5)   # over the limit
+  assert "| Local | does not fit (> 0.5 GiB)" in recall.markdown(result)
 
 @pytest.mark.parametrize("argv, message", [
     (["--lengths", "64", "--pairs", "32"], "length >= 4p"),
