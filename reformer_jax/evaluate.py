@@ -43,8 +43,8 @@ def evaluate(workdir: str, gin_bindings: Sequence[str] = (), split: str = "eval"
   sharding.check_batch(batch_size, mesh, "Experiment.eval_batch_size")
   examples = [] if predictions is not None else None
   metrics = steps.evaluate(
-      steps.compile_eval_step(exp.model, mesh, exp.task), params, exp.make_data(),
-      batch_size=batch_size, seq_len=exp.seq_len, n_batches=exp.eval_batches,
+      steps.compile_eval_step(exp.model, mesh, exp.task, exp.mesh.rules), params,
+      exp.make_data(), batch_size=batch_size, seq_len=exp.seq_len, n_batches=exp.eval_batches,
       seed=exp.seed, mesh=mesh, split=split, task=exp.task, examples=examples)
   if predictions is not None:
     write_predictions(predictions, [exp.task.prediction(e) for e in examples])

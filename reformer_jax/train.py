@@ -87,10 +87,11 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
   Returns:
     The summary printed as the run's last line (`run_summary`; a language model's: step,
     train_loss, eval_loss, eval_accuracy, eval_bits_per_byte, tokens_per_second,
-    unigram_bits_per_byte, nonfinite_steps) or, for a dry run, params, peak_bytes and
-    flops_per_step.
+    unigram_bits_per_byte, nonfinite_steps) or, for a dry run, the mesh, params,
+    state_bytes_per_device, peak_bytes and flops_per_step.
   """
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(exp.mesh)
+  sharding.check_model(exp.model, mesh, exp.mesh)
   sharding.check_batch(exp.micro_batch_size, mesh,
                        "BATCH_SIZE / grad_accum_steps")
   eval_batch_size = exp.eval_batch_size or exp.batch_size
@@ -103,18 +104,21 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
     console(note)
   tx, schedule = optim.make_optimizer(exp.optimizer, exp.train_steps)
   task = exp.task
-  init_state = steps.make_init_state(exp.model, tx, exp.seed, exp.seq_len, mesh, task)
+  rules = exp.mesh.rules
+  init_state = steps.make_init_state(exp.model, tx, exp.seed, exp.seq_len, mesh, task, rules)
   state_shapes = steps.abstract_state(init_state, mesh)
-  train_fn = steps.compile_train_step(exp.model, tx, mesh, task)
+  train_fn = steps.compile_train_step(exp.model, tx, mesh, task, rules)
   if dry_run:
     batch = task.batch_shapes((exp.grad_accum_steps, exp.micro_batch_size), exp.seq_len)
-    return steps.dry_run_report(train_fn, state_shapes, batch)
+    return {"mesh": sharding.describe(mesh),
+            **steps.dry_run_report(train_fn, state_shapes, batch)}
+  console(f"mesh: {sharding.describe(mesh)}")
 
   baselines = print_baselines(task, data)
   os.makedirs(workdir, exist_ok=True)
   checkpointer = checkpointing.Checkpointer(
       workdir, every=exp.checkpoint_every, keep=exp.keep_checkpoints, clean_up=True)
-  state = restore_or_init(checkpointer, state_shapes, init_state, mesh)
+  state = restore_or_init(checkpointer, state_shapes, init_state)
   if write_config is not None and cli.is_primary():
     write_config(workdir)
   loop = TrainLoop(exp, workdir, mesh, data, state, train_fn, schedule, checkpointer,
@@ -139,12 +143,14 @@ def print_baselines(task: tasks.Task, data) -> dict:
   return {key: baseline.value for key, baseline in baselines.items()}
 
 
-def restore_or_init(checkpointer, state_shapes, init_state, mesh):
-  """The TrainState of the latest checkpoint (an optimiser state saved without the
-  non-finite guard gains it), else `init_state()`; prints which."""
+def restore_or_init(checkpointer, state_shapes, init_state):
+  """The TrainState of the latest checkpoint, read into `state_shapes`' shardings whatever
+  mesh saved it (an optimiser state saved without the non-finite guard gains it), else
+  `init_state()`; prints which."""
+  opt_shardings = jax.tree.map(lambda s: s.sharding, state_shapes.opt_state)
   state = checkpointer.restore(state_shapes, older_opt_state=(
       optim.unguarded(state_shapes.opt_state),
-      lambda inner: jax.device_put(optim.guard(inner), sharding.replicated(mesh))))
+      lambda inner: jax.device_put(optim.guard(inner), opt_shardings)))
   if state is None:
     state = init_state()
     console(f"starting at step 0; checkpoints go to {checkpointer.directory}")
@@ -157,7 +163,7 @@ def restore_or_init(checkpointer, state_shapes, init_state, mesh):
 def evaluation(exp: experiment_lib.Experiment, data, mesh,
                batch_size: int) -> Callable[[object], dict]:
   """params -> the task's metrics over the eval split (`exp.eval_batches` batches)."""
-  eval_fn = steps.compile_eval_step(exp.model, mesh, exp.task)
+  eval_fn = steps.compile_eval_step(exp.model, mesh, exp.task, exp.mesh.rules)
   return lambda params: steps.evaluate(eval_fn, params, data, batch_size=batch_size,
                                        seq_len=exp.seq_len, n_batches=exp.eval_batches,
                                        seed=exp.seed, mesh=mesh, task=exp.task)

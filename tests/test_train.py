@@ -322,7 +322,8 @@ def test_eight_devices_give_the_losses_of_one(cli_run, tmp_path, subprocess_env)
       env=dict(subprocess_env,
                XLA_FLAGS="--xla_force_host_platform_device_count=8"))
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "BATCH_SIZE / grad_accum_steps=4 must be a multiple of the 8 devices" in proc.stdout
+  assert ("BATCH_SIZE / grad_accum_steps=4 must be a multiple of MeshConfig.data x "
+          "MeshConfig.fsdp = 8" in proc.stdout)
   one, eight = _logged(workdir), _logged(eight)
   assert sorted(eight) == [1, 2, 3, 4]
   for step in eight:

@@ -121,7 +121,9 @@ def write_workdir(config: ReformerConfig, params, workdir: str, *, seq_len: Opti
   params = jax.tree.map(jnp.asarray, params)
   state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                            opt_state=tx.init(params), rng=steps.run_keys(exp.seed)[1])
-  state = sharding.put(state, sharding.replicated(sharding.make_mesh()))
+  mesh = sharding.make_mesh(exp.mesh)
+  state = sharding.put(state, steps.state_shardings(exp.model, tx, mesh, exp.task,
+                                                    exp.mesh.rules))
   checkpointer = checkpointing.Checkpointer(workdir, keep=exp.keep_checkpoints)
   checkpointer.save(state, force=True)
   checkpointer.close()

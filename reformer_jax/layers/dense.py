@@ -10,23 +10,32 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from reformer_jax.layers import xla_cpu
+from reformer_jax.layers import logical_axes, xla_cpu
 from reformer_jax.layers.chunking import map_positions
 from reformer_jax.layers.dropout import dropout
 
+# Logical axes of the attention projections' kernels: into heads [d_model, n_heads * d_head]
+# and out of them [n_heads * d_head, d_model].
+TO_HEADS = (logical_axes.EMBED, logical_axes.HEADS)
+FROM_HEADS = (logical_axes.HEADS, logical_axes.EMBED)
+
 
 class DenseParams(nn.Module):
-  """`kernel [d_in, d_out]` (lecun normal) and, if `use_bias`, `bias [d_out]` (zeros)."""
+  """`kernel [d_in, d_out]` (lecun normal) and, if `use_bias`, `bias [d_out]` (zeros);
+  `axes`: the logical names of (d_in, d_out) (`logical_axes`)."""
   d_in: int
   d_out: int
+  axes: Tuple[str, str]
   use_bias: bool = True
 
   @nn.compact
   def __call__(self) -> Tuple[jnp.ndarray, Optional[jnp.ndarray]]:
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (self.d_in, self.d_out))
+    kernel = logical_axes.param(self, "kernel", nn.initializers.lecun_normal(),
+                                (self.d_in, self.d_out), self.axes)
     bias = None
     if self.use_bias:
-      bias = self.param("bias", nn.initializers.zeros_init(), (self.d_out,))
+      bias = logical_axes.param(self, "bias", nn.initializers.zeros_init(), (self.d_out,),
+                                self.axes[1:])
     return kernel, bias
 
 
@@ -36,8 +45,9 @@ class LayerNormParams(nn.Module):
 
   @nn.compact
   def __call__(self) -> Tuple[jnp.ndarray, jnp.ndarray]:
-    return (self.param("scale", nn.initializers.ones_init(), (self.d,)),
-            self.param("bias", nn.initializers.zeros_init(), (self.d,)))
+    return tuple(logical_axes.param(self, name, init, (self.d,), (logical_axes.NORM,))
+                 for name, init in (("scale", nn.initializers.ones_init()),
+                                    ("bias", nn.initializers.zeros_init())))
 
 
 def dense(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.ndarray] = None

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from reformer_jax.layers.chunking import check_sequence, map_positions
+from reformer_jax.layers import logical_axes
 from reformer_jax.layers.dense import DenseParams, dense, layer_norm
 from reformer_jax.layers.dropout import dropout
 
@@ -131,8 +132,8 @@ class ChunkedFeedForward(nn.Module):
     check_sequence(x)
     activation = get_activation(self.activation)
     d_model = x.shape[-1]
-    wi = DenseParams(d_model, self.d_ff, name="wi")()
-    wo = DenseParams(self.d_ff, d_model, name="wo")()
+    wi = DenseParams(d_model, self.d_ff, (logical_axes.EMBED, logical_axes.MLP), name="wi")()
+    wo = DenseParams(self.d_ff, d_model, (logical_axes.MLP, logical_axes.EMBED), name="wo")()
     rng = None
     if not deterministic and self.dropout_rate > 0.:
       rng = self.make_rng("dropout")

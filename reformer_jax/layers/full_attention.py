@@ -11,8 +11,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from reformer_jax.layers import logical_axes
 from reformer_jax.layers.chunking import (MASK_VALUE, SELF_MASK_VALUE, check_sequence,
                                           replace_masked)
+from reformer_jax.layers.dense import FROM_HEADS, TO_HEADS
 from reformer_jax.layers.dropout import dropout
 from reformer_jax.layers.kv_cache import (RING, DecodeMode, Prefill, Step, cached_step,
                                           check_decodable, fill_ring, ring_attention,
@@ -140,8 +142,10 @@ class FullSelfAttention(nn.Module):
       check_decodable(self, decode, self.causal, deterministic, x.shape[1])
     d_model = x.shape[-1]
     x = x.astype(self.dtype)
-    dense = lambda name: nn.Dense(self.n_heads * self.d_head, use_bias=False, dtype=self.dtype,
-                                  name=name)
+    def dense(name):
+      logical_axes.declare(self, name, {"kernel": TO_HEADS})
+      return nn.Dense(self.n_heads * self.d_head, use_bias=False, dtype=self.dtype, name=name)
+
     if self.shared_qk:
       q = split_heads(dense("query_key")(x), self.n_heads, self.d_head)
       k = normalize_shared_keys(q)
@@ -163,4 +167,5 @@ class FullSelfAttention(nn.Module):
       out = full_attention(q, k, v, causal=self.causal, mask=mask, self_mask=self.shared_qk,
                            dropout_rate=self.attention_dropout, dropout_rng=rng)
     out = out.reshape(out.shape[:2] + (self.n_heads * self.d_head,))
+    logical_axes.declare(self, "out", {"kernel": FROM_HEADS})
     return nn.Dense(d_model, use_bias=False, dtype=self.dtype, name="out")(out)

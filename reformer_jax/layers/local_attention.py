@@ -15,7 +15,8 @@ import jax.numpy as jnp
 
 from reformer_jax.layers.chunking import (check_sequence, chunk_positions, pad_axis,
                                           split_chunks)
-from reformer_jax.layers.dense import DenseParams, layer_norm, output_projection, project_heads
+from reformer_jax.layers.dense import (FROM_HEADS, TO_HEADS, DenseParams, layer_norm,
+                                       output_projection, project_heads)
 from reformer_jax.layers.full_attention import attend, full_attention
 from reformer_jax.layers.kv_cache import (RING, DecodeMode, Step, cached_step,
                                           check_decodable, fill_ring, ring_attention,
@@ -268,7 +269,9 @@ class LocalSelfAttention(nn.Module):
     if mask is not None and mask.shape != (batch, length):
       raise ValueError(f"mask must be [batch, length] = {(batch, length)}, got {mask.shape}")
     heads = (self.n_heads, self.d_head)
-    kernel = lambda name, d_in, d_out: DenseParams(d_in, d_out, use_bias=False, name=name)()[0]
+    kernel = lambda name, d_in, d_out: DenseParams(
+        d_in, d_out, FROM_HEADS if name == "out" else TO_HEADS, use_bias=False,
+        name=name)()[0]
     params = {"norm": norm}
     for name in ("query", "key", "value"):
       params[name] = kernel(name, d_model, self.n_heads * self.d_head).reshape(

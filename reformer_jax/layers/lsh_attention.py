@@ -27,8 +27,8 @@ from reformer_jax.layers import xla_cpu
 from reformer_jax.layers.chunking import (MASK_VALUE, SELF_MASK_VALUE, check_sequence,
                                           chunk_positions, map_positions, pad_axis,
                                           replace_masked, split_chunks)
-from reformer_jax.layers.dense import (DenseParams, dense, layer_norm, output_projection,
-                                       project_heads)
+from reformer_jax.layers.dense import (FROM_HEADS, TO_HEADS, DenseParams, dense, layer_norm,
+                                       output_projection, project_heads)
 from reformer_jax.layers.dropout import dropout
 from reformer_jax.layers.full_attention import full_attention, normalize_shared_keys
 from reformer_jax.layers.kv_cache import (RING, DecodeMode, Prefill, Step, cached_step,
@@ -626,7 +626,9 @@ class LSHSelfAttention(nn.Module):
     if mask is not None and mask.shape != (batch, length):
       raise ValueError(f"mask must be [batch, length] = {(batch, length)}, got {mask.shape}")
     heads = (self.n_heads, self.d_head)
-    kernel = lambda name, d_in, d_out: DenseParams(d_in, d_out, use_bias=False, name=name)()[0]
+    kernel = lambda name, d_in, d_out: DenseParams(
+        d_in, d_out, FROM_HEADS if name == "out" else TO_HEADS, use_bias=False,
+        name=name)()[0]
     params = {"norm": norm,
               "query_key": kernel("query_key", d_model, self.n_heads * self.d_head).reshape(
                   (d_model,) + heads),

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reformer_jax.layers import logical_axes
+
 
 def check_ids(ids: jnp.ndarray, size: int, what: str, size_name: str, how_to_fix: str) -> None:
   """Raises if int `ids` fall outside `[0, size)`; only concrete ids are checked (on the
@@ -98,6 +100,8 @@ class AxialPositionalEmbedding(nn.Module):
                      "least the sequence length")
     weights = [self.param(f"axis_{i}", nn.initializers.normal(stddev=0.02), (s, d))
                for i, (s, d) in enumerate(zip(self.axial_shape, self.axial_dims))]
+    for i in range(len(weights)):
+      logical_axes.declare(self, f"axis_{i}", (logical_axes.POSITION, logical_axes.EMBED))
     digits = []
     rest = _unwrapped(positions, self.max_len)
     for s in reversed(self.axial_shape[1:]):
@@ -128,6 +132,7 @@ class LearnedPositionalEmbedding(nn.Module):
     _check_positions(positions, self.max_len, "increase max_len")
     table = self.param("embedding", nn.initializers.normal(stddev=0.02),
                        (self.max_len, self.d_model))
+    logical_axes.declare(self, "embedding", (logical_axes.POSITION, logical_axes.EMBED))
     return lookup(table, positions)
 
 

@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from reformer_jax.layers import xla_cpu
+from reformer_jax.layers import logical_axes, xla_cpu
 from reformer_jax.layers.chunking import from_bits, to_bits
 
 # F(params, x, aux, rng) -> y with y.shape == x.shape.
@@ -400,8 +400,10 @@ class ReversibleStack(nn.Module):
     fns, params, rngs = [], [], []
     for i, pair in enumerate(self.blocks):
       f_block, g_block = (b.clone(parent=None, name=None) for b in pair)
+      axes = {}
       layer = self.param(f"layer_{i}", self._init_layer, f_block, g_block, x2, aux,
-                         layer_aux[i])
+                         layer_aux[i], axes)
+      logical_axes.declare(self, f"layer_{i}", axes)
       fns.append((_BlockFn(f_block, deterministic), _BlockFn(g_block, deterministic)))
       params.append((layer[self.names[0]], layer[self.names[1]]))
       rngs.append(tuple({"rngs": self._block_rngs(deterministic), "layer_aux": layer_aux[i]}
@@ -429,14 +431,16 @@ class ReversibleStack(nn.Module):
         self.put_variable("cache", name, kept)
     return x1, x2
 
-  def _init_layer(self, rng, f_block, g_block, x, aux, layer_aux):
+  def _init_layer(self, rng, f_block, g_block, x, aux, layer_aux, axes):
+    """The layer's parameters {names[0]: F's, names[1]: G's}; fills `axes` with their
+    logical axes (`logical_axes.COLLECTION` of the blocks' init)."""
     keys = jax.random.split(rng, 4)
     init_rngs = {"dropout": keys[2], "hash": keys[3]}
     layer = {}
     for name, block, key in zip(self.names, (f_block, g_block), keys[:2]):
       variables = block.init({"params": key, **init_rngs}, x, aux, layer_aux,
                              deterministic=True, mutable=True)
-      others = sorted(set(variables) - {"params"})
+      others = sorted(set(variables) - {"params", logical_axes.COLLECTION})
       if others:
         raise ValueError(f"reversible block {name!r} ({type(block).__name__}) has variable "
                          f"collections {others} besides 'params'; reversible blocks must be "
@@ -444,6 +448,7 @@ class ReversibleStack(nn.Module):
                          "values): use LayerNorm instead of BatchNorm, or compute the value "
                          "outside the stack")
       layer[name] = variables["params"]
+      axes[name] = variables.get(logical_axes.COLLECTION, {})
     return layer
 
   def _block_rngs(self, deterministic):

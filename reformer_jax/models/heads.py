@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from reformer_jax.layers.chunking import map_positions
+from reformer_jax.layers import logical_axes
 from reformer_jax.layers.dense import DenseParams, dense
 from reformer_jax.layers.dropout import dropout
 
@@ -44,8 +45,10 @@ class ClassificationHead(nn.Module):
     rngs = [None, None]
     if not deterministic and self.dropout_rate > 0.:
       rngs = list(jax.random.split(self.make_rng("dropout")))
-    inner = DenseParams(2 * self.d_model, self.d_model, name="dense")()
-    out = DenseParams(self.d_model, self.num_labels, name="out_proj")()
+    inner = DenseParams(2 * self.d_model, self.d_model, (logical_axes.EMBED, logical_axes.MLP),
+                        name="dense")()
+    out = DenseParams(self.d_model, self.num_labels, (logical_axes.MLP, logical_axes.CLASSES),
+                      name="out_proj")()
     h = dropout(h.astype(self.dtype), self.dropout_rate, rngs[0])
     h = jnp.tanh(dense(h, *inner))
     h = dropout(h, self.dropout_rate, rngs[1])

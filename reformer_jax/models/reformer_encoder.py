@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reformer_jax.layers import logical_axes
 from reformer_jax.layers.dense import DenseParams, layer_norm
 from reformer_jax.layers.dropout import dropout
 from reformer_jax.layers.positional import check_ids
@@ -158,7 +159,8 @@ class ReformerForQuestionAnswering(nn.Module):
       raise ValueError("give both start_positions and end_positions, or neither")
     (x1, x2), final, final_params = encode(self, tokens, mask, positions, lsh_rotations,
                                            deterministic)
-    kernel, bias = DenseParams(2 * cfg.d_model, 2, name="qa_outputs")()
+    kernel, bias = DenseParams(2 * cfg.d_model, 2, (logical_axes.EMBED, logical_axes.CLASSES),
+                               name="qa_outputs")()
     start, end = span_logits((x1, x2), kernel, bias, cfg.loss_chunk_len, final, final_params,
                              cfg.dtype)
     if start_positions is None:

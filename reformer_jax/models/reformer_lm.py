@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from reformer_jax.layers import logical_axes
 from reformer_jax.layers.chunking import map_positions
 from reformer_jax.layers.dense import LayerNormParams, layer_norm
 from reformer_jax.layers.dropout import dropout
@@ -168,8 +169,10 @@ class LMHead(nn.Module):
     """
     parts = tuple(hidden) if isinstance(hidden, (list, tuple)) else (hidden,)
     d = sum(p.shape[-1] for p in parts)
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (d, self.vocab_size))
-    bias = self.param("bias", nn.initializers.zeros, (self.vocab_size,)) if self.use_bias else None
+    kernel = logical_axes.param(self, "kernel", nn.initializers.lecun_normal(),
+                                (d, self.vocab_size), (logical_axes.EMBED, logical_axes.VOCAB))
+    bias = (logical_axes.param(self, "bias", nn.initializers.zeros, (self.vocab_size,),
+                               (logical_axes.VOCAB,)) if self.use_bias else None)
     dtype = self.dtype
 
     def cast(params, h, index):
@@ -339,6 +342,8 @@ def encode(module: nn.Module, tokens: jnp.ndarray, mask: Optional[jnp.ndarray],
   rotations = layer_rotations(lsh_rotations, types)
 
   table = nn.Embed(cfg.vocab_size, cfg.d_model, name="token_embed").embedding
+  logical_axes.declare(module, "token_embed",
+                       {"embedding": (logical_axes.VOCAB, logical_axes.EMBED)})
   drop = not deterministic and cfg.dropout_rate > 0.
   embed_rng, final_rng = (module.make_rng("dropout") if drop else None for _ in range(2))
   chunk = cfg.ff_chunk_size or length

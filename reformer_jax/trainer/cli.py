@@ -196,13 +196,14 @@ def load_workdir(workdir: str, gin_bindings: Sequence[str], exp=None):
   `exp`: the workdir's `load_experiment(...)` result, when already read.
 
   Returns:
-    (experiment, step, params, mesh), params replicated over `mesh`.
+    (experiment, step, params, mesh), params placed on `mesh` (`exp.mesh`) by its rules.
   """
   exp = exp or load_experiment(workdir, gin_bindings)
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(exp.mesh)
+  sharding.check_model(exp.model, mesh, exp.mesh)
   checkpointer = checkpointing.Checkpointer(workdir)
   found = checkpointer.restore_params(
-      steps.abstract_params(exp.model, exp.seq_len, mesh, exp.task))
+      steps.abstract_params(exp.model, exp.seq_len, mesh, exp.task, exp.mesh.rules))
   checkpointer.close()
   if found is None:
     raise FileNotFoundError(

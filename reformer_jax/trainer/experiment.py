@@ -6,6 +6,7 @@ from typing import Any, Callable, Mapping, Optional
 from reformer_jax.data.duplication_task import DuplicationTask
 from reformer_jax.models.config import ReformerConfig, position_limit
 from reformer_jax.trainer.optim import OptimizerConfig
+from reformer_jax.trainer.sharding import MeshConfig
 from reformer_jax.trainer.tasks import TASKS, CausalLM, Task
 
 
@@ -41,6 +42,8 @@ class Experiment:
     task: what is trained, a `tasks.Task`: @CausalLM() (the default), @MaskedLM(),
       @Classification() (with a classification data source such as @listops) or @SpanQA()
       (with @span_qa_files).
+    mesh: the device mesh and the rules that place the parameters on it, a
+      `sharding.MeshConfig` (default: every device on `data`).
   """
   model: ReformerConfig
   data: Callable[[], Any]
@@ -60,6 +63,7 @@ class Experiment:
   sample_length: int = 0
   max_consecutive_nonfinite: int = 10
   task: Any = CausalLM()
+  mesh: MeshConfig = MeshConfig()
 
   def __post_init__(self):
     if not isinstance(self.model, ReformerConfig):
@@ -100,6 +104,9 @@ class Experiment:
       raise ValueError(f"Experiment.task must be one of "
                        f"{', '.join(f'@{t.__name__}()' for t in TASKS)}, got {self.task!r}.")
     self.task.check(self.model)
+    if not isinstance(self.mesh, MeshConfig):
+      raise ValueError(f"Experiment.mesh must be a MeshConfig, got {self.mesh!r}; bind it as "
+                       "@MeshConfig() (with parentheses).")
     if self.sample_length and not self.task.can_generate:
       raise ValueError(f"Experiment.sample_length={self.sample_length} samples text after "
                        f"training, but Experiment.task = @{type(self.task).__name__}() "

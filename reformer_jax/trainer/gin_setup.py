@@ -1,9 +1,10 @@
 """Gin at the edge: registers the configurables, finds config files, parses.
 
 Registered names (the math stays gin-free): ReformerConfig, OptimizerConfig,
-Experiment, the tasks of `tasks.TASKS` (CausalLM, MaskedLM, Classification, SpanQA, MQAR)
-and the data sources shipped_corpus, local_file, python_stdlib_corpus, tfds_text, duplication,
-mqar, listops, text_label_files, tfds_classification, span_qa_files. Config files are looked up as given,
+MeshConfig, Experiment, the tasks of `tasks.TASKS` (CausalLM, MaskedLM, Classification,
+SpanQA, MQAR) and the data sources shipped_corpus, local_file, python_stdlib_corpus,
+tfds_text, duplication, mqar, listops, text_label_files, tfds_classification,
+span_qa_files. Config files are looked up as given,
 then in the repository's `configs/` directory and in `./configs`, so
 `include 'models/x.gin'` works from any working directory.
 """
@@ -23,6 +24,7 @@ from reformer_jax import data
 from reformer_jax.models import ReformerConfig
 from reformer_jax.trainer.experiment import Experiment
 from reformer_jax.trainer.optim import OptimizerConfig
+from reformer_jax.trainer.sharding import MeshConfig
 from reformer_jax.trainer.tasks import TASKS
 
 CONFIG_DIRS = (pathlib.Path(__file__).resolve().parents[2] / "configs",  # a checkout
@@ -32,6 +34,7 @@ CONFIG_DIRS = (pathlib.Path(__file__).resolve().parents[2] / "configs",  # a che
 REGISTERED = {
     "ReformerConfig": ReformerConfig,
     "OptimizerConfig": OptimizerConfig,
+    "MeshConfig": MeshConfig,
     "Experiment": Experiment,
     "shipped_corpus": data.shipped_corpus,
     "local_file": data.local_file,
@@ -96,6 +99,9 @@ def _parse(gin_files: Sequence[str], gin_bindings: Sequence[str]):
   # gin's package-resource reader logs an error for each search-path miss of
   # an `include`; the misses are expected.
   logging.disable(logging.ERROR)
+  # The mesh is built by gin, so that `MeshConfig.fsdp = 8` applies without naming
+  # `Experiment.mesh` (a file may still bind it).
+  gin.parse_config("Experiment.mesh = @MeshConfig()")
   try:
     for name in gin_files:
       try:

@@ -3,7 +3,7 @@
 
 `--dry_run --target=v5e:2x4` compiles the trainer's own step ahead of time for the chips of
 that topology (`jax.experimental.topologies`, through libtpu; the `tpu-plan` extra), lays
-the mesh over them (`sharding.make_mesh(devices)`), and reports the compiled program's
+the mesh over them (`sharding.make_mesh(exp.mesh, devices)`), and reports the compiled program's
 memory per device next to the device's HBM, and XLA's cost analysis (the compiler's
 estimate, not a measurement).
 
@@ -226,37 +226,48 @@ def plan_train(exp, target: Optional[str] = None) -> Dict:
   """Compiles `exp`'s train step (forward, backward, update; state donated) for the target's
   chips (or this machine's devices) without running it; returns `report`'s record."""
   devices = plan_devices(target)
-  mesh = sharding.make_mesh(devices)
-  if target:
-    check_mesh(mesh, devices, target)
+  mesh = _mesh(exp, devices, target)
   sharding.check_batch(exp.micro_batch_size, mesh, "BATCH_SIZE / grad_accum_steps")
   tx, _ = optim.make_optimizer(exp.optimizer, exp.train_steps)
-  init_state = steps.make_init_state(exp.model, tx, exp.seed, exp.seq_len, mesh, exp.task)
+  rules = exp.mesh.rules
+  init_state = steps.make_init_state(exp.model, tx, exp.seed, exp.seq_len, mesh, exp.task,
+                                     rules)
   state_shapes = steps.abstract_state(init_state, mesh)
   batch = exp.task.batch_shapes((exp.grad_accum_steps, exp.micro_batch_size), exp.seq_len)
   with xla_cpu.compiling_for(devices[0].platform):
-    lowered = steps.compile_train_step(exp.model, tx, mesh, exp.task).lower(state_shapes, batch)
+    lowered = steps.compile_train_step(exp.model, tx, mesh, exp.task, rules).lower(
+        state_shapes, batch)
   compiled = lowered.compile()
-  return report(compiled, devices, target, "train", seq_len=exp.seq_len,
-                batch_size=exp.batch_size, params=_count(state_shapes.params))
+  return report(compiled, devices, target, "train", mesh=sharding.describe(mesh),
+                seq_len=exp.seq_len, batch_size=exp.batch_size,
+                params=_count(state_shapes.params),
+                state_bytes_per_device=sharding.bytes_per_device(state_shapes))
 
 
 def plan_eval(exp, target: Optional[str] = None) -> Dict:
   """Compiles `exp`'s eval step for the target's chips (or this machine's devices)."""
   devices = plan_devices(target)
-  mesh = sharding.make_mesh(devices)
-  if target:
-    check_mesh(mesh, devices, target)
+  mesh = _mesh(exp, devices, target)
   batch_size = exp.eval_batch_size or exp.batch_size
   sharding.check_batch(batch_size, mesh, "Experiment.eval_batch_size")
-  params = steps.abstract_params(exp.model, exp.seq_len, mesh, exp.task)
+  params = steps.abstract_params(exp.model, exp.seq_len, mesh, exp.task, exp.mesh.rules)
   key = jax.ShapeDtypeStruct((2,), jnp.uint32)
   with xla_cpu.compiling_for(devices[0].platform):
-    lowered = steps.compile_eval_step(exp.model, mesh, exp.task).lower(
+    lowered = steps.compile_eval_step(exp.model, mesh, exp.task, exp.mesh.rules).lower(
         params, exp.task.batch_shapes((batch_size,), exp.seq_len), key)
   compiled = lowered.compile()
-  return report(compiled, devices, target, "eval", seq_len=exp.seq_len,
-                batch_size=batch_size, params=_count(params))
+  return report(compiled, devices, target, "eval", mesh=sharding.describe(mesh),
+                seq_len=exp.seq_len, batch_size=batch_size, params=_count(params),
+                state_bytes_per_device=sharding.bytes_per_device(params))
+
+
+def _mesh(exp, devices: Sequence, target: Optional[str]):
+  """`exp.mesh` laid over `devices`, checked against the model (and the target's chips)."""
+  mesh = sharding.make_mesh(exp.mesh, devices)
+  if target:
+    check_mesh(mesh, devices, target)
+  sharding.check_model(exp.model, mesh, exp.mesh)
+  return mesh
 
 
 def plan_sample(exp, target: Optional[str] = None, *, batch: int, prompt_len: int,
@@ -270,7 +281,7 @@ def plan_sample(exp, target: Optional[str] = None, *, batch: int, prompt_len: in
     raise ValueError(f"--target={target}: sampling runs on one chip; plan it for a one-chip "
                      f"topology, e.g. --target={target.split(':')[0]}:1x1.")
   devices = plan_devices(target)[:1]
-  mesh = sharding.make_mesh(devices)
+  mesh = sharding.make_mesh(devices=devices)
   total = prompt_len + new_tokens
   config, window = temperature_sampler.loop_setup(exp.model, total, use_cache)
   params = steps.abstract_params(exp.model, exp.seq_len, mesh, exp.task)

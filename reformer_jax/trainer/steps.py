@@ -1,8 +1,9 @@
 """Train state, the jit-compiled train and eval steps, evaluation loop and dry run.
 
-Steps are compiled over a 1-D device mesh: the batch is sharded along 'data',
-the train state is replicated and donated. Random bits come from
-`fold_in(state.rng, step)` (`step_keys`), so they do not depend on the device count. The task
+Steps are compiled over the device mesh (`sharding.py`): the batch is split over
+data x fsdp, each parameter and its optimiser state placed by the rule table
+(`state_shardings`), the train state donated. Random bits come from
+`fold_in(state.rng, step)` (`step_keys`), so they do not depend on the devices. The task
 (`tasks/`: causal LM by default) supplies the model and its loss sums.
 """
 import functools
@@ -15,7 +16,9 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from reformer_jax.layers import logical_axes
 from reformer_jax.models import ReformerConfig
+from reformer_jax.models.config import position_limit
 from reformer_jax.trainer import metrics as metrics_lib
 from reformer_jax.trainer import optim, sharding
 from reformer_jax.trainer.tasks import CausalLM
@@ -39,18 +42,47 @@ def run_keys(seed: int):
   return tuple(jax.random.split(jax.random.PRNGKey(seed), 3))
 
 
-def init_params(config: ReformerConfig, key, length: int, task=CAUSAL_LM):
-  """Parameters of `task.model(config)` (they do not depend on the length)."""
-  init_len = min(length, 2 * max(config.local_chunk_len, config.lsh_chunk_len))
+def init_variables(config: ReformerConfig, key, length: Optional[int] = None,
+                   task=CAUSAL_LM):
+  """{'params', 'params_axes' (their logical axes)} of `task.model(config)` (the
+  parameters do not depend on the length; None: the position table's limit)."""
+  init_len = 2 * max(config.local_chunk_len, config.lsh_chunk_len)
+  init_len = min(init_len, length or position_limit(config) or init_len)
   params_key, hash_key = jax.random.split(key)
   tokens = jnp.zeros((1, init_len), jnp.int32)
   model = task.model(config.replace(deterministic=True))
-  return model.init({"params": params_key, "hash": hash_key}, tokens)["params"]
+  return model.init({"params": params_key, "hash": hash_key}, tokens)
+
+
+def init_params(config: ReformerConfig, key, length: Optional[int] = None, task=CAUSAL_LM):
+  """Parameters of `task.model(config)` (see `init_variables`)."""
+  return init_variables(config, key, length, task)["params"]
+
+
+def param_shardings(config: ReformerConfig, mesh: Mesh, task=CAUSAL_LM,
+                    rules=sharding.DEFAULT_RULES):
+  """The NamedShardings of `task.model(config)`'s parameters on `mesh` by `rules`."""
+  variables = jax.eval_shape(lambda: init_variables(config, jax.random.PRNGKey(0), None, task))
+  return sharding.param_shardings(variables[logical_axes.COLLECTION], variables["params"],
+                                  mesh, rules)
+
+
+def state_shardings(config: ReformerConfig, tx, mesh: Mesh, task=CAUSAL_LM,
+                    rules=sharding.DEFAULT_RULES) -> TrainState:
+  """The TrainState's NamedShardings: parameters by `rules`, each optimiser moment like its
+  parameter, the rest (step, rng, counters) replicated."""
+  params = param_shardings(config, mesh, task, rules)
+  shapes = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0), None, task))
+  replicated = sharding.replicated(mesh)
+  return TrainState(step=replicated, params=params,
+                    opt_state=sharding.like_params(jax.eval_shape(tx.init, shapes), shapes,
+                                                   params, mesh),
+                    rng=replicated)
 
 
 def make_init_state(config: ReformerConfig, tx, seed: int, length: int, mesh: Mesh,
-                    task=CAUSAL_LM):
-  """A jitted () -> TrainState, replicated over `mesh`."""
+                    task=CAUSAL_LM, rules=sharding.DEFAULT_RULES):
+  """A jitted () -> TrainState, placed on `mesh` by `state_shardings`."""
   init_key, train_key, _ = run_keys(seed)
 
   def init():
@@ -58,25 +90,29 @@ def make_init_state(config: ReformerConfig, tx, seed: int, length: int, mesh: Me
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=tx.init(params), rng=train_key)
 
-  return jax.jit(init, out_shardings=sharding.replicated(mesh))
+  return jax.jit(init, out_shardings=state_shardings(config, tx, mesh, task, rules))
 
 
 def abstract_state(init_state, mesh: Mesh):
-  """The TrainState's ShapeDtypeStructs, replicated over `mesh`."""
-  return _replicated_shapes(jax.eval_shape(init_state), mesh)
+  """The ShapeDtypeStructs of `init_state()`'s TrainState, with its shardings (replicated
+  over `mesh` where it has none)."""
+  return _with_shardings(jax.eval_shape(init_state), mesh)
 
 
-def abstract_params(config: ReformerConfig, length: int, mesh: Mesh, task=CAUSAL_LM):
-  """The parameters' ShapeDtypeStructs, replicated over `mesh`."""
+def abstract_params(config: ReformerConfig, length: int, mesh: Mesh, task=CAUSAL_LM,
+                    rules=sharding.DEFAULT_RULES):
+  """The parameters' ShapeDtypeStructs, placed on `mesh` by `rules`."""
   key = jax.random.PRNGKey(0)
-  return _replicated_shapes(
-      jax.eval_shape(lambda: init_params(config, key, length, task)), mesh)
+  shapes = jax.eval_shape(lambda: init_params(config, key, length, task))
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      shapes, param_shardings(config, mesh, task, rules))
 
 
-def _replicated_shapes(shapes, mesh: Mesh):
+def _with_shardings(shapes, mesh: Mesh):
   replicated = sharding.replicated(mesh)
   return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                     sharding=getattr(x, "sharding", None) or replicated),
       shapes)
 
 
@@ -90,7 +126,7 @@ def step_keys(rng, step):
 
 
 def train_step(state: TrainState, batch, *, model, tx: optax.GradientTransformation,
-               task=CAUSAL_LM):
+               task=CAUSAL_LM, grad_shardings=None):
   """One update from `batch` (the task's arrays, e.g. {'inputs', 'targets', 'weights'}:
   [accum, micro, L]) of `model` = `task.model(config)`.
 
@@ -98,6 +134,9 @@ def train_step(state: TrainState, batch, *, model, tx: optax.GradientTransformat
   (lax.scan) and divided by the total weight. Every micro-batch uses the
   step's LSH rotations, so without dropout the update equals that of one
   batch of accum * micro examples.
+
+  `grad_shardings`: the parameters' shardings; the summed gradients are constrained to them
+  (each device reduces only its part, fsdp).
 
   A step whose loss or gradient norm is not finite is rejected by the
   optimiser's guard (`optim.make_optimizer`): params and optimiser state stay
@@ -119,6 +158,8 @@ def train_step(state: TrainState, batch, *, model, tx: optax.GradientTransformat
       return sums["loss"], sums
 
     grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)
+    if grad_shardings is not None:
+      grads = jax.lax.with_sharding_constraint(grads, grad_shardings)
     return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
   zeros = (jax.tree.map(jnp.zeros_like, state.params),
@@ -146,21 +187,26 @@ def eval_step(params, batch, key, *, model, task=CAUSAL_LM):
   return task.eval_outputs(model, params, batch, key)
 
 
-def compile_train_step(config: ReformerConfig, tx, mesh: Mesh, task=CAUSAL_LM):
-  """jit(train_step): state replicated and donated, batch sharded on axis 1."""
+def compile_train_step(config: ReformerConfig, tx, mesh: Mesh, task=CAUSAL_LM,
+                       rules=sharding.DEFAULT_RULES):
+  """jit(train_step): state placed by `state_shardings` and donated, batch split on axis 1."""
+  state = state_shardings(config, tx, mesh, task, rules)
   replicated = sharding.replicated(mesh)
-  return jax.jit(functools.partial(train_step, model=task.model(config), tx=tx, task=task),
-                 in_shardings=(replicated, sharding.batch_sharding(mesh, 1)),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+  return jax.jit(functools.partial(train_step, model=task.model(config), tx=tx, task=task,
+                                   grad_shardings=state.params),
+                 in_shardings=(state, sharding.batch_sharding(mesh, 1)),
+                 out_shardings=(state, replicated), donate_argnums=0)
 
 
-def compile_eval_step(config: ReformerConfig, mesh: Mesh, task=CAUSAL_LM):
-  """jit(eval_step) for `config` made deterministic; batch sharded on axis 0."""
+def compile_eval_step(config: ReformerConfig, mesh: Mesh, task=CAUSAL_LM,
+                      rules=sharding.DEFAULT_RULES):
+  """jit(eval_step) for `config` made deterministic; parameters placed by `rules`, batch
+  split on axis 0."""
   replicated = sharding.replicated(mesh)
   model = task.model(config.replace(deterministic=True))
   return jax.jit(functools.partial(eval_step, model=model, task=task),
-                 in_shardings=(replicated, sharding.batch_sharding(mesh, 0),
-                               replicated),
+                 in_shardings=(param_shardings(config, mesh, task, rules),
+                               sharding.batch_sharding(mesh, 0), replicated),
                  out_shardings=replicated)
 
 
@@ -199,7 +245,8 @@ def dry_run_report(train_fn, state_shapes, batch_shapes) -> dict:
   """Compiles `train_fn` for the given shapes without running it.
 
   Returns:
-    {'params': parameter count, 'peak_bytes': argument + temp + output - alias
+    {'params': parameter count, 'state_bytes_per_device': the train state's bytes on one
+    device (its shard of each array), 'peak_bytes': argument + temp + output - alias
     bytes per device, 'flops_per_step': XLA's flop estimate}.
   """
   compiled = train_fn.lower(state_shapes, batch_shapes).compile()
@@ -211,5 +258,7 @@ def dry_run_report(train_fn, state_shapes, batch_shapes) -> dict:
                  jax.tree.leaves(state_shapes.params))
   peak = (memory.argument_size_in_bytes + memory.temp_size_in_bytes +
           memory.output_size_in_bytes - memory.alias_size_in_bytes)
-  return {"params": n_params, "peak_bytes": int(peak),
+  return {"params": n_params,
+          "state_bytes_per_device": sharding.bytes_per_device(state_shapes),
+          "peak_bytes": int(peak),
           "flops_per_step": float(cost.get("flops", float("nan")))}

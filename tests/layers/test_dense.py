@@ -16,7 +16,7 @@ def _normal(key, shape):
 
 def test_dense_matches_flax_dense_on_several_leading_axes():
   x = _normal(0, (2, 3, 5, 8))
-  params = DenseParams(8, 4).init(jax.random.PRNGKey(1))["params"]
+  params = DenseParams(8, 4, ("embed", "mlp")).init(jax.random.PRNGKey(1))["params"]
   got = dense(x, params["kernel"], params["bias"])
   want = nn.Dense(4).apply({"params": params}, x)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

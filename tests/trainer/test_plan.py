@@ -114,7 +114,7 @@ def test_a_mesh_over_other_devices_than_the_target_is_refused():
 @needs_libtpu
 def test_batch_that_does_not_split_over_the_chips_is_refused_before_compiling():
   with pytest.raises(ValueError, match=r"BATCH_SIZE / grad_accum_steps=4 must be a multiple "
-                                       r"of the 8 devices"):
+                                       r"of MeshConfig.data x MeshConfig.fsdp = 8"):
     plan.plan_train(_experiment(), "v5e:2x4")
 
 

@@ -1,0 +1,54 @@
+"""Logical axis names of parameters, for sharding them over a device mesh.
+
+Every parameter names its dimensions (`EMBED`, `HEADS`, ...), the scheme of t5x's
+`param_with_axes`: `declare` records the names in the `COLLECTION` ('params_axes')
+collection beside the parameter, only while that collection is mutable (`init`), so
+`model.init(...)` returns `{'params': ..., 'params_axes': ...}` with one
+`AxisMetadata(names)` per parameter, and applying the model is unchanged. The trainer maps
+the names to mesh axes by its rule table (`trainer/sharding.py`).
+"""
+from typing import Any, Mapping, Sequence, Union
+
+import flax.linen as nn
+from flax.linen.partitioning import AxisMetadata
+
+COLLECTION = "params_axes"
+
+EMBED = "embed"        # d_model (and the 2 * d_model of the final norm and heads)
+HEADS = "heads"        # n_heads * d_head of the attention projections, split by heads
+MLP = "mlp"            # the feed-forward width d_ff
+VOCAB = "vocab"        # the vocabulary
+NORM = "norm"          # layer-norm scales and biases
+POSITION = "position"  # rows of a position table
+CLASSES = "classes"    # a head's outputs (labels, span ends)
+
+NAMES = (EMBED, HEADS, MLP, VOCAB, NORM, POSITION, CLASSES)
+
+Axes = Sequence[str]
+
+
+def declare(module: nn.Module, name: str, axes: Union[Axes, Mapping[str, Any]]):
+  """Records the logical `axes` of `module`'s parameter `name` (one name per dimension), or,
+  given a nested {param: axes} (leaves: names or `AxisMetadata`), of the parameters under
+  `name` (a child such as an `nn.Embed`, or a parameter holding a tree). Does nothing
+  unless the collection is mutable (only at `init`)."""
+  if module.is_mutable_collection(COLLECTION):
+    module.put_variable(COLLECTION, name, _metadata(axes))
+
+
+def _metadata(axes):
+  if isinstance(axes, AxisMetadata):
+    return axes
+  if isinstance(axes, Mapping):
+    return {k: _metadata(v) for k, v in axes.items()}
+  unknown = [a for a in axes if a not in NAMES]
+  if unknown:
+    raise ValueError(f"unknown logical axes {unknown}; use {NAMES}")
+  return AxisMetadata(names=tuple(axes))
+
+
+def param(module: nn.Module, name: str, init, shape: Sequence[int], axes: Axes):
+  """`module.param(name, init, shape)` with its logical `axes` declared."""
+  value = module.param(name, init, tuple(shape))
+  declare(module, name, axes)
+  return value

@@ -1,0 +1,143 @@
+"""Run by tests/trainer/test_sharding.py in a process of its own with 8 CPU devices
+(XLA_FLAGS=--xla_force_host_platform_device_count=8 set before JAX starts); prints one JSON
+line of what it measured.
+
+Tiny models give their loss and gradients on one device and under meshes, on the same batch
+and rotations: the LM (local and LSH layers) under every mesh of `MESHES`, a masked-LM
+encoder, a local-only and an LSH-only model under the mesh that uses all three axes (each
+compile costs seconds of CPU); the LM trains two steps under fsdp=8, is saved, resumed under
+data=2 x tensor=4 and trains a third: compared with three uninterrupted steps on one device.
+"""
+import json
+import sys
+import time
+
+import jax
+import numpy as np
+
+from reformer_jax.models import ReformerConfig
+from reformer_jax.trainer import checkpointing, optim, sharding, steps, tasks
+
+MESHES = {"data=8": dict(data=8), "fsdp=8": dict(data=1, fsdp=8),
+          "fsdp=4 x tensor=2": dict(data=1, fsdp=4, tensor=2),
+          "data=2 x fsdp=2 x tensor=2": dict(data=2, fsdp=2, tensor=2)}
+ALL_AXES = "data=2 x fsdp=2 x tensor=2"
+LENGTH, BATCH = 16, 8
+BASE = ReformerConfig(vocab_size=16, d_model=16, d_ff=32, n_heads=4, d_head=4, n_layers=2,
+                      local_chunk_len=4, lsh_chunk_len=4, n_buckets=4, positional="axial",
+                      axial_shape=(4, 4), axial_dims=(8, 8), dropout_rate=0.,
+                      deterministic=True)
+MODELS = {
+    "lm": (tasks.CausalLM(), BASE.replace(attention_types=("local", "lsh"))),
+    "encoder": (tasks.MaskedLM(), BASE.replace(attention_types=("local", "lsh"), causal=False)),
+    "local": (tasks.CausalLM(), BASE.replace(attention_types=("local",), n_layers=1)),
+    "lsh": (tasks.CausalLM(), BASE.replace(attention_types=("lsh",), n_hashes=2, n_layers=1)),
+}
+
+
+def mesh_of(sizes):
+  return sharding.make_mesh(sharding.MeshConfig(**sizes))
+
+
+def batch_of(seed, leading=()):
+  tokens = np.random.default_rng(seed).integers(0, 15, leading + (BATCH, LENGTH + 1))
+  return {"inputs": tokens[..., :-1].astype(np.int32),
+          "targets": tokens[..., 1:].astype(np.int32),
+          "weights": np.ones(leading + (BATCH, LENGTH), np.float32)}
+
+
+def relative(got, want) -> float:
+  """max |got - want| / max |want| over the leaves of two trees."""
+  pairs = [(np.asarray(g, np.float64), np.asarray(w, np.float64)) for g, w in
+           zip(jax.tree.leaves(jax.device_get(got)), jax.tree.leaves(jax.device_get(want)))]
+  return max(float(np.max(np.abs(g - w)) / max(np.max(np.abs(w)), 1e-30)) for g, w in pairs)
+
+
+def loss_and_grads(task, config, mesh):
+  """A jitted (params, batch) -> (loss, grads), parameters placed by the default rules."""
+  model = task.model(config)
+  keys = {"hash": jax.random.PRNGKey(7)}
+
+  def fn(params, batch):
+    loss = lambda p: task.loss_sums(model, p, batch, keys, jax.random.PRNGKey(8))["loss"]
+    return jax.value_and_grad(loss)(params)
+
+  params = steps.param_shardings(config, mesh, task)
+  return jax.jit(fn, in_shardings=(params, sharding.batch_sharding(mesh)),
+                 out_shardings=(sharding.replicated(mesh), params))
+
+
+def gradients():
+  """{model: {mesh: [loss rel. error, grads rel. error, state fraction]}}."""
+  one = sharding.make_mesh(sharding.MeshConfig(), jax.devices()[:1])
+  batch = batch_of(0)
+  out = {}
+  for name, (task, config) in MODELS.items():
+    params = steps.init_params(config, jax.random.PRNGKey(1), LENGTH, task)
+    want_loss, want_grads = loss_and_grads(task, config, one)(params, batch)
+    out[name] = {}
+    for mesh_name in MESHES if name == "lm" else (ALL_AXES,):
+      mesh = mesh_of(MESHES[mesh_name])
+      placed = sharding.put(params, steps.param_shardings(config, mesh, task))
+      loss, grads = loss_and_grads(task, config, mesh)(placed, sharding.put(
+          batch, sharding.batch_sharding(mesh)))
+      out[name][mesh_name] = [relative(loss, want_loss), relative(grads, want_grads),
+                              sharding.bytes_per_device(placed) /
+                              sharding.bytes_per_device(jax.device_put(params))]
+  return out
+
+
+def trainer(mesh, tx, config):
+  init = steps.make_init_state(config, tx, 0, LENGTH, mesh)
+  return init, steps.compile_train_step(config, tx, mesh)
+
+
+def train(state, train_fn, mesh, first, last):
+  losses = []
+  for step in range(first, last):
+    state, out = train_fn(state, sharding.put(batch_of(step, (1,)),
+                                              sharding.batch_sharding(mesh, 1)))
+    losses.append(float(out["loss"]))
+  return state, losses
+
+
+def training(workdir):
+  """Three steps on one device against two under fsdp=8, saved at step 2, and a third
+  resumed under data=2 x tensor=4."""
+  _, config = MODELS["lm"]
+  tx, _ = optim.make_optimizer(optim.OptimizerConfig(learning_rate=1e-2, warmup_steps=0), 3)
+  one = sharding.make_mesh(sharding.MeshConfig(), jax.devices()[:1])
+  init, train_fn = trainer(one, tx, config)
+  want, want_losses = train(init(), train_fn, one, 0, 3)
+  saving = mesh_of(dict(data=1, fsdp=8))
+  init_s, train_s = trainer(saving, tx, config)
+  state, first_losses = train(init_s(), train_s, saving, 0, 2)
+  checkpointer = checkpointing.Checkpointer(workdir)
+  checkpointer.save(state, force=True)
+  checkpointer.close()
+  resuming = mesh_of(dict(data=2, tensor=4))
+  init_r, train_r = trainer(resuming, tx, config)
+  shapes = steps.abstract_state(init_r, resuming)
+  checkpointer = checkpointing.Checkpointer(workdir)
+  restored = checkpointer.restore(shapes)
+  checkpointer.close()
+  placed = [str(x.sharding.spec) for x in jax.tree.leaves(restored.params)]
+  wanted = [str(x.sharding.spec) for x in jax.tree.leaves(shapes.params)]
+  resumed, last_losses = train(restored, train_r, resuming, 2, 3)
+  return {"resume": {"step": int(resumed.step), "sharded_as_asked": placed == wanted,
+                   "tensor_sharded": sum("tensor" in p for p in placed),
+                   "losses": relative(np.array(first_losses + last_losses),
+                                      np.array(want_losses)),
+                   "params": relative(resumed.params, want.params),
+                   "opt_state": relative(resumed.opt_state, want.opt_state)}}
+
+
+def main():
+  jax.config.update("jax_threefry_partitionable", True)
+  assert jax.device_count() == 8, jax.devices()
+  out = {"gradients": gradients(), **training(sys.argv[1])}
+  print(json.dumps(dict(out, cpu_seconds=time.process_time())))
+
+
+if __name__ == "__main__":
+  main()
