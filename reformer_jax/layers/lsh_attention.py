@@ -693,7 +693,7 @@ class LSHSelfAttention(nn.Module):
     buckets = self._checked_buckets(buckets, batch, length)
     out = lsh_slice_core(x, params, project, buckets, real, axis_name=self.sequence_axis,
                          dropout_rng=attn_rng, capacity=self.exchange_capacity,
-                         **self._settings(padded))
+                         position_chunk=chunk, **self._settings(padded))
     return out, buckets
 
   def _whole_attention(self, x, mask, params, project, w_out, rotations, buckets, rebuild,

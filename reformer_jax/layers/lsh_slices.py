@@ -26,6 +26,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from reformer_jax.layers.chunking import map_positions
 from reformer_jax.layers.lsh_attention import (_attend_window, _inverse_permutation,
                                                _split_rows, _take, sort_rounds)
 from reformer_jax.layers.windowed import default_chunks_per_step, windowed_attention
@@ -41,13 +42,17 @@ def _attend_slice(params, rows, info, offsets, rng, **settings):
   return _attend_window(params, rows, info, offsets, rng, **settings)
 
 
-def _global_rows(positions, n_local, heads):
-  """Global row ids of `fetch` for the rows `[b, h, n_local]` (flattened) of positions
-  `[b, h, m]` sharded in slices of `n_local`."""
+def _global_rows(positions, n_local, heads, heads_last):
+  """Global row ids of `fetch` for the rows (flattened) `[b, n_local, h]` (`heads_last`)
+  or `[b, h, n_local]` of each device, of positions `[b, h, m]` sharded in slices of
+  `n_local`."""
   batch = positions.shape[0]
   b = jnp.arange(batch, dtype=jnp.int32)[:, None, None]
   h = jnp.arange(heads, dtype=jnp.int32)[None, :, None]
-  local = (b * heads + h) * n_local + positions % n_local
+  if heads_last:
+    local = (b * n_local + positions % n_local) * heads + h
+  else:
+    local = (b * heads + h) * n_local + positions % n_local
   return (positions // n_local * (batch * heads * n_local) + local).reshape(-1)
 
 
@@ -56,7 +61,7 @@ def lsh_slice_core(x: jnp.ndarray, params, project: Callable, buckets: jnp.ndarr
                    n_chunks_before: int, n_chunks_after: int, causal: bool, strict: bool,
                    correct_duplicates: bool, dropout_rate: float,
                    dropout_rng: Optional[jax.Array], chunks_per_step: Optional[int],
-                   n_values: Optional[int] = None,
+                   position_chunk: int, n_values: Optional[int] = None,
                    capacity: Optional[int] = None) -> jnp.ndarray:
   """`lsh_core` of one device's slice of positions (see the module docstring).
 
@@ -69,6 +74,8 @@ def lsh_slice_core(x: jnp.ndarray, params, project: Callable, buckets: jnp.ndarr
     axis_name: the mesh axis the sequence is sharded over.
     chunk_len, n_chunks_before, n_chunks_after, causal, strict, correct_duplicates,
       dropout_rate, dropout_rng, chunks_per_step, n_values: as in `lsh_core`.
+    position_chunk: positions per chunk of the projection (`map_positions`: only `x` is
+      kept for the backward pass).
     capacity: rows per device pair and pass of the exchanges (`exchange.fetch`).
 
   Returns:
@@ -107,9 +114,12 @@ def lsh_slice_core(x: jnp.ndarray, params, project: Callable, buckets: jnp.ndarr
     info["dup_offsets"] = by_position(undo_idx.reshape(everyone.shape))
     info["dup_buckets"] = by_position(everyone)
 
-  qk, v = project(params, x[:, None])
-  rows = jnp.concatenate([qk, v], axis=-1)  # [b, h, n, 2 d_head]
-  rows = fetch(rows.reshape(-1, rows.shape[-1]), _global_rows(pos, n_local, heads),
+  def project_rows(params, rows, index):  # [b, c, F] -> [b, c, h, 2 d_head]
+    del index
+    return jnp.swapaxes(jnp.concatenate(project(params, rows[:, None]), axis=-1), 1, 2)
+
+  rows = map_positions(project_rows, params, x, position_chunk)
+  rows = fetch(rows.reshape(-1, rows.shape[-1]), _global_rows(pos, n_local, heads, True),
                axis_name, capacity).reshape(pos.shape + rows.shape[-1:])
   attend = functools.partial(
       _attend_slice, project=_split_rows, n=n_sorted, chunk_len=chunk_len,
@@ -127,10 +137,10 @@ def lsh_slice_core(x: jnp.ndarray, params, project: Callable, buckets: jnp.ndarr
   mine = jax.lax.axis_index(axis_name) * n_local + jnp.arange(n_local, dtype=jnp.int32)
   wanted = undo_idx.reshape(batch, heads, n_hashes, length)[..., mine]  # [b, h, R, n]
   back = fetch(back.reshape(-1, d_head + 1),
-               _global_rows(wanted.reshape(batch, heads, -1), n_own, heads), axis_name,
+               _global_rows(wanted.reshape(batch, heads, -1), n_own, heads, False), axis_name,
                capacity).reshape(batch, heads, n_hashes, n_local, d_head + 1)
   out, lse = back[..., :d_head], back[..., d_head]
   if n_hashes == 1:
-    return out[:, :, 0].astype(v.dtype)
+    return out[:, :, 0].astype(rows.dtype)
   weights = jax.nn.softmax(lse, axis=2)[..., None]
-  return jnp.sum(out * weights, axis=2).astype(v.dtype)
+  return jnp.sum(out * weights, axis=2).astype(rows.dtype)

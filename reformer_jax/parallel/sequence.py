@@ -23,12 +23,36 @@ from typing import Any, Dict, Optional, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from reformer_jax.layers.chunking import pad_axis, pad_length
 from reformer_jax.models.config import ReformerConfig, position_limit
+from reformer_jax.models.reformer_lm import ReformerLM
+from reformer_jax.trainer.sharding import BATCH_AXES
 
 AXIS = "sequence"
+
+
+def over_mesh(model: nn.Module, mesh: Mesh) -> nn.Module:
+  """`model` as the trainer's steps run it on `mesh`: in `SequenceParallel` when the mesh's
+  `sequence` axis (`MeshConfig.sequence`) has several devices, the batch split over
+  data x fsdp; else `model` itself. Raises ValueError (one line) for a model that
+  sequence parallelism does not run, or full attention."""
+  if mesh.shape.get(AXIS, 1) == 1:
+    return model
+  if not isinstance(model, ReformerLM):
+    raise ValueError(f"MeshConfig.sequence={mesh.shape[AXIS]} runs language models (causal or "
+                     f"masked LM tasks); this task's {type(model).__name__} reads whole "
+                     "sequences: set MeshConfig.sequence=1")
+  parallel = SequenceParallel(model, mesh, batch_axes=BATCH_AXES)
+  parallel.sliced_model()  # refuses full attention now
+  return parallel
+
+
+def batch_sharding(mesh: Mesh, batch_axis: int) -> NamedSharding:
+  """A batch `[..., batch, length]` split over data x fsdp on `batch_axis` and over the
+  `sequence` axis on the next (the length)."""
+  return NamedSharding(mesh, P(*([None] * batch_axis), BATCH_AXES, AXIS))
 
 
 def slice_multiple(config: ReformerConfig, n_devices: int) -> int:

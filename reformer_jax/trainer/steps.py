@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 from reformer_jax.layers import logical_axes
 from reformer_jax.models import ReformerConfig
 from reformer_jax.models.config import position_limit
+from reformer_jax.parallel import sequence
 from reformer_jax.trainer import metrics as metrics_lib
 from reformer_jax.trainer import optim, sharding
 from reformer_jax.trainer.tasks import CausalLM
@@ -192,9 +193,9 @@ def compile_train_step(config: ReformerConfig, tx, mesh: Mesh, task=CAUSAL_LM,
   """jit(train_step): state placed by `state_shardings` and donated, batch split on axis 1."""
   state = state_shardings(config, tx, mesh, task, rules)
   replicated = sharding.replicated(mesh)
-  return jax.jit(functools.partial(train_step, model=task.model(config), tx=tx, task=task,
-                                   grad_shardings=state.params),
-                 in_shardings=(state, sharding.batch_sharding(mesh, 1)),
+  return jax.jit(functools.partial(train_step, model=sequence.over_mesh(task.model(config), mesh),
+                                   tx=tx, task=task, grad_shardings=state.params),
+                 in_shardings=(state, batch_sharding(mesh, 1)),
                  out_shardings=(state, replicated), donate_argnums=0)
 
 
@@ -203,11 +204,19 @@ def compile_eval_step(config: ReformerConfig, mesh: Mesh, task=CAUSAL_LM,
   """jit(eval_step) for `config` made deterministic; parameters placed by `rules`, batch
   split on axis 0."""
   replicated = sharding.replicated(mesh)
-  model = task.model(config.replace(deterministic=True))
+  model = sequence.over_mesh(task.model(config.replace(deterministic=True)), mesh)
   return jax.jit(functools.partial(eval_step, model=model, task=task),
                  in_shardings=(param_shardings(config, mesh, task, rules),
-                               sharding.batch_sharding(mesh, 0), replicated),
+                               batch_sharding(mesh, 0), replicated),
                  out_shardings=replicated)
+
+
+def batch_sharding(mesh: Mesh, batch_axis: int):
+  """The batch split over data x fsdp on `batch_axis`, and over `sequence` on the length
+  when that axis has several devices (`parallel.sequence`)."""
+  if mesh.shape.get(sequence.AXIS, 1) > 1:
+    return sequence.batch_sharding(mesh, batch_axis)
+  return sharding.batch_sharding(mesh, batch_axis)
 
 
 def split_micro(batch, accum: int):
@@ -226,11 +235,11 @@ def evaluate(eval_fn, params, data, *, batch_size: int, seq_len: int,
   of its targets (`task.targets`) and the eval step's per-example outputs (host arrays).
   """
   eval_key = run_keys(seed)[2]
-  batch_sharding = sharding.batch_sharding(mesh, 0)
+  placement = batch_sharding(mesh, 0)
   sums = {}
   batches = data.eval_batches(batch_size, seq_len, n_batches, split=split)
   for i, batch in enumerate(batches):
-    out, outputs = eval_fn(params, sharding.put(batch, batch_sharding),
+    out, outputs = eval_fn(params, sharding.put(batch, placement),
                            jax.random.fold_in(eval_key, i))
     sums = metrics_lib.add_sums(sums, jax.device_get(out))
     if examples is not None:

@@ -12,7 +12,7 @@ import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh
 from reformer_jax.models import ReformerConfig, ReformerLM
 from reformer_jax.parallel.sequence import SequenceParallel
-from reformer_jax.trainer import optim, steps
+from reformer_jax.trainer import optim, sharding, steps
 import time
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -76,13 +76,20 @@ params = model.init({"params": jax.random.PRNGKey(0), "hash": jax.random.PRNGKey
                     batch["inputs"][0, :, :16])["params"]
 state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                          opt_state=tx.init(params), rng=jax.random.PRNGKey(3))
-mesh, batch_axes = MESHES["data=2 x sequence=4"]
 states, losses = {}, {}
-for name, m in (("one", model), ("parallel", SequenceParallel(model, mesh, batch_axes=batch_axes))):
-  step = jax.jit(functools.partial(steps.train_step, model=m, tx=tx)).lower(state, batch).compile()
-  s, losses[name] = state, []
+one_step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx)).lower(state, batch)
+# The trainer's own step on MeshConfig(data=2, sequence=4): wrapped in SequenceParallel.
+mesh = sharding.make_mesh(sharding.MeshConfig(data=2, sequence=4))
+parallel_step = steps.compile_train_step(config, tx, mesh).lower(
+    steps.abstract_state(steps.make_init_state(config, tx, 0, length, mesh), mesh),
+    jax.eval_shape(lambda: batch))
+placed = {"one": (state, batch),
+          "parallel": (jax.device_put(state, steps.state_shardings(config, tx, mesh)),
+                       jax.device_put(batch, steps.batch_sharding(mesh, 1)))}
+for name, step in (("one", one_step.compile()), ("parallel", parallel_step.compile())):
+  (s, b), losses[name] = placed[name], []
   for _ in range(3):
-    s, metrics = step(s, batch)
+    s, metrics = step(s, b)
     losses[name].append(float(metrics["loss"]))
   states[name] = s
 out["steps"] = {"losses": losses, "params": max(jax.tree.leaves(jax.tree.map(
