@@ -185,8 +185,9 @@ def compile_train_step(config: ReformerConfig, tx, mesh: Mesh, task=CAUSAL_LM,
   """jit(train_step): state placed by `state_shardings` and donated, batch split on axis 1."""
   state = state_shardings(config, tx, mesh, task, rules)
   replicated = sharding.replicated(mesh)
-  return jax.jit(functools.partial(train_step, model=task.model(config), tx=tx, task=task,
-                                   grad_shardings=state.params),
+  step = functools.partial(train_step, model=task.model(config), tx=tx, task=task,
+                           grad_shardings=state.params)
+  return jax.jit(_batch_split(step, mesh),
                  in_shardings=(state, sharding.batch_sharding(mesh, 1)),
                  out_shardings=(state, replicated), donate_argnums=0)
 
@@ -197,10 +198,20 @@ def compile_eval_step(config: ReformerConfig, mesh: Mesh, task=CAUSAL_LM,
   split on axis 0."""
   replicated = sharding.replicated(mesh)
   model = task.model(config.replace(deterministic=True))
-  return jax.jit(functools.partial(eval_step, model=model, task=task),
+  return jax.jit(_batch_split(functools.partial(eval_step, model=model, task=task), mesh),
                  in_shardings=(param_shardings(config, mesh, task, rules),
                                sharding.batch_sharding(mesh, 0), replicated),
                  out_shardings=replicated)
+
+
+def _batch_split(fn, mesh: Mesh):
+  """`fn` traced with its layers' activations kept split over the batch
+  (`logical_axes.split_batch`)."""
+  @functools.wraps(fn)
+  def traced(*args):
+    with logical_axes.split_batch(sharding.batch_sharding(mesh)):
+      return fn(*args)
+  return traced
 
 
 def split_micro(batch, accum: int):
