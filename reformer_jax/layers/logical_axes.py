@@ -7,9 +7,12 @@ collection beside the parameter, only while that collection is mutable (`init`),
 `AxisMetadata(names)` per parameter, and applying the model is unchanged. The trainer maps
 the names to mesh axes by its rule table (`trainer/sharding.py`).
 """
+import contextlib
+import contextvars
 from typing import Any, Mapping, Sequence, Union
 
 import flax.linen as nn
+import jax
 from flax.linen.partitioning import AxisMetadata
 
 COLLECTION = "params_axes"
@@ -52,3 +55,24 @@ def param(module: nn.Module, name: str, init, shape: Sequence[int], axes: Axes):
   value = module.param(name, init, tuple(shape))
   declare(module, name, axes)
   return value
+
+
+_BATCH_SHARDING = contextvars.ContextVar("batch_sharding", default=None)
+
+
+@contextlib.contextmanager
+def split_batch(sharding: jax.sharding.Sharding):
+  """While a step is traced inside: `constrain_batch` keeps activations in `sharding`
+  (e.g. their batch split over data x fsdp, the rest whole), so that the partitioner gathers
+  a split parameter instead of moving activations."""
+  token = _BATCH_SHARDING.set(sharding)
+  try:
+    yield
+  finally:
+    _BATCH_SHARDING.reset(token)
+
+
+def constrain_batch(x: jax.Array) -> jax.Array:
+  """`x` `[batch, ...]` constrained to the `split_batch` sharding; unchanged outside one."""
+  sharding = _BATCH_SHARDING.get()
+  return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)

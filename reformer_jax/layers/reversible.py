@@ -312,12 +312,14 @@ class _BlockFn:
 
   def __call__(self, params, x, aux, rng, **options):
     """`options`: `chunk_index=`, `save_state=`, `state=` (see `reversible_layers`)."""
+    x = logical_axes.constrain_batch(x)
     return self.block.apply({"params": params}, x, aux, rng["layer_aux"],
                             deterministic=self.deterministic, rngs=rng["rngs"], **options)
 
   def rebuild_vjp(self, params, x, aux, rng, y, dx, dy, **state):
     if not getattr(self.block, "rebuilds", False):
       return None
+    x = logical_axes.constrain_batch(x)
     return self.block.apply({"params": params}, x, aux, rng["layer_aux"],
                             deterministic=self.deterministic, rngs=rng["rngs"],
                             rebuild=(y, dx, dy), **state)

@@ -193,8 +193,9 @@ def compile_train_step(config: ReformerConfig, tx, mesh: Mesh, task=CAUSAL_LM,
   """jit(train_step): state placed by `state_shardings` and donated, batch split on axis 1."""
   state = state_shardings(config, tx, mesh, task, rules)
   replicated = sharding.replicated(mesh)
-  return jax.jit(functools.partial(train_step, model=sequence.over_mesh(task.model(config), mesh),
-                                   tx=tx, task=task, grad_shardings=state.params),
+  step = functools.partial(train_step, model=sequence.over_mesh(task.model(config), mesh),
+                           tx=tx, task=task, grad_shardings=state.params)
+  return jax.jit(_batch_split(step, mesh),
                  in_shardings=(state, batch_sharding(mesh, 1)),
                  out_shardings=(state, replicated), donate_argnums=0)
 
@@ -205,7 +206,7 @@ def compile_eval_step(config: ReformerConfig, mesh: Mesh, task=CAUSAL_LM,
   split on axis 0."""
   replicated = sharding.replicated(mesh)
   model = sequence.over_mesh(task.model(config.replace(deterministic=True)), mesh)
-  return jax.jit(functools.partial(eval_step, model=model, task=task),
+  return jax.jit(_batch_split(functools.partial(eval_step, model=model, task=task), mesh),
                  in_shardings=(param_shardings(config, mesh, task, rules),
                                batch_sharding(mesh, 0), replicated),
                  out_shardings=replicated)
@@ -217,6 +218,20 @@ def batch_sharding(mesh: Mesh, batch_axis: int):
   if mesh.shape.get(sequence.AXIS, 1) > 1:
     return sequence.batch_sharding(mesh, batch_axis)
   return sharding.batch_sharding(mesh, batch_axis)
+
+
+def _batch_split(fn, mesh: Mesh):
+  """`fn` traced with its layers' activations kept split over the batch
+  (`logical_axes.split_batch`). Under sequence parallelism the model runs inside
+  `shard_map`, where every slice's place is fixed already: `fn` itself."""
+  if mesh.shape.get(sequence.AXIS, 1) > 1:
+    return fn
+
+  @functools.wraps(fn)
+  def traced(*args):
+    with logical_axes.split_batch(sharding.batch_sharding(mesh)):
+      return fn(*args)
+  return traced
 
 
 def split_micro(batch, accum: int):

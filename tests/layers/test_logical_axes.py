@@ -39,3 +39,16 @@ def test_the_reversible_stack_keeps_its_blocks_axes_under_each_layer():
 def test_an_unknown_logical_axis_is_refused():
   with pytest.raises(ValueError, match=r"unknown logical axes \['model'\]"):
     DenseParams(2, 2, ("embed", "model")).init(jax.random.PRNGKey(0))
+
+
+def test_constrain_batch_applies_only_inside_split_batch(monkeypatch):
+  calls = []
+  monkeypatch.setattr(jax.lax, "with_sharding_constraint", lambda x, s: calls.append(s) or x)
+  split = jax.sharding.NamedSharding(jax.sharding.Mesh(jax.devices()[:1], ("data",)),
+                                     jax.sharding.PartitionSpec("data"))
+  x = jnp.ones((2, 3))
+  assert logical_axes.constrain_batch(x) is x and not calls
+  with logical_axes.split_batch(split):
+    logical_axes.constrain_batch(x)
+  logical_axes.constrain_batch(x)
+  assert calls == [split]

@@ -135,7 +135,7 @@ def eight_devices(tmp_path_factory):
   proc = subprocess.run(
       [sys.executable, str(ROOT / "tests/trainer/sharding_worker.py"),
        str(tmp_path_factory.mktemp("mesh") / "workdir")],
-      cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+      cwd=ROOT, capture_output=True, text=True, timeout=1800, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
