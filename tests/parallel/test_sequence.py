@@ -1,5 +1,6 @@
-"""Sequence parallelism on 8 fake CPU devices against one device: loss sums, gradients,
-training steps, the compiled step's collectives and bad input (one subprocess)."""
+"""Sequence parallelism on 8 fake CPU devices against one device: loss sums, gradients
+(sequence=8, data=2 x sequence=4), three of the trainer's steps (fsdp=2 x sequence=2 x
+tensor=2), the compiled step's collectives and bad input (one subprocess)."""
 import json
 
 import pytest
@@ -78,8 +79,9 @@ state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                          opt_state=tx.init(params), rng=jax.random.PRNGKey(3))
 states, losses = {}, {}
 one_step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx)).lower(state, batch)
-# The trainer's own step on MeshConfig(data=2, sequence=4): wrapped in SequenceParallel.
-mesh = sharding.make_mesh(sharding.MeshConfig(data=2, sequence=4))
+# The trainer's own step on MeshConfig(fsdp=2, sequence=2, tensor=2): wrapped in
+# SequenceParallel, the parameters sharded by the mesh's rules.
+mesh = sharding.make_mesh(sharding.MeshConfig(data=1, fsdp=2, sequence=2, tensor=2))
 parallel_step = steps.compile_train_step(config, tx, mesh).lower(
     steps.abstract_state(steps.make_init_state(config, tx, 0, length, mesh), mesh),
     jax.eval_shape(lambda: batch))
@@ -156,4 +158,4 @@ def test_no_collective_moves_a_sequence_sized_array(results):
 def test_bad_input_gets_one_clear_line(results):
   full, positions = results["errors"]
   assert "cannot run on slices of it (sequence axis 'sequence')" in full
-  assert "padded to 272 positions" in positions and "position table covers 256" in positions
+  assert "padded to 264 positions" in positions and "position table covers 256" in positions
