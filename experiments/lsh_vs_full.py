@@ -21,9 +21,7 @@ Writes `<out>/lsh_vs_full.{json,md,png}`; workdirs go to `<workdir_root>/<length
 <variant>` and are replaced on every run.
 """
 import argparse
-import dataclasses
 import json
-import math
 import os
 import pathlib
 import shutil
@@ -66,10 +64,6 @@ QUICK_RUN = {"lengths": [64], "seeds": [0], "train_steps": 4, "tokens_per_step":
                           "OptimizerConfig.warmup_steps=1"]}
 
 
-def _ints(text: str) -> List[int]:
-  return [int(v) for v in text.split(",") if v]
-
-
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true",
@@ -92,7 +86,7 @@ def parse_args(argv):
   run = dict(QUICK_RUN if args.quick else FULL_RUN)
   for name in ("lengths", "seeds"):
     if getattr(args, name) is not None:
-      run[name] = _ints(getattr(args, name))
+      run[name] = common.ints(getattr(args, name))
   if args.train_steps is not None:
     run["train_steps"] = args.train_steps
   if (not run["lengths"] or not run["seeds"] or min(run["lengths"]) < 2
@@ -114,13 +108,7 @@ def run_bindings(run: Dict[str, Any], length: int, seed: int) -> List[str]:
 
 def describe_setting(bindings: Sequence[str]) -> Dict[str, Any]:
   """The model, optimiser and loop of `configs/lsh_vs_full.gin` + `bindings`."""
-  from reformer_jax.trainer import gin_setup  # pylint: disable=import-outside-toplevel
-  gin_setup.parse([GIN_FILE], bindings)
-  exp = gin_setup.make_experiment()
-  return {"seq_len": exp.seq_len, "batch_size": exp.batch_size,
-          "train_steps": exp.train_steps, "eval_every": exp.eval_every,
-          "eval_batches": exp.eval_batches, "model": common.config_record(exp.model),
-          "optimizer": dataclasses.asdict(exp.optimizer)}
+  return common.trainer_setting(GIN_FILE, bindings)
 
 
 def _eval_curve(workdir: str) -> List[Dict[str, float]]:
@@ -132,8 +120,7 @@ def _eval_curve(workdir: str) -> List[Dict[str, float]]:
 
 def compiled_step(variant: str, bindings: Sequence[str]) -> Dict[str, Any]:
   """The trainer's dry run of `variant`: params, compiled peak bytes, flops per step."""
-  from reformer_jax import train  # pylint: disable=import-outside-toplevel
-  return train.run([GIN_FILE], list(bindings) + VARIANTS[variant][1], "", dry_run=True)
+  return common.dry_run(GIN_FILE, list(bindings) + VARIANTS[variant][1])
 
 
 def train_variant(variant: str, bindings: Sequence[str], workdir: str,
@@ -269,9 +256,7 @@ def plot(result: Dict[str, Any], path: pathlib.Path):
     ax.set(title=f"length {length}", xlabel="step", ylabel="eval bits/byte")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  common.save_figure(fig, path)
 
 
 def main(argv=None):
@@ -306,13 +291,7 @@ def main(argv=None):
     if check:
       entry["check_every_chunk"] = check
     result["lengths"][length] = entry
-  result["total_wall_s"] = time.perf_counter() - start
-  result["load_average_after"] = list(os.getloadavg())
-  out = common.out_dir(args)
-  common.write_json(out / "lsh_vs_full.json", result)
-  (out / "lsh_vs_full.md").write_text(markdown(result) + "\n")
-  plot(result, out / "lsh_vs_full.png")
-  print(f"wrote {out / 'lsh_vs_full'}.json, .md and .png ({result['total_wall_s']:.0f} s)")
+  common.write_results(common.out_dir(args), "lsh_vs_full", result, markdown, start, plot)
   return result
 
 

@@ -3,19 +3,22 @@ r"""Generates text from the latest checkpoint of a training workdir.
   python -m reformer_jax.sample --workdir=workdirs/quickstart \
       --prompt="HAMLET:" [--length=200 --temperature=0.8 --top_k=40 --top_p=0.95]
   python -m reformer_jax.sample --workdir=... --prompts_file=prompts.txt  # a batch
+  python -m reformer_jax.sample --workdir=... --length=4096 --dry_run [--target=v5e:1x1]
 
 Prints each prompt and its continuation (a batch: separated by `SEPARATOR` lines) on
 stdout, and on stderr the tokens per second and the cache's memory. Decoding is cached
 (`models/decoding.py`) unless `--no_cache`, or the model is not strictly causal (e.g. a
 converted Hugging Face checkpoint) or the text outgrows its position table: then every
-token re-runs the model, and stderr says why.
+token re-runs the model, and stderr says why. `--dry_run` compiles the same generation
+from workdir/config.gin without running it (no checkpoint needed) and prints its memory and
+cost plan as one JSON line, for this machine or one TPU chip (`--target`, trainer/plan.py).
 """
 import sys
 
 from absl import app, flags
 
 from reformer_jax.models.temperature_sampler import Sampling
-from reformer_jax.trainer import cli
+from reformer_jax.trainer import cli, plan
 from reformer_jax.trainer.sampling import cache_refusal, check_can_sample, generate_texts
 
 SEPARATOR = "-" * 40
@@ -35,6 +38,10 @@ def define_flags():
   flags.DEFINE_integer("eos_id", None, "A token id that ends a sequence.")
   flags.DEFINE_integer("seed", 0, "Sampling (and hashing) seed.")
   flags.DEFINE_bool("no_cache", False, "Re-run the model for every token (no cache).")
+  flags.DEFINE_bool("dry_run", False, "Compile the generation from workdir/config.gin without "
+                    "running it (no checkpoint needed); print its memory and cost plan.")
+  flags.DEFINE_string("target", None, "With --dry_run: plan for one chip of this TPU "
+                      "generation (e.g. v5e:1x1; needs the tpu-plan extra).")
   flags.DEFINE_multi_string(
       "gin_bindings", [], "Gin binding applied after workdir/config.gin "
       "(repeatable).")
@@ -57,8 +64,11 @@ def main():
   if not args.workdir:
     raise ValueError("--workdir is required (a directory written by "
                      "`python -m reformer_jax.train`).")
+  if args.target and not args.dry_run:
+    raise ValueError(f"--target={args.target} plans the generation for a TPU chip without "
+                     "running it; add --dry_run.")
   prompts = _prompts(args)
-  Sampling(args.temperature, args.top_k, args.top_p)  # bad settings fail before loading
+  sampling = Sampling(args.temperature, args.top_k, args.top_p)  # fails before loading
   exp = cli.load_experiment(args.workdir, args.gin_bindings)
   if not exp.task.can_generate:
     raise ValueError(f"this workdir is {exp.task.description} "
@@ -66,17 +76,22 @@ def main():
                      "not a causal language model: it cannot generate text. Score it with "
                      f"`python -m reformer_jax.evaluate --workdir={args.workdir}"
                      f"{' --predictions=FILE' if exp.task.writes_predictions else ''}`.")
-  exp, _, params, _ = cli.load_workdir(args.workdir, args.gin_bindings, exp)
   # Only the codec is used: no split needs to hold SEQ_LEN + 1 tokens (`make_data`'s check).
   data = exp.data()
   check_can_sample(data)
+  longest = max(len(data.encode(p)) for p in prompts)
   use_cache = not args.no_cache
   if use_cache:
-    longest = max(len(data.encode(p)) for p in prompts)
     why = cache_refusal(exp.model, longest + args.length)
     if why is not None:
       print(f"not using the cache: {why}", file=sys.stderr)
       use_cache = False
+  if args.dry_run:
+    cli.print_json(plan.plan_sample(exp, args.target, batch=len(prompts), prompt_len=longest,
+                                    new_tokens=args.length, use_cache=use_cache,
+                                    sampling=sampling))
+    return
+  exp, _, params, _ = cli.load_workdir(args.workdir, args.gin_bindings, exp)
   texts, run = generate_texts(exp.model, params, data, prompts, length=args.length,
                               temperature=args.temperature, top_k=args.top_k,
                               top_p=args.top_p, seed=args.seed, eos_id=args.eos_id,

@@ -190,7 +190,7 @@ class TrainLoop:
               "evaluating only")
     self.writer = (metrics_lib.MetricWriter(workdir, self.start) if cli.is_primary()
                    else metrics_lib.NoWriter())
-    self.batch_sharding = sharding.batch_sharding(mesh, 1)
+    self.batch_sharding = steps.batch_sharding(mesh, 1)
     self.tokens_per_step = exp.batch_size * exp.seq_len
     self.train_metrics, self.eval_metrics = {}, None
     self._sums, self._n_summed = None, 0

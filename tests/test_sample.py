@@ -1,4 +1,5 @@
 """The `reformer_jax.sample` command line on a small written workdir (cached and not)."""
+import json
 import os
 import pathlib
 import subprocess
@@ -84,3 +85,18 @@ def test_past_the_position_table_it_slides_a_window_without_the_cache(workdir):
   assert ("not using the cache: 101 positions (prompt + new tokens) exceed the model's "
           "position table of 64") in proc.stderr
   assert len(proc.stdout) == 1 + 100 + 1
+
+
+def test_dry_run_plans_the_generation_without_running_it(workdir):
+  path, prompts, env = workdir
+  proc = _sample(env, path, f"--prompts_file={prompts}", "--dry_run")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  (line,) = proc.stdout.strip().splitlines()   # one JSON line, no text
+  record = json.loads(line)
+  assert (record["step"], record["target"], record["batch_size"]) == ("sample", "cpu", 2)
+  assert (record["prompt_len"], record["new_tokens"], record["use_cache"]) == (14, 20, True)
+  assert record["cache_bytes"] > 0
+  proc = _sample(env, path, "--target=v5e:1x1")
+  assert proc.returncode == 1
+  assert proc.stderr.strip() == ("error: --target=v5e:1x1 plans the generation for a TPU chip "
+                                 "without running it; add --dry_run.")

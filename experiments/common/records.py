@@ -33,6 +33,14 @@ def write_json(path: pathlib.Path, record: Dict[str, Any]) -> pathlib.Path:
   return path
 
 
+def save_figure(fig, path: pathlib.Path):
+  """Writes a matplotlib figure (tight layout, 100 dpi) and closes it."""
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
 def _jsonable(value):
   if dataclasses.is_dataclass(value):
     return dataclasses.asdict(value)

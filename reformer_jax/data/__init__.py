@@ -7,6 +7,7 @@ Sources (plain functions, gin-free, for `gin.external_configurable`):
                   split by file;
   tfds_text       byte-level data from a TensorFlow Datasets text feature;
   duplication     the paper's synthetic `0 w 0 w` copy task;
+  mqar            multi-query associative recall (Zoology), scored on the answers only;
   offset_tokens   another byte-level source with token ids shifted (converted models).
 Each returns an object with `vocab_size`, `train_batch(step, batch_size,
 seq_len)` (a pure function of seed and step) and `eval_batches(batch_size,
@@ -28,6 +29,8 @@ from reformer_jax.data.duplication_task import duplication
 from reformer_jax.data.duplication_task import DuplicationTask
 from reformer_jax.data.listops_task import listops
 from reformer_jax.data.lm_data import LMData
+from reformer_jax.data.mqar import MQARData
+from reformer_jax.data.mqar import mqar
 from reformer_jax.data.local_files import local_file
 from reformer_jax.data.offset_bytes import OffsetByteCodec
 from reformer_jax.data.offset_bytes import offset_tokens

@@ -49,7 +49,7 @@ def workdir_config(config: ReformerConfig, *, seq_len: int, token_offset: int = 
   lines += [f"SEQ_LEN = {seq_len}", "BATCH_SIZE = 8", "TRAIN_STEPS = 1000",
             f"N_HASHES = {config.n_hashes}", "", "Experiment.model = @ReformerConfig()"]
   for field in dataclasses.fields(config):
-    if field.name in ("dtype", "stream_dtype", "deterministic"):
+    if field.name in ("dtype", "stream_dtype", "deterministic", "sequence_axis"):
       continue
     value = "%N_HASHES" if field.name == "n_hashes" else repr(getattr(config, field.name))
     lines.append(f"ReformerConfig.{field.name} = {value}")

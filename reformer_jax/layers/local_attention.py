@@ -24,7 +24,7 @@ from reformer_jax.layers.kv_cache import (RING, DecodeMode, Step, cached_step,
 from reformer_jax.layers.windowed import (can_rebuild, default_chunks_per_step, query_chunks,
                                           rebuild_attention, window_keys,
                                           windowed_attention)
-
+from reformer_jax.parallel.exchange import halo
 
 
 def _attend_window(params, rows, info, offsets, rng, *, project, n, chunk_len,
@@ -97,6 +97,43 @@ def local_core(x: jnp.ndarray, params, project: Callable, real: jnp.ndarray, *,
       chunks_per_step=chunks_per_step)
   return windowed_attention(attend_fn, x, params, order, info, dropout_rng, chunk_len,
                             n_chunks_before, n_chunks_after, steps)
+
+
+def local_slice_core(x: jnp.ndarray, params, project: Callable, real: jnp.ndarray, *,
+                     axis_name: str, chunk_len: int, n_chunks_before: int,
+                     n_chunks_after: int, wrap: bool, **settings) -> jnp.ndarray:
+  """`local_core` of one device's slice of a sequence sharded over `axis_name` (in shard_map).
+
+  Each device holds a contiguous slice of whole chunks; it receives the previous slice's
+  last `n_chunks_before` chunks and the next one's first `n_chunks_after` (`halo`;
+  around the ends with `wrap`, else masked as padding) and attends over the extended
+  slice. Its own queries then see exactly the keys they see on one device.
+
+  Args:
+    x: this slice's rows `[b, n, F]`, `n` a multiple of `chunk_len`.
+    params, project: as in `local_core`.
+    real: `[b, n]` bool, False = padding.
+    axis_name: the mesh axis the sequence is sharded over.
+    chunk_len, n_chunks_before, n_chunks_after, wrap: the chunk windows (global ones).
+    settings: `causal`, `dropout_rate`, `dropout_rng`, `chunks_per_step` of `local_core`.
+
+  Returns:
+    `[b, h, n, d_head]`.
+  """
+  length = x.shape[1]
+  if length % chunk_len:
+    raise ValueError(f"a sequence slice of {length} positions is not a whole number of "
+                     f"local chunks of {chunk_len}: pad the sequence to a multiple of "
+                     f"chunk_len times the devices of '{axis_name}'")
+  sizes = (n_chunks_before * chunk_len, n_chunks_after * chunk_len)
+  pieces = [halo(t, *sizes, axis_name, axis=1, wrap=wrap) for t in (x, real)]
+  extend = lambda t, before, after: jnp.concatenate(
+      [p for p in (before, t, after) if p is not None], axis=1)
+  x, real = extend(x, *pieces[0]), extend(real, *pieces[1])
+  out = local_core(x[:, None], params, project, real, chunk_len=chunk_len,
+                   n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
+                   wrap=False, **settings)
+  return out[:, :, sizes[0]:sizes[0] + length]
 
 
 def _check_settings(chunk_len: int, n_chunks_before: int, n_chunks_after: int) -> None:
@@ -187,6 +224,9 @@ class LocalSelfAttention(nn.Module):
     output_dropout: dropout rate on the output (after `out`; 'dropout' rng).
     position_chunk_len: positions per chunk of the output projection; None = all at once.
     chunks_per_step: chunks attended per loop step (None = `default_chunks_per_step`).
+    sequence_axis: the mesh axis the sequence is sharded over, when called inside
+      `shard_map` on one device's slice of positions (`local_slice_core`); None: the
+      whole sequence is here.
     deterministic: disables dropout; merged with the call argument.
     dtype: computation dtype (parameters stay float32).
   """
@@ -202,6 +242,7 @@ class LocalSelfAttention(nn.Module):
   output_dropout: float = 0.
   position_chunk_len: Optional[int] = None
   chunks_per_step: Optional[int] = None
+  sequence_axis: Optional[str] = None
   deterministic: Optional[bool] = None
   dtype: jnp.dtype = jnp.float32
 
@@ -240,6 +281,9 @@ class LocalSelfAttention(nn.Module):
     attn_rng = self.make_rng("dropout") if drop and self.attention_dropout > 0. else None
     out_rng = self.make_rng("dropout") if drop and self.output_dropout > 0. else None
     project = functools.partial(_project_qkv, eps=self.norm_eps, dtype=self.dtype)
+    if decode is not None and self.sequence_axis is not None:
+      raise ValueError("cached decoding runs on one device: build the decoding model "
+                       "without a sequence axis")
     if decode is not None:
       check_decodable(self, decode, self.causal, deterministic, length)
       if isinstance(decode, Step):
@@ -256,13 +300,18 @@ class LocalSelfAttention(nn.Module):
     settings = dict(chunk_len=self.chunk_len, n_chunks_before=self.n_chunks_before,
                     n_chunks_after=self.n_chunks_after, causal=self.causal, wrap=self.wrap,
                     dropout_rate=self.attention_dropout, chunks_per_step=self.chunks_per_step)
-    if rebuild is not None:
+    if self.sequence_axis is not None:
+      if rebuild is not None:  # the reversible backward differentiates the call instead
+        return None
+      out = local_slice_core(x, params, project, real, axis_name=self.sequence_axis,
+                             dropout_rng=attn_rng, **settings)
+    elif rebuild is not None:
       if not can_rebuild(rebuild, length, self.chunk_len):
         return None
       attend_fn, order, info, steps = _local_plan(x[:, None], project, real, **settings)
       return rebuild_attention(self, attend_fn, x[:, None], params, w_out, order, info,
                                attn_rng, out_rng, rebuild, steps)
-    if padded <= self.chunk_len:
+    elif padded <= self.chunk_len:
       q, k, v = (jnp.swapaxes(t, 1, 2) for t in project(params, x[:, None]))
       out = jnp.swapaxes(full_attention(q, k, v, causal=self.causal, mask=mask,
                                         dropout_rate=self.attention_dropout,

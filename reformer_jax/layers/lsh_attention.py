@@ -551,6 +551,11 @@ class LSHSelfAttention(nn.Module):
     position_chunk_len: positions per chunk of the position-wise work (hashing
       projection, output projection); None = all at once.
     chunks_per_step: sorted chunks attended per loop step (None = `default_chunks_per_step`).
+    sequence_axis: the mesh axis the sequence is sharded over, when called inside
+      `shard_map` on one device's slice of positions (`lsh_slices`); None: the whole
+      sequence is here.
+    exchange_capacity: rows per device pair and pass of the slices' exchanges (None:
+      `exchange.default_capacity`); any value is exact, a small one takes more passes.
     deterministic: disables dropout; merged with the call argument.
     dtype: computation dtype (parameters stay float32).
   """
@@ -569,6 +574,8 @@ class LSHSelfAttention(nn.Module):
   output_dropout: float = 0.
   position_chunk_len: Optional[int] = None
   chunks_per_step: Optional[int] = None
+  sequence_axis: Optional[str] = None
+  exchange_capacity: Optional[int] = None
   deterministic: Optional[bool] = None
   dtype: jnp.dtype = jnp.float32
 
@@ -608,6 +615,9 @@ class LSHSelfAttention(nn.Module):
       raise ValueError(f"n_hashes must be >= 1, got {self.n_hashes}")
     check_sequence(x, n_heads=self.n_heads, d_head=self.d_head)
     prompt_len = x.shape[1]
+    if decode is not None and self.sequence_axis is not None:
+      raise ValueError("cached decoding runs on one device: build the decoding model "
+                       "without a sequence axis")
     if decode is not None:
       self._check_decode(decode, deterministic, rotations, prompt_len)
       if isinstance(decode, Prefill):
@@ -636,45 +646,82 @@ class LSHSelfAttention(nn.Module):
     if isinstance(decode, Step):
       return self._decode_step(x, decode.positions, params, project, w_out, rotations)
 
+    if self.sequence_axis is not None:
+      if rebuild is not None:  # the reversible backward differentiates the call instead
+        return None
+      out, buckets = self._slice_attention(x, mask, params, project, rotations, buckets,
+                                           chunk, attn_rng)
+    else:
+      out, buckets, x = self._whole_attention(x, mask, params, project, w_out, rotations,
+                                              buckets, rebuild, chunk, attn_rng, out_rng)
+      if rebuild is not None:
+        return out
+    out = output_projection(out, w_out, self.output_dropout, out_rng, chunk, self.dtype)
+    if isinstance(decode, Prefill):
+      self._fill_cache(decode, x, params, project, buckets)
+      out = out[:, :prompt_len]
+    return (out, buckets) if return_buckets else out
+
+  def _settings(self, padded):
+    """The settings of `lsh_core` for a (padded) sequence of `padded` positions."""
+    return dict(chunk_len=self.chunk_len, n_chunks_before=self.n_chunks_before,
+                n_chunks_after=self.n_chunks_after, causal=self.causal,
+                strict=self.causal and self.strict_causal,
+                correct_duplicates=self.correct_duplicates,
+                dropout_rate=self.attention_dropout, chunks_per_step=self.chunks_per_step,
+                n_values=math.prod(_bucket_factors(resolve_n_buckets(
+                    self.n_buckets, padded, self.chunk_len))) + 1)
+
+  def _checked_buckets(self, buckets, batch, length):
+    if (buckets.shape != (batch, self.n_heads, self.n_hashes, length)
+        or not jnp.issubdtype(buckets.dtype, jnp.integer)):
+      raise ValueError(f"buckets must be int [batch, n_heads, n_hashes, padded length] = "
+                       f"{[batch, self.n_heads, self.n_hashes, length]}, got "
+                       f"{buckets.dtype} {list(buckets.shape)}: pass back those returned "
+                       f"by return_buckets=True for the same x")
+    return buckets
+
+  def _slice_attention(self, x, mask, params, project, rotations, buckets, chunk, attn_rng):
+    """(heads `[b, h, n, d_head]`, buckets `[b, h, R, n]`) of this device's slice `x`
+    `[b, n, d_model]` of a sequence sharded over `sequence_axis` (`lsh_slices`)."""
+    from reformer_jax.layers.lsh_slices import lsh_slice_core  # pylint: disable=import-outside-toplevel
+    batch, length = x.shape[:2]
+    padded = length * jax.lax.axis_size(self.sequence_axis)
+    real = jnp.ones((batch, length), bool) if mask is None else mask.astype(bool)
+    if buckets is None:
+      buckets = self._hash(x, real, params, rotations, padded, chunk)
+    buckets = self._checked_buckets(buckets, batch, length)
+    out = lsh_slice_core(x, params, project, buckets, real, axis_name=self.sequence_axis,
+                         dropout_rng=attn_rng, capacity=self.exchange_capacity,
+                         position_chunk=chunk, **self._settings(padded))
+    return out, buckets
+
+  def _whole_attention(self, x, mask, params, project, w_out, rotations, buckets, rebuild,
+                       chunk, attn_rng, out_rng):
+    """(heads `[b, h, L, d_head]`, buckets or None, `x` padded to whole chunks) of the
+    whole sequence `x`; with `rebuild`, `rebuild_attention`'s result first."""
+    batch, length = x.shape[:2]
     padded, _ = chunk_positions(length, self.chunk_len)
     if padded <= self.chunk_len:
       qk, v = (jnp.swapaxes(t, 1, 2) for t in project(params, x[:, None]))
       out = full_attention(qk, normalize_shared_keys(qk), v, causal=self.causal, mask=mask,
                            self_mask=True, dropout_rate=self.attention_dropout,
                            dropout_rng=attn_rng)
-      out = jnp.swapaxes(out, 1, 2)  # [b, h, L, d_head]
-      buckets = None
-    else:
-      x = pad_axis(x, padded, axis=1)
-      real = jnp.ones((batch, length), bool) if mask is None else mask.astype(bool)
-      real = pad_axis(real, padded, axis=1, value=False)
-      if buckets is None:
-        buckets = self._hash(x, real, params, rotations, padded, chunk)
-      elif (buckets.shape != (batch, self.n_heads, self.n_hashes, padded)
-            or not jnp.issubdtype(buckets.dtype, jnp.integer)):
-        raise ValueError(f"buckets must be int [batch, n_heads, n_hashes, padded length] = "
-                         f"{[batch, self.n_heads, self.n_hashes, padded]}, got "
-                         f"{buckets.dtype} {list(buckets.shape)}: pass back those returned "
-                         f"by return_buckets=True for the same x")
-      settings = dict(chunk_len=self.chunk_len, n_chunks_before=self.n_chunks_before,
-                      n_chunks_after=self.n_chunks_after, causal=self.causal,
-                      strict=self.causal and self.strict_causal,
-                      correct_duplicates=self.correct_duplicates,
-                      dropout_rate=self.attention_dropout, chunks_per_step=self.chunks_per_step,
-                      n_values=math.prod(_bucket_factors(resolve_n_buckets(
-                          self.n_buckets, padded, self.chunk_len))) + 1)
-      if rebuild is not None:
-        attend, order, info, steps, _ = _lsh_plan(x[:, None], project, buckets, real,
-                                                  **settings)
-        return rebuild_attention(self, attend, x[:, None], params, w_out, order, info,
-                                 attn_rng, out_rng, rebuild, steps)
-      out = lsh_core(x[:, None], params, project, buckets, real, dropout_rng=attn_rng,
-                     **settings)[:, :, :length]
-    out = output_projection(out, w_out, self.output_dropout, out_rng, chunk, self.dtype)
-    if isinstance(decode, Prefill):
-      self._fill_cache(decode, x, params, project, buckets)
-      out = out[:, :prompt_len]
-    return (out, buckets) if return_buckets else out
+      return jnp.swapaxes(out, 1, 2), None, x  # [b, h, L, d_head]
+    x = pad_axis(x, padded, axis=1)
+    real = jnp.ones((batch, length), bool) if mask is None else mask.astype(bool)
+    real = pad_axis(real, padded, axis=1, value=False)
+    if buckets is None:
+      buckets = self._hash(x, real, params, rotations, padded, chunk)
+    buckets = self._checked_buckets(buckets, batch, padded)
+    if rebuild is not None:
+      attend, order, info, steps, _ = _lsh_plan(x[:, None], project, buckets, real,
+                                                **self._settings(padded))
+      return rebuild_attention(self, attend, x[:, None], params, w_out, order, info,
+                               attn_rng, out_rng, rebuild, steps), None, x
+    out = lsh_core(x[:, None], params, project, buckets, real, dropout_rng=attn_rng,
+                   **self._settings(padded))[:, :, :length]
+    return out, buckets, x
 
   def _hash(self, x, real, params, rotations, padded, chunk):
     """int32 buckets `[batch, n_heads, n_hashes, padded]` of the padded `x`, `real`."""

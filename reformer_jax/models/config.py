@@ -70,6 +70,9 @@ class ReformerConfig:
     scan_layers: run the repeating cycle of layers (one per attention type) as a `lax.scan`:
       compile time flat in depth, but more memory (stacked parameters and gradients,
       looser buffer packing). Default: every layer unrolled.
+    sequence_axis: the mesh axis the sequence is sharded over: the model then runs inside
+      `shard_map` on one device's contiguous slice of positions (set by
+      `parallel.sequence`, not by hand); None: the whole sequence on each device.
     deterministic: disables dropout (use `config.replace(deterministic=True)` for eval).
   """
   vocab_size: int = 256
@@ -106,6 +109,7 @@ class ReformerConfig:
   dtype: jnp.dtype = jnp.float32
   stream_dtype: jnp.dtype = jnp.float32
   scan_layers: bool = False
+  sequence_axis: Optional[str] = None
   deterministic: bool = False
 
   def __post_init__(self):
@@ -167,6 +171,12 @@ class ReformerConfig:
         and self.lsh_n_chunks_before < 1):
       raise ValueError("strict causal LSH attention needs lsh_n_chunks_before >= 1 (its window "
                        "reaches back into the previous chunk); or set strict_causal=False")
+    if self.sequence_axis is not None:
+      full = sorted({t for t in self.attention_types if t in ("full", "shared_qk_full")})
+      if full:
+        raise ValueError(f"attention types {full} attend over the whole sequence and cannot "
+                         f"run on slices of it (sequence axis '{self.sequence_axis}'): use "
+                         f"'local' or 'lsh' attention, or no sequence axis")
     if self.positional not in POSITIONAL_TYPES:
       raise ValueError(f"positional must be one of {POSITIONAL_TYPES}, got {self.positional!r}")
     if self.positional == "learned" and self.max_len is None:

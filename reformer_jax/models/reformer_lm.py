@@ -81,7 +81,7 @@ class AttentionBlock(nn.Module):
     common = dict(n_heads=cfg.n_heads, d_head=cfg.d_head, causal=cfg.causal, dtype=cfg.dtype,
                   name="attention")
     chunked = dict(norm_eps=cfg.layer_norm_eps, output_dropout=cfg.dropout_rate,
-                   position_chunk_len=cfg.ff_chunk_size)
+                   position_chunk_len=cfg.ff_chunk_size, sequence_axis=cfg.sequence_axis)
     if self.attention_type == "lsh":
       attention = LSHSelfAttention(
           n_hashes=cfg.n_hashes, n_buckets=cfg.n_buckets, chunk_len=cfg.lsh_chunk_len,

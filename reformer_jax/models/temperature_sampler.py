@@ -146,14 +146,7 @@ def generate_tokens(config: ReformerConfig, params, prompts: Sequence[Sequence[i
     raise ValueError(f"eos_id must be a token id in [0, {config.vocab_size}), got {eos_id}")
   lengths = np.array([p.size for p in arrays], np.int32)
   total = int(lengths.max()) + int(max_new_tokens)
-  limit = decoding.position_limit(config)
-  if use_cache:
-    decoding.check_cacheable(config)
-    decoding.check_total_len(config, total)
-    window = total
-  else:
-    window = min(total, limit or total)
-  config = decoding.decoding_config(config, window)
+  config, window = loop_setup(config, total, use_cache)
   if lsh_rotations is None:
     lsh_rotations = decoding.draw_lsh_rotations(config, seed)
   tokens = np.zeros((len(arrays), total), np.int32)
@@ -162,9 +155,10 @@ def generate_tokens(config: ReformerConfig, params, prompts: Sequence[Sequence[i
   args = (params, jnp.asarray(tokens), jnp.asarray(lengths),
           jax.random.fold_in(jax.random.PRNGKey(seed), 1), lsh_rotations)
   start = time.perf_counter()
-  compiled = _generate.lower(*args, config=config, prompt_len=int(lengths.max()),
-                             window=window, max_new=int(max_new_tokens), sampling=sampling,
-                             eos_id=eos_id, vocab=vocab, use_cache=use_cache).compile()
+  compiled = generation_loop.lower(*args, config=config, prompt_len=int(lengths.max()),
+                                   window=window, max_new=int(max_new_tokens),
+                                   sampling=sampling, eos_id=eos_id, vocab=vocab,
+                                   use_cache=use_cache).compile()
   compile_seconds = time.perf_counter() - start
   start = time.perf_counter()
   out, n_new = jax.block_until_ready(compiled(*args))
@@ -177,11 +171,28 @@ def generate_tokens(config: ReformerConfig, params, prompts: Sequence[Sequence[i
                     use_cache, cache_bytes, compile_seconds, seconds)
 
 
+def loop_setup(config: ReformerConfig, total_len: int, use_cache: bool):
+  """`(config as the loop runs it, window)` for sequences of up to `total_len` positions:
+  checks that the cache can run `config` that far (`use_cache`), or the uncached path's
+  window (the position table's length at most), and `decoding.decoding_config`."""
+  if use_cache:
+    decoding.check_cacheable(config)
+    decoding.check_total_len(config, total_len)
+    window = total_len
+  else:
+    window = min(total_len, decoding.position_limit(config) or total_len)
+  return decoding.decoding_config(config, window), window
+
+
 @functools.partial(jax.jit, static_argnames=("config", "prompt_len", "window", "max_new",
                                               "sampling", "eos_id", "vocab", "use_cache"))
-def _generate(params, tokens, lengths, key, rotations, *, config, prompt_len, window,
-              max_new, sampling, eos_id, vocab, use_cache):
-  """`(tokens [b, total] with the new ones written, new tokens per sequence [b])`."""
+def generation_loop(params, tokens, lengths, key, rotations, *, config, prompt_len, window,
+                    max_new, sampling, eos_id, vocab, use_cache):
+  """The whole generation as one program (`generate_tokens`; `trainer/plan.py` compiles it
+  for TPU chips): `tokens` int [b, total] with the prompts right-padded to `prompt_len`,
+  `lengths` int [b], `key` the draws' key, `rotations` as `decoding.draw_lsh_rotations`,
+  `config` and `window` from `loop_setup`. Returns `(tokens [b, total] with the new ones
+  written, new tokens per sequence [b])`."""
   batch, total = tokens.shape
   rows = jnp.arange(batch)
   model = ReformerLM(config)

@@ -1,9 +1,10 @@
 """Gin at the edge: registers the configurables, finds config files, parses.
 
 Registered names (the math stays gin-free): ReformerConfig, OptimizerConfig,
-MeshConfig, Experiment, the tasks of `tasks.TASKS` (CausalLM, MaskedLM, Classification, SpanQA) and
-the data sources shipped_corpus, local_file, python_stdlib_corpus, tfds_text, duplication,
-listops, text_label_files, tfds_classification, span_qa_files. Config files are looked up as given,
+MeshConfig, Experiment, the tasks of `tasks.TASKS` (CausalLM, MaskedLM, Classification,
+SpanQA, MQAR) and the data sources shipped_corpus, local_file, python_stdlib_corpus,
+tfds_text, duplication, mqar, listops, text_label_files, tfds_classification,
+span_qa_files. Config files are looked up as given,
 then in the repository's `configs/` directory and in `./configs`, so
 `include 'models/x.gin'` works from any working directory.
 """
@@ -40,6 +41,7 @@ REGISTERED = {
     "python_stdlib_corpus": data.python_stdlib_corpus,
     "tfds_text": data.tfds_text,
     "duplication": data.duplication,
+    "mqar": data.mqar,
     "listops": data.listops,
     "text_label_files": data.text_label_files,
     "tfds_classification": data.tfds_classification,

@@ -1,7 +1,8 @@
 """Optimisers and learning-rate schedules (optax), guarded against non-finite steps."""
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -22,6 +23,9 @@ class OptimizerConfig:
     warmup_steps: linear warmup length in steps.
     b1, b2, eps: Adam moments and epsilon (trax enwik8: 0.9, 0.98, 1e-9).
     weight_decay: decoupled weight decay (Adam only).
+    no_decay: names of parameter leaves that are not decayed: by default the biases and
+      LayerNorm scales ('bias', 'scale'). Embeddings ('embedding') and axial position
+      tables ('axis_0', ...) are decayed unless named here (docs/training.md).
     clip_norm: global gradient-norm clip; None disables it.
   """
   name: str = "adam"
@@ -32,6 +36,7 @@ class OptimizerConfig:
   b2: float = 0.98
   eps: float = 1e-9
   weight_decay: float = 0.0
+  no_decay: Sequence[str] = ("bias", "scale")
   clip_norm: Optional[float] = 1.0
 
   def __post_init__(self):
@@ -45,6 +50,9 @@ class OptimizerConfig:
       raise ValueError("OptimizerConfig needs warmup_steps >= 0 and "
                        f"learning_rate > 0, got {self.warmup_steps} and "
                        f"{self.learning_rate}.")
+    if isinstance(self.no_decay, str):
+      raise ValueError(f"OptimizerConfig.no_decay={self.no_decay!r} must be a tuple of "
+                       f"parameter names, e.g. ({self.no_decay!r},).")
 
 
 def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
@@ -80,8 +88,9 @@ def make_optimizer(config: OptimizerConfig, total_steps: int):
   if config.name == "adafactor":
     tx = optax.adafactor(learning_rate=schedule)
   elif config.weight_decay:
-    tx = optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
-                     weight_decay=config.weight_decay)
+    tx = optax.chain(optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps),
+                     decayed_weights(config.weight_decay, config.no_decay),
+                     optax.scale_by_learning_rate(schedule))
   else:
     tx = optax.adam(schedule, b1=config.b1, b2=config.b2, eps=config.eps)
   if config.clip_norm is not None:
@@ -89,6 +98,30 @@ def make_optimizer(config: OptimizerConfig, total_steps: int):
   # notfinite_count saturates at the int32 maximum, so `count > max` never holds.
   tx = optax.apply_if_finite(tx, max_consecutive_errors=int(np.iinfo(np.int32).max))
   return tx, schedule
+
+
+def decayed_weights(weight_decay: float, no_decay: Sequence[str]
+                    ) -> optax.GradientTransformation:
+  """optax.add_decayed_weights(weight_decay, mask) with the mask "leaf name not in
+  `no_decay`", keeping the unmasked transformation's state (an EmptyState): the chain
+  above has the state layout of `optax.adamw`, so checkpoints written before the mask
+  restore. (optax's masked form wraps the state in a MaskedState.)"""
+  def update(updates, state, params):
+    return jax.tree.map(lambda u, p, decayed: u + weight_decay * p if decayed else u,
+                        updates, params, decay_mask(params, no_decay)), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def decay_mask(params, no_decay: Sequence[str]):
+  """A tree of bools like `params`: True where `decayed_weights` decays the leaf."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: _leaf_name(path) not in frozenset(no_decay), params)
+
+
+def _leaf_name(path) -> str:
+  last = path[-1]
+  return str(getattr(last, "key", getattr(last, "name", last)))
 
 
 def nonfinite_counts(opt_state: optax.ApplyIfFiniteState):

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reformer_jax.layers import xla_cpu
+from reformer_jax.models import decoding, temperature_sampler
 from reformer_jax.trainer import optim, sharding, steps
 
 EXTRA = "tpu-plan"
@@ -267,6 +268,41 @@ def _mesh(exp, devices: Sequence, target: Optional[str]):
     check_mesh(mesh, devices, target)
   sharding.check_model(exp.model, mesh, exp.mesh)
   return mesh
+
+
+def plan_sample(exp, target: Optional[str] = None, *, batch: int, prompt_len: int,
+                new_tokens: int, use_cache: bool = True,
+                sampling: temperature_sampler.Sampling = temperature_sampler.Sampling()) -> Dict:
+  """Compiles `sample`'s whole generation (`temperature_sampler.generation_loop`: the
+  prefill and `new_tokens` cached steps, or the uncached path) for `batch` prompts of
+  `prompt_len` tokens on one chip of a one-chip target (or this machine's first device):
+  `sample` runs on one device."""
+  if target is not None and math.prod(target_chips(target)) != 1:
+    raise ValueError(f"--target={target}: sampling runs on one chip; plan it for a one-chip "
+                     f"topology, e.g. --target={target.split(':')[0]}:1x1.")
+  devices = plan_devices(target)[:1]
+  mesh = sharding.make_mesh(devices=devices)
+  total = prompt_len + new_tokens
+  config, window = temperature_sampler.loop_setup(exp.model, total, use_cache)
+  params = steps.abstract_params(exp.model, exp.seq_len, mesh, exp.task)
+  on_device = sharding.replicated(mesh)
+
+  def shape(s, dtype):
+    return jax.ShapeDtypeStruct(s, dtype, sharding=on_device)
+
+  rotations = jax.tree.map(lambda x: shape(x.shape, x.dtype),
+                           jax.eval_shape(lambda: decoding.draw_lsh_rotations(config, 0)))
+  with xla_cpu.compiling_for(devices[0].platform):
+    lowered = temperature_sampler.generation_loop.lower(
+        params, shape((batch, total), jnp.int32), shape((batch,), jnp.int32),
+        shape((2,), jnp.uint32), rotations, config=config, prompt_len=prompt_len,
+        window=window, max_new=new_tokens, sampling=sampling, eos_id=None,
+        vocab=config.vocab_size, use_cache=use_cache)
+  compiled = lowered.compile()
+  cache = decoding.cache_bytes(decoding.cache_shapes(config, batch, total)) if use_cache else 0
+  return report(compiled, devices, target, "sample", batch_size=batch, prompt_len=prompt_len,
+                new_tokens=new_tokens, use_cache=use_cache, cache_bytes=cache,
+                params=_count(params))
 
 
 def _count(tree) -> int:

@@ -3,7 +3,7 @@
 Steps are compiled over the device mesh (`sharding.py`): the batch is split over
 data x fsdp, each parameter and its optimiser state placed by the rule table
 (`state_shardings`), the train state donated. Random bits come from
-`fold_in(state.rng, step)`, so they do not depend on the devices. The task
+`fold_in(state.rng, step)` (`step_keys`), so they do not depend on the devices. The task
 (`tasks/`: causal LM by default) supplies the model and its loss sums.
 """
 import functools
@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 from reformer_jax.layers import logical_axes
 from reformer_jax.models import ReformerConfig
 from reformer_jax.models.config import position_limit
+from reformer_jax.parallel import sequence
 from reformer_jax.trainer import metrics as metrics_lib
 from reformer_jax.trainer import optim, sharding
 from reformer_jax.trainer.tasks import CausalLM
@@ -116,6 +117,15 @@ def _with_shardings(shapes, mesh: Mesh):
       shapes)
 
 
+def step_keys(rng, step):
+  """(hash, dropout, task) keys of update `step` from the run's base key `rng`: the three
+  of `split(fold_in(rng, step), 3)`, independent of each other. (Under
+  `jax_threefry_partitionable`, which the trainer sets, the first two are
+  `split(fold_in(rng, step))`: the hash and dropout keys of earlier runs.)"""
+  hash_key, dropout_key, task_key = jax.random.split(jax.random.fold_in(rng, step), 3)
+  return hash_key, dropout_key, task_key
+
+
 def train_step(state: TrainState, batch, *, model, tx: optax.GradientTransformation,
                task=CAUSAL_LM, grad_shardings=None):
   """One update from `batch` (the task's arrays, e.g. {'inputs', 'targets', 'weights'}:
@@ -137,9 +147,7 @@ def train_step(state: TrainState, batch, *, model, tx: optax.GradientTransformat
     (new state, {'loss', 'weight', 'correct' sums, 'grad_norm', 'nonfinite':
     1. for a rejected step, else 0.}).
   """
-  step_key = jax.random.fold_in(state.rng, state.step)
-  hash_key, dropout_key = jax.random.split(step_key)
-  task_key = jax.random.fold_in(step_key, 1)  # e.g. the masked LM's masking
+  hash_key, dropout_key, task_key = step_keys(state.rng, state.step)
 
   def micro_step(carry, xs):
     index, micro = xs
@@ -185,10 +193,10 @@ def compile_train_step(config: ReformerConfig, tx, mesh: Mesh, task=CAUSAL_LM,
   """jit(train_step): state placed by `state_shardings` and donated, batch split on axis 1."""
   state = state_shardings(config, tx, mesh, task, rules)
   replicated = sharding.replicated(mesh)
-  step = functools.partial(train_step, model=task.model(config), tx=tx, task=task,
-                           grad_shardings=state.params)
+  step = functools.partial(train_step, model=sequence.over_mesh(task.model(config), mesh),
+                           tx=tx, task=task, grad_shardings=state.params)
   return jax.jit(_batch_split(step, mesh),
-                 in_shardings=(state, sharding.batch_sharding(mesh, 1)),
+                 in_shardings=(state, batch_sharding(mesh, 1)),
                  out_shardings=(state, replicated), donate_argnums=0)
 
 
@@ -197,16 +205,28 @@ def compile_eval_step(config: ReformerConfig, mesh: Mesh, task=CAUSAL_LM,
   """jit(eval_step) for `config` made deterministic; parameters placed by `rules`, batch
   split on axis 0."""
   replicated = sharding.replicated(mesh)
-  model = task.model(config.replace(deterministic=True))
+  model = sequence.over_mesh(task.model(config.replace(deterministic=True)), mesh)
   return jax.jit(_batch_split(functools.partial(eval_step, model=model, task=task), mesh),
                  in_shardings=(param_shardings(config, mesh, task, rules),
-                               sharding.batch_sharding(mesh, 0), replicated),
+                               batch_sharding(mesh, 0), replicated),
                  out_shardings=replicated)
+
+
+def batch_sharding(mesh: Mesh, batch_axis: int):
+  """The batch split over data x fsdp on `batch_axis`, and over `sequence` on the length
+  when that axis has several devices (`parallel.sequence`)."""
+  if mesh.shape.get(sequence.AXIS, 1) > 1:
+    return sequence.batch_sharding(mesh, batch_axis)
+  return sharding.batch_sharding(mesh, batch_axis)
 
 
 def _batch_split(fn, mesh: Mesh):
   """`fn` traced with its layers' activations kept split over the batch
-  (`logical_axes.split_batch`)."""
+  (`logical_axes.split_batch`). Under sequence parallelism the model runs inside
+  `shard_map`, where every slice's place is fixed already: `fn` itself."""
+  if mesh.shape.get(sequence.AXIS, 1) > 1:
+    return fn
+
   @functools.wraps(fn)
   def traced(*args):
     with logical_axes.split_batch(sharding.batch_sharding(mesh)):
@@ -230,11 +250,11 @@ def evaluate(eval_fn, params, data, *, batch_size: int, seq_len: int,
   of its targets (`task.targets`) and the eval step's per-example outputs (host arrays).
   """
   eval_key = run_keys(seed)[2]
-  batch_sharding = sharding.batch_sharding(mesh, 0)
+  placement = batch_sharding(mesh, 0)
   sums = {}
   batches = data.eval_batches(batch_size, seq_len, n_batches, split=split)
   for i, batch in enumerate(batches):
-    out, outputs = eval_fn(params, sharding.put(batch, batch_sharding),
+    out, outputs = eval_fn(params, sharding.put(batch, placement),
                            jax.random.fold_in(eval_key, i))
     sums = metrics_lib.add_sums(sums, jax.device_get(out))
     if examples is not None:

@@ -4,8 +4,10 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from reformer_jax.trainer import optim
 from reformer_jax.trainer.optim import OptimizerConfig, make_optimizer, make_schedule
 
 
@@ -61,3 +63,50 @@ def test_bad_names_are_rejected_with_the_choices():
     OptimizerConfig(name="sgd")
   with pytest.raises(ValueError, match="cosine"):
     OptimizerConfig(schedule="linear")
+
+
+PARAMS = {"dense": {"kernel": jnp.full((2, 3), 2.0), "bias": jnp.full((3,), 2.0)},
+          "norm": {"scale": jnp.full((3,), 2.0), "bias": jnp.full((3,), 2.0)},
+          "embed": {"embedding": jnp.full((4, 2), 2.0)}}
+
+
+def _decay_config(**kwargs):
+  return OptimizerConfig(learning_rate=0.1, schedule="constant", warmup_steps=0,
+                         weight_decay=0.5, clip_norm=None, **kwargs)
+
+
+def test_biases_and_layernorm_scales_are_not_decayed_kernels_and_embeddings_are():
+  tx, _ = make_optimizer(_decay_config(), 10)
+  zeros = jax.tree.map(jnp.zeros_like, PARAMS)    # Adam's update of a zero gradient is 0
+  updates = tx.update(zeros, tx.init(PARAMS), PARAMS)[0]
+  for path in (("dense", "kernel"), ("embed", "embedding")):
+    np.testing.assert_allclose(updates[path[0]][path[1]], -0.1 * 0.5 * 2.0, rtol=1e-6)
+  for path in (("dense", "bias"), ("norm", "scale"), ("norm", "bias")):
+    np.testing.assert_array_equal(updates[path[0]][path[1]], 0.0)
+  tx, _ = make_optimizer(_decay_config(no_decay=("bias", "scale", "embedding")), 10)
+  assert np.all(np.asarray(tx.update(zeros, tx.init(PARAMS), PARAMS)[0]["embed"]
+                           ["embedding"]) == 0.0)
+
+
+def test_masked_decay_is_optax_adamw_with_the_mask_and_keeps_its_state_layout():
+  config = _decay_config()
+  tx, _ = make_optimizer(config, 10)
+  mask = optim.decay_mask(PARAMS, config.no_decay)
+  want_tx = optax.adamw(0.1, b1=config.b1, b2=config.b2, eps=config.eps,
+                        weight_decay=0.5, mask=mask)
+  grads = jax.tree.map(lambda p: jnp.linspace(-1., 1., p.size).reshape(p.shape), PARAMS)
+  state, want_state = tx.init(PARAMS), want_tx.init(PARAMS)
+  for _ in range(2):
+    got, state = tx.update(grads, state, PARAMS)
+    want, want_state = want_tx.update(grads, want_state, PARAMS)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), got,
+                 want)
+  # Checkpoints of the unmasked AdamW (before the mask) have the same state tree.
+  unmasked = optax.adamw(make_schedule(config, 10), weight_decay=0.5).init(PARAMS)
+  assert (jax.tree.structure(optim.unguarded(tx.init(PARAMS)))
+          == jax.tree.structure(unmasked))
+
+
+def test_a_single_name_for_no_decay_is_refused_with_the_tuple_form():
+  with pytest.raises(ValueError, match=r"\('bias',\)"):
+    OptimizerConfig(no_decay="bias")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
+from reformer_jax.models import decoding
 from reformer_jax.trainer import gin_setup, plan
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -137,3 +138,26 @@ def test_libtpu_without_a_tpu_stays_quiet_on_the_cpu():
   proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=300, check=True)
   assert (proc.stdout.strip(), proc.stderr.strip()) == ("cpu", "")
+
+
+@needs_libtpu
+def test_sample_plan_for_one_chip_holds_the_cache():
+  exp = _experiment(["N_LAYERS=2", "ReformerConfig.attention_types=('local', 'lsh')",
+                     "ReformerConfig.lsh_chunk_len=8"])
+  record = plan.plan_sample(exp, "v5e:1x1", batch=2, prompt_len=8, new_tokens=24)
+  assert (record["step"], record["chips"], record["devices"]) == ("sample", 1, 1)
+  assert record["fits"] is True
+  config = decoding.decoding_config(exp.model, 32)
+  assert record["cache_bytes"] == decoding.cache_bytes(decoding.cache_shapes(config, 2, 32)) > 0
+  memory = record["bytes_per_device"]
+  # The parameters come in; the cache is the loop's carry.
+  assert memory["arguments"] >= 4 * record["params"]
+  assert memory["temporaries"] + memory["outputs"] >= record["cache_bytes"]
+  uncached = plan.plan_sample(exp, None, batch=2, prompt_len=8, new_tokens=24, use_cache=False)
+  assert (uncached["target"], uncached["cache_bytes"]) == ("cpu", 0)
+
+
+def test_sample_plan_refuses_a_target_of_several_chips():
+  with pytest.raises(ValueError, match=r"^--target=v5e:2x2: sampling runs on one chip; plan it "
+                                       r"for a one-chip topology, e\.g\. --target=v5e:1x1\.$"):
+    plan.plan_sample(_experiment(), "v5e:2x2", batch=1, prompt_len=4, new_tokens=4)

@@ -1,10 +1,14 @@
 """The train step's guard against non-finite losses and gradients."""
+import functools
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from reformer_jax.models import ReformerConfig, ReformerLM
 from reformer_jax.trainer import optim, sharding, steps
+from reformer_jax.trainer.tasks import CausalLM
 
 CONFIG = ReformerConfig(vocab_size=16, d_model=16, d_ff=32, n_heads=2, d_head=8, n_layers=1,
                         attention_types=("local",), local_chunk_len=4, positional="none")
@@ -78,3 +82,37 @@ def test_a_finite_step_is_the_unguarded_optimisers_update(step_fn):
   want = by_hand(state.params)
   for got, expected in zip(_leaves(new_state.params), _leaves(want)):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+
+class _KeyProbe(CausalLM):
+  """A task whose loss sums report whether its own key equals the dropout key ('correct')
+  or the hash key ('weight' - 1)."""
+
+  def loss_sums(self, model, params, batch, rngs, key):
+    def same(other):
+      return jnp.all(jax.random.bits(other, (4,)) == jax.random.bits(key, (4,)))
+    return {"loss": jnp.sum(params["w"] ** 2), "weight": 1. + same(rngs["hash"]),
+            "correct": same(rngs["dropout"]) * 1.}
+
+
+def test_the_task_key_is_neither_the_dropout_nor_the_hash_key():
+  # It was once fold_in(step_key, 1), which is the dropout key split(step_key)[1] under
+  # jax_threefry_partitionable (set by the trainer and by conftest): MaskedLM's masking
+  # drew the same bits as dropout.
+  assert jax.config.jax_threefry_partitionable
+  tx, _ = optim.make_optimizer(optim.OptimizerConfig(), 10)
+  params = {"w": jnp.ones(2)}
+  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                           opt_state=tx.init(params), rng=jax.random.PRNGKey(0))
+  train = jax.jit(functools.partial(steps.train_step, model=None, tx=tx, task=_KeyProbe()))
+  _, out = train(state, {"inputs": np.zeros((2, 1, 4), np.int32)})  # 2 micro-batches
+  assert float(out["correct"]) == 0. and float(out["weight"]) == 2.
+
+
+def test_step_keys_are_distinct_and_keep_the_earlier_hash_and_dropout_keys():
+  rng = jax.random.PRNGKey(7)
+  keys = [np.asarray(k) for k in steps.step_keys(rng, 3)]
+  assert len({k.tobytes() for k in keys}) == 3
+  np.testing.assert_array_equal(np.stack(keys[:2]),
+                                jax.random.split(jax.random.fold_in(rng, 3)))

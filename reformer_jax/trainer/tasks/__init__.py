@@ -12,6 +12,8 @@ per-example predictions. The train and eval steps (`steps.py`), `train`, `evalua
                   `reformer_jax.data.ClassificationData`.
   SpanQA          extractive question answering (`ReformerForQuestionAnswering`) on
                   `reformer_jax.data.SpanData`.
+  MQAR            multi-query associative recall: the causal LM scored on the answers of
+                  `reformer_jax.data.MQARData`.
 
 A new task is a module defining a `Task` subclass, its entry in `TASKS` (gin then knows
 it as `@ClassName()`, and the data classes it claims are refused by the other tasks) and
@@ -21,8 +23,9 @@ a config that binds `Experiment.task`. A task kept outside the package trains as
 from reformer_jax.trainer.tasks.causal_lm import CausalLM
 from reformer_jax.trainer.tasks.classification import Classification, macro_f1
 from reformer_jax.trainer.tasks.masked_lm import MaskedLM
+from reformer_jax.trainer.tasks.mqar import MQAR
 from reformer_jax.trainer.tasks.span_qa import SpanQA, best_span
 from reformer_jax.trainer.tasks.task import Baseline, Sums, Task
 
-TASKS = (CausalLM, MaskedLM, Classification, SpanQA)
+TASKS = (CausalLM, MaskedLM, Classification, SpanQA, MQAR)
 """The tasks gin registers by class name, and whose `data_types` claim data sources."""

@@ -1,0 +1,146 @@
+"""LSH attention over a sequence sharded into contiguous slices on a mesh axis (in shard_map).
+
+Exact: every query sees what it sees on one device (`lsh_core`), in both modes (strict
+causal windows and Hugging Face's chunk windows, which wrap around the concatenated
+rounds), with padding and the duplicate-key correction. On each device of axis
+`axis_name` (D devices, slices of n positions, L = D * n):
+
+1. its positions are hashed with the shared rotations (by the caller), and the bucket ids
+   (int32 per position, head and round) and padding flags are gathered: every device
+   computes the same sort of all R * L (round, position) entries;
+2. device d takes the sorted entries `[d R n, (d + 1) R n)` and, around them, the
+   `n_chunks_before` / `n_chunks_after` chunks its windows reach (modulo R L, as one
+   device's windows wrap): their shared-QK and value rows, `[b, h, R n + halo, 2 d_head]`,
+   come from the positions' owners by `exchange.fetch`;
+3. it attends over that window of the sorted order (`windowed_attention`; the masks use
+   global positions and sorted offsets), keeps its own entries' outputs and logsumexps,
+   and sends each back to its position's owner (the inverse sort, another `fetch`);
+4. each device combines its positions' rounds as `lsh_core` does.
+
+No device holds a whole-sequence array of activations: the gathered buckets, positions and
+permutations are int32 `[b, h, R L]`. Gradients flow back through both exchanges.
+"""
+import functools
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from reformer_jax.layers.chunking import map_positions
+from reformer_jax.layers.lsh_attention import (_attend_window, _inverse_permutation,
+                                               _split_rows, _take, sort_rounds)
+from reformer_jax.layers.windowed import default_chunks_per_step, windowed_attention
+from reformer_jax.parallel.exchange import fetch
+
+
+def _attend_slice(params, rows, info, offsets, rng, **settings):
+  """`_attend_window` with the window's global sorted offsets (`info['offset']`) instead of
+  its offsets within this device's window of the sorted order."""
+  del offsets
+  info = dict(info)
+  offsets = info.pop("offset")[0, 0]
+  return _attend_window(params, rows, info, offsets, rng, **settings)
+
+
+def _global_rows(positions, n_local, heads, heads_last):
+  """Global row ids of `fetch` for the rows (flattened) `[b, n_local, h]` (`heads_last`)
+  or `[b, h, n_local]` of each device, of positions `[b, h, m]` sharded in slices of
+  `n_local`."""
+  batch = positions.shape[0]
+  b = jnp.arange(batch, dtype=jnp.int32)[:, None, None]
+  h = jnp.arange(heads, dtype=jnp.int32)[None, :, None]
+  if heads_last:
+    local = (b * n_local + positions % n_local) * heads + h
+  else:
+    local = (b * heads + h) * n_local + positions % n_local
+  return (positions // n_local * (batch * heads * n_local) + local).reshape(-1)
+
+
+def lsh_slice_core(x: jnp.ndarray, params, project: Callable, buckets: jnp.ndarray,
+                   real: jnp.ndarray, *, axis_name: str, chunk_len: int,
+                   n_chunks_before: int, n_chunks_after: int, causal: bool, strict: bool,
+                   correct_duplicates: bool, dropout_rate: float,
+                   dropout_rng: Optional[jax.Array], chunks_per_step: Optional[int],
+                   position_chunk: int, n_values: Optional[int] = None,
+                   capacity: Optional[int] = None) -> jnp.ndarray:
+  """`lsh_core` of one device's slice of positions (see the module docstring).
+
+  Args:
+    x: this slice's rows `[b, n, F]`.
+    params, project: `project(params, rows [b, 1, n, F]) -> (qk, v)` `[b, h, n, d_head]`.
+    buckets: int32 `[b, h, R, n]` of this slice from `lsh_buckets` (padding bucket, round
+      offsets), hashed with the same rotations on every device.
+    real: `[b, n]` bool, False = padding.
+    axis_name: the mesh axis the sequence is sharded over.
+    chunk_len, n_chunks_before, n_chunks_after, causal, strict, correct_duplicates,
+      dropout_rate, dropout_rng, chunks_per_step, n_values: as in `lsh_core`.
+    position_chunk: positions per chunk of the projection (`map_positions`: only `x` is
+      kept for the backward pass).
+    capacity: rows per device pair and pass of the exchanges (`exchange.fetch`).
+
+  Returns:
+    `[b, h, n, d_head]`.
+  """
+  batch, heads, n_hashes, n_local = buckets.shape
+  n_devices = jax.lax.axis_size(axis_name)
+  length = n_local * n_devices
+  n_sorted, n_own = n_hashes * length, n_hashes * n_local
+  before, after = n_chunks_before * chunk_len, n_chunks_after * chunk_len
+  if n_own % chunk_len or max(before, after) > n_own:
+    raise ValueError(f"each device's {n_own} sorted entries (slice {n_local} x {n_hashes} "
+                     f"rounds) must be whole LSH chunks of {chunk_len}, at least "
+                     f"{max(n_chunks_before, n_chunks_after)} of them: pad the sequence to "
+                     f"a multiple of chunk_len times the devices of '{axis_name}'")
+  everyone = jax.lax.all_gather(buckets, axis_name, axis=3, tiled=True)  # [b, h, R, L]
+  order = sort_rounds(everyone, n_values)
+  rounds = length * jnp.arange(n_hashes, dtype=jnp.int32)[None, None, :, None]
+  sort_idx = (order + rounds).reshape(batch, heads, n_sorted)
+  undo_idx = _inverse_permutation(sort_idx)
+  positions = order.reshape(batch, heads, n_sorted)
+
+  # This device's window of the sorted order: its own entries and the halo chunks.
+  start = jax.lax.axis_index(axis_name) * n_own - before
+  offsets = start + jnp.arange(before + n_own + after, dtype=jnp.int32)
+  entries = jnp.broadcast_to(offsets % n_sorted, (batch, heads, offsets.shape[0]))
+  pos = _take(positions, entries)
+  all_real = jax.lax.all_gather(real, axis_name, axis=1, tiled=True)  # [b, L]
+  info = {"pos": pos, "offset": offsets[None, None],
+          "real": _take(jnp.broadcast_to(all_real[:, None], (batch, heads, length)), pos)}
+  if strict:
+    info["bucket"] = _take(everyone.reshape(batch, heads, n_sorted), sort_idx)
+    info["bucket"] = _take(info["bucket"], entries)
+  if correct_duplicates:
+    by_position = lambda t: _take(jnp.swapaxes(t, 2, 3), pos)  # [b, h, m, R]
+    info["dup_offsets"] = by_position(undo_idx.reshape(everyone.shape))
+    info["dup_buckets"] = by_position(everyone)
+
+  def project_rows(params, rows, index):  # [b, c, F] -> [b, c, h, 2 d_head]
+    del index
+    return jnp.swapaxes(jnp.concatenate(project(params, rows[:, None]), axis=-1), 1, 2)
+
+  rows = map_positions(project_rows, params, x, position_chunk)
+  rows = fetch(rows.reshape(-1, rows.shape[-1]), _global_rows(pos, n_local, heads, True),
+               axis_name, capacity).reshape(pos.shape + rows.shape[-1:])
+  attend = functools.partial(
+      _attend_slice, project=_split_rows, n=n_sorted, chunk_len=chunk_len,
+      n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after, causal=causal,
+      strict=strict, dropout_rate=dropout_rate)
+  steps = chunks_per_step or default_chunks_per_step(batch, heads, rows.shape[-1], chunk_len)
+  window = jnp.broadcast_to(jnp.arange(pos.shape[2], dtype=jnp.int32), pos.shape)
+  out, lse = windowed_attention(attend, rows, None, window, info, dropout_rng, chunk_len,
+                                n_chunks_before, n_chunks_after, steps)
+
+  # Back to the positions' owners: entry u of the sorted order lives on device u // n_own.
+  d_head = out.shape[-1]
+  own = lambda t: jax.lax.slice_in_dim(t, before, before + n_own, axis=2)
+  back = jnp.concatenate([own(out).astype(jnp.float32), own(lse)[..., None]], axis=-1)
+  mine = jax.lax.axis_index(axis_name) * n_local + jnp.arange(n_local, dtype=jnp.int32)
+  wanted = undo_idx.reshape(batch, heads, n_hashes, length)[..., mine]  # [b, h, R, n]
+  back = fetch(back.reshape(-1, d_head + 1),
+               _global_rows(wanted.reshape(batch, heads, -1), n_own, heads, False), axis_name,
+               capacity).reshape(batch, heads, n_hashes, n_local, d_head + 1)
+  out, lse = back[..., :d_head], back[..., d_head]
+  if n_hashes == 1:
+    return out[:, :, 0].astype(rows.dtype)
+  weights = jax.nn.softmax(lse, axis=2)[..., None]
+  return jnp.sum(out * weights, axis=2).astype(rows.dtype)

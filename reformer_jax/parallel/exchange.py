@@ -1,0 +1,174 @@
+"""Moving rows between the devices of a mesh axis: a gather by global row id, and halos.
+
+Inside `shard_map`, each device of axis `axis_name` holds `n_rows` rows of a sequence-
+sharded array; row `i` of device `s` has the global id `s * n_rows + i`. `fetch` gives
+every device the rows it asks for by global id, in its own order (a distributed gather);
+its gradient scatter-adds the cotangents back to the rows' owners (the inverse exchange).
+
+The exchange is `lax.all_to_all` with a static capacity of `capacity` rows per
+(source, destination) pair and pass, repeated until every request is served: the number
+of passes is the largest pair's request count over `capacity`, computed on every device
+alike (a `pmax`), so the result is exact for any requests, however unbalanced; a
+balanced pattern (a sorted order of hash buckets) takes one pass. `lax.ragged_all_to_all`
+would send exactly the requested rows in one pass, but XLA:CPU does not implement it
+(jax 0.10.2: "UNIMPLEMENTED: HLO opcode ragged-all-to-all"). No device ever holds more
+than `max(requests, devices * capacity)` rows of the exchanged array.
+
+`halo` is a neighbour exchange (`lax.ppermute`): each device receives the last rows of
+the previous device and the first rows of the next.
+"""
+import functools
+import math
+from typing import Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+
+
+def default_capacity(n_requests: int, n_devices: int, slack: float = 1.25) -> int:
+  """Rows per (source, destination) pair and pass: `slack` times an even share."""
+  return max(1, math.ceil(slack * n_requests / n_devices))
+
+
+def _plan(requests, n_rows, axis_name, capacity):
+  """The index arithmetic of an exchange, the same in both directions.
+
+  Returns:
+    `(send_rows [D, M + C] int32, source [M], slot [M], rank [M], n_passes)`: for each
+    destination, the local rows this device sends it, by rank (row 0 where unused); for
+    each own request, its source device, its slot `source * C + rank % C` in a received
+    buffer and its rank among the requests to the same source; the number of passes.
+  """
+  n_devices = jax.lax.axis_size(axis_name)
+  me = jax.lax.axis_index(axis_name)
+  everyone = jax.lax.all_gather(requests, axis_name)  # [D, M] int32
+  n_req = requests.shape[0]
+  # As a source: each destination's requests to this device, ranked in their order.
+  mine = everyone // n_rows == me
+  ranks = jnp.cumsum(mine, axis=1, dtype=jnp.int32) - 1
+  at = jnp.where(mine, ranks, n_req + capacity)  # out of bounds: dropped
+  dest = jnp.broadcast_to(jnp.arange(n_devices, dtype=jnp.int32)[:, None], at.shape)
+  send_rows = jnp.zeros((n_devices, n_req + capacity), jnp.int32).at[dest, at].set(
+      everyone % n_rows, mode="drop")
+  # As a destination: each own request's rank among those to the same source.
+  source = requests // n_rows
+  rank = jnp.zeros_like(requests)
+  largest = jnp.zeros((), jnp.int32)
+  for s in range(n_devices):
+    to_s = source == s
+    count = jnp.cumsum(to_s, dtype=jnp.int32)
+    rank = jnp.where(to_s, count - 1, rank)
+    largest = jnp.maximum(largest, count[-1])
+  n_passes = (jax.lax.pmax(largest, axis_name) + capacity - 1) // capacity
+  slot = source * capacity + rank % capacity
+  return send_rows, source, slot, rank, n_passes
+
+
+def _varying(zeros, axis_name):
+  """A loop's initial buffer typed as differing between devices (shard_map's check_vma)."""
+  return jax.lax.pcast(zeros, axis_name, to="varying")
+
+
+def _exchange(send, axis_name):
+  """`recv[s] = what device s sent this one`, `send` `[D, C, F]`."""
+  return jax.lax.all_to_all(send, axis_name, 0, 0, tiled=True)
+
+
+def _fetch_rows(x, plan, capacity, axis_name):
+  send_rows, _, slot, rank, n_passes = plan
+  n_devices = send_rows.shape[0]
+
+  def one_pass(k, out):
+    rows = jax.lax.dynamic_slice_in_dim(send_rows, k * capacity, capacity, axis=1)
+    recv = _exchange(jnp.take(x, rows, axis=0), axis_name).reshape(
+        (n_devices * capacity,) + x.shape[1:])
+    here = (rank // capacity == k).reshape((-1,) + (1,) * (x.ndim - 1))
+    return jnp.where(here, jnp.take(recv, slot, axis=0), out)
+
+  out = _varying(jnp.zeros((slot.shape[0],) + x.shape[1:], x.dtype), axis_name)
+  return jax.lax.fori_loop(0, n_passes, one_pass, out)
+
+
+def _return_rows(g, plan, n_rows, capacity, axis_name):
+  """The inverse exchange: the cotangents `g` `[M, ...]` of the requests, summed into
+  their source rows `[n_rows, ...]` (float32 accumulation)."""
+  send_rows, _, slot, rank, n_passes = plan
+  n_devices = send_rows.shape[0]
+  acc = jnp.promote_types(g.dtype, jnp.float32)
+
+  def one_pass(k, dx):
+    at = jnp.where(rank // capacity == k, slot, n_devices * capacity)
+    send = jnp.zeros((n_devices * capacity,) + g.shape[1:], g.dtype).at[at].set(g, mode="drop")
+    recv = _exchange(send.reshape((n_devices, capacity) + g.shape[1:]), axis_name)
+    rows = jax.lax.dynamic_slice_in_dim(send_rows, k * capacity, capacity, axis=1)
+    return dx.at[rows.reshape(-1)].add(recv.reshape((-1,) + g.shape[1:]).astype(acc))
+
+  dx = _varying(jnp.zeros((n_rows,) + g.shape[1:], acc), axis_name)
+  return jax.lax.fori_loop(0, n_passes, one_pass, dx).astype(g.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def fetch(x: jnp.ndarray, requests: jnp.ndarray, axis_name: str,
+          capacity: Optional[int] = None) -> jnp.ndarray:
+  """`out[j] = rows[requests[j]]` of the rows of all devices of `axis_name` (in shard_map).
+
+  Args:
+    x: this device's rows `[n_rows, ...]`; global id of row i: `axis_index * n_rows + i`.
+    requests: int32 `[M]` global row ids this device wants (any, repeats allowed).
+    axis_name: the mesh axis the rows are sharded over.
+    capacity: rows per device pair and pass (static); None: `default_capacity(M, D)`.
+
+  Returns:
+    `[M, ...]` in `x.dtype`. The gradient with respect to `x` sums each request's
+    cotangent into its row on its owner (an exchange in the opposite direction).
+  """
+  return _fetch_fwd(x, requests, axis_name, capacity)[0]
+
+
+def _capacity(capacity, requests, axis_name):
+  if capacity is None:
+    return default_capacity(requests.shape[0], jax.lax.axis_size(axis_name))
+  if capacity < 1:
+    raise ValueError(f"fetch capacity must be >= 1 rows per device pair, got {capacity}")
+  return capacity
+
+
+def _fetch_fwd(x, requests, axis_name, capacity):
+  capacity = _capacity(capacity, requests, axis_name)
+  plan = _plan(requests.astype(jnp.int32), x.shape[0], axis_name, capacity)
+  return _fetch_rows(x, plan, capacity, axis_name), (plan, x.shape[0], requests)
+
+
+def _fetch_bwd(axis_name, capacity, residuals, g):
+  plan, n_rows, requests = residuals
+  capacity = _capacity(capacity, requests, axis_name)
+  return _return_rows(g, plan, n_rows, capacity, axis_name), None
+
+
+fetch.defvjp(_fetch_fwd, _fetch_bwd)
+
+
+def halo(x: jnp.ndarray, n_before: int, n_after: int, axis_name: str, axis: int = 0,
+         wrap: bool = False) -> Tuple[Optional[jnp.ndarray], Optional[jnp.ndarray]]:
+  """`(before, after)`: the last `n_before` entries (along `axis`) of the previous device of
+  `axis_name` and the first `n_after` of the next (None when 0). Without `wrap` the first
+  device's `before` and the last one's `after` are zeros; with it they come from the
+  other end. Differentiable (`ppermute`'s transpose is the reverse `ppermute`)."""
+  n_devices = jax.lax.axis_size(axis_name)
+  size = x.shape[axis]
+  if max(n_before, n_after) > size:
+    raise ValueError(f"a halo of {max(n_before, n_after)} entries needs at least that many "
+                     f"per device, got {size}: use fewer devices on '{axis_name}' or longer "
+                     f"sequences")
+
+  def shifted(piece, step):  # device i receives piece of device i - step
+    pairs = [(i, (i + step) % n_devices) for i in range(n_devices)
+             if wrap or 0 <= i + step < n_devices]
+    return jax.lax.ppermute(piece, axis_name, pairs)
+
+  before = after = None
+  if n_before:
+    before = shifted(jax.lax.slice_in_dim(x, size - n_before, size, axis=axis), 1)
+  if n_after:
+    after = shifted(jax.lax.slice_in_dim(x, 0, n_after, axis=axis), -1)
+  return before, after
