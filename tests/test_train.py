@@ -293,6 +293,8 @@ def test_dry_run_compiles_without_training(tmp_path):
   assert report["params"] == sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
   assert report["peak_bytes"] > 4 * report["params"]     # at least the params
   assert report["flops_per_step"] > 0
+  assert report["mesh"] == "data=1 x fsdp=1 x sequence=1 x tensor=1 (1 cpu device, 1 process)"
+  assert report["state_bytes_per_device"] >= 12 * report["params"]   # params + Adam moments
   assert not (tmp_path / "checkpoints").exists()
   assert not (tmp_path / "config.gin").exists()        # a dry run writes nothing
 
@@ -337,7 +339,8 @@ def _free_port() -> int:
 
 
 def _run_two_processes(files, bindings, workdir, env):
-  """`reformer_jax.train --distributed` as 2 processes of 1 CPU device: their outputs."""
+  """`reformer_jax.train --distributed` as 2 processes (of 1 CPU device unless `env` says): their
+  outputs."""
   address = f"localhost:{_free_port()}"
   procs = [subprocess.Popen(
       [sys.executable, "-m", "reformer_jax.train", *[f"--gin_file={f}" for f in files],
@@ -374,6 +377,21 @@ def test_two_processes_give_the_losses_of_one_and_log_once(cli_run, tmp_path, su
   assert "resuming from the checkpoint at step 2" in first
   assert sorted(os.listdir(checkpoints)) == ["2", "4", "4.unreadable"]
   assert _logged(shared) == pytest.approx(two, abs=1e-6)
+
+
+def test_two_processes_of_four_devices_under_fsdp_give_the_losses_of_one(cli_run, tmp_path,
+                                                                        subprocess_env):
+  """2 hosts x 4 CPU devices, parameters and Adam moments split 8 ways (fsdp=8)."""
+  workdir, _, files, bindings = cli_run
+  shared = tmp_path / "fsdp_hosts"
+  env = dict(subprocess_env, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  (first, _), _ = _run_two_processes(
+      files, bindings + ["MeshConfig.data=1", "MeshConfig.fsdp=8"], shared, env)
+  assert "mesh: data=1 x fsdp=8 x sequence=1 x tensor=1 (8 cpu devices, 2 processes)" in first
+  one, two = _logged(workdir), _logged(shared)
+  assert sorted(two) == [1, 2, 3, 4]
+  for step in two:
+    assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-5)
 
 
 def _start_two_processes(bindings, workdir, env):

@@ -127,10 +127,10 @@ def make_mesh(config: MeshConfig = MeshConfig(), devices: Optional[Sequence] = N
 
 def describe(mesh: Mesh) -> str:
   """'data=2 x fsdp=4 x sequence=1 x tensor=1 (8 cpu devices, 1 process)'."""
-  processes = len({d.process_index for d in mesh.devices.flat})
+  devices, processes = mesh.devices.size, len({d.process_index for d in mesh.devices.flat})
   return (" x ".join(f"{a}={n}" for a, n in mesh.shape.items()) +
-          f" ({mesh.devices.size} {mesh.devices.flat[0].platform} devices, {processes} "
-          f"process{'es' if processes > 1 else ''})")
+          f" ({devices} {mesh.devices.flat[0].platform} device{'s' * (devices > 1)}, "
+          f"{processes} process{'es' * (processes > 1)})")
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
