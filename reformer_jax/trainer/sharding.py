@@ -150,10 +150,10 @@ def check_batch(batch_size: int, mesh: Mesh, what: str):
   """Raises ValueError (one line) unless data x fsdp divides `batch_size`."""
   n = batch_ways(mesh)
   if batch_size % n:
+    fits = sorted({max(n, batch_size // n * n), (batch_size // n + 1) * n})
     raise ValueError(
         f"{what}={batch_size} must be a multiple of MeshConfig.data x MeshConfig.fsdp = {n} "
-        f"(the batch is split over them); use {max(n, batch_size // n * n)} or "
-        f"{(batch_size // n + 1) * n}.")
+        f"(the batch is split over them); use {' or '.join(map(str, fits))}.")
 
 
 def check_model(config, mesh: Mesh, mesh_config: MeshConfig):
