@@ -43,3 +43,14 @@ def lm_batch(windows: np.ndarray,
       "targets": windows[:, 1:].astype(np.int32),
       "weights": np.asarray(weights, np.float32),
   }
+
+
+def batch_rng(seed: int, stream: int, index: int, batch_size: int) -> np.random.Generator:
+  """The generator of batch `index` of `stream` of a synthetic task seeded with `seed`
+  (deterministic: the same batch on every call and host). Raises ValueError (one line) for
+  `batch_size` < 1 or `index` < 0."""
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+  if index < 0:
+    raise ValueError(f"step must be >= 0, got {index}.")
+  return np.random.default_rng((seed, stream, int(index)))

@@ -17,7 +17,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from reformer_jax.data.batch import Batch, lm_batch
+from reformer_jax.data.batch import Batch, batch_rng, lm_batch
 
 _STREAMS = {"train": 0, "eval": 1, "test": 2}
 
@@ -65,11 +65,7 @@ class DuplicationTask:
           f"sequences `0 w 0 w` of length 2 * n_symbols + 2 = {self.seq_len}, "
           f"but seq_len={seq_len}; set seq_len to {self.seq_len} or "
           f"n_symbols to seq_len // 2 - 1 (seq_len must be even and >= 4).")
-    if batch_size < 1:
-      raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    if index < 0:
-      raise ValueError(f"step must be >= 0, got {index}.")
-    rng = np.random.default_rng((self.seed, stream, int(index)))
+    rng = batch_rng(self.seed, stream, index, batch_size)
     seqs = self.sequences(rng, batch_size)
     windows = np.concatenate([np.zeros((batch_size, 1), np.int32), seqs], 1)
     weights = np.zeros((batch_size, seq_len), np.float32)

@@ -23,7 +23,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from reformer_jax.data.batch import Batch
+from reformer_jax.data.batch import Batch, batch_rng
 
 _STREAMS = {"train": 0, "eval": 1, "test": 2}
 
@@ -92,11 +92,7 @@ class MQARData:
       raise ValueError(f"MQAR with {self.num_kv_pairs} pairs needs seq_len >= "
                        f"{self.min_seq_len()} (4 * num_kv_pairs: the pairs and a query slot "
                        f"per key), got {seq_len}; raise SEQ_LEN or lower mqar.num_kv_pairs.")
-    if batch_size < 1:
-      raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    if index < 0:
-      raise ValueError(f"step must be >= 0, got {index}.")
-    rng = np.random.default_rng((self.seed, stream, int(index)))
+    rng = batch_rng(self.seed, stream, index, batch_size)
     inputs, targets, weights = zip(*(self.example(rng, seq_len) for _ in range(batch_size)))
     return {"inputs": np.stack(inputs).astype(np.int32),
             "targets": np.stack(targets).astype(np.int32), "weights": np.stack(weights)}
