@@ -94,7 +94,7 @@ def train(state, train_fn, mesh, first, last):
   losses = []
   for step in range(first, last):
     state, out = train_fn(state, sharding.put(batch_of(step, (1,)),
-                                              sharding.batch_sharding(mesh, 1)))
+                                              steps.batch_sharding(mesh, 1)))
     losses.append(float(out["loss"]))
   return state, losses
 
