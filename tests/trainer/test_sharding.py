@@ -142,21 +142,19 @@ def eight_devices(tmp_path_factory):
 
 def test_every_mesh_gives_the_loss_and_gradients_of_one_device(eight_devices):
   results = eight_devices["gradients"]
-  assert sorted(results) == ["encoder", "lm", "local", "lsh"]
+  assert sorted(results) == ["encoder", "lm"]
   for model, meshes in results.items():
-    assert len(meshes) == (4 if model == "lm" else 1)
+    assert list(meshes) == (["fsdp=8"] if model == "lm" else ["data=2 x fsdp=2 x tensor=2"])
     for mesh, (loss, grads, state) in meshes.items():
       assert loss <= 1e-5, (model, mesh, loss)
       assert grads <= 1e-4, (model, mesh, grads)
       if mesh == "fsdp=8":   # all but the norms and position rows is split 8 ways
         assert state < 0.2, (model, state)
-      if mesh == "data=8":
-        assert state == 1.0
 
 
 def test_a_run_saved_under_fsdp_resumes_under_tensor_parallelism(eight_devices):
-  """Two steps under fsdp=8, a checkpoint, a third under data=2 x tensor=4: the three losses,
-  the parameters and the optimiser state of three steps on one device."""
+  """Two steps under fsdp=8, a checkpoint, a third under data=2 x tensor=4: the loss,
+  parameters and optimiser state of the uninterrupted third step."""
   resume = eight_devices["resume"]
   assert resume["step"] == 3
   assert resume["sharded_as_asked"] and resume["tensor_sharded"] > 0
