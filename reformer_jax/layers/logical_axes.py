@@ -1,11 +1,13 @@
 """Logical axis names of parameters, for sharding them over a device mesh.
 
 Every parameter names its dimensions (`EMBED`, `HEADS`, ...), the scheme of t5x's
-`param_with_axes`: `declare` records the names in the `COLLECTION` ('params_axes')
-collection beside the parameter, only while that collection is mutable (`init`), so
-`model.init(...)` returns `{'params': ..., 'params_axes': ...}` with one
-`AxisMetadata(names)` per parameter, and applying the model is unchanged. The trainer maps
-the names to mesh axes by its rule table (`trainer/sharding.py`).
+`param_with_axes`: inside `recording()`, `declare` records the names in the `COLLECTION`
+('params_axes') collection beside the parameter while that collection is mutable (`init`),
+so `model.init(...)` returns `{'params': ..., 'params_axes': ...}` with one
+`AxisMetadata(names)` per parameter. Outside it (the default) nothing is recorded: a plain
+`init` returns the parameters alone, as flax's NNX bridge needs, and applying the model is
+unchanged either way. The trainer records them (`steps.init_variables`) and maps the names
+to mesh axes by its rule table (`trainer/sharding.py`).
 """
 import contextlib
 import contextvars
@@ -30,12 +32,25 @@ NAMES = (EMBED, HEADS, MLP, VOCAB, NORM, POSITION, CLASSES)
 Axes = Sequence[str]
 
 
+_RECORDING = contextvars.ContextVar("recording_axes", default=False)
+
+
+@contextlib.contextmanager
+def recording():
+  """While active, `init` records every parameter's logical axes in `COLLECTION`."""
+  token = _RECORDING.set(True)
+  try:
+    yield
+  finally:
+    _RECORDING.reset(token)
+
+
 def declare(module: nn.Module, name: str, axes: Union[Axes, Mapping[str, Any]]):
   """Records the logical `axes` of `module`'s parameter `name` (one name per dimension), or,
   given a nested {param: axes} (leaves: names or `AxisMetadata`), of the parameters under
   `name` (a child such as an `nn.Embed`, or a parameter holding a tree). Does nothing
-  unless the collection is mutable (only at `init`)."""
-  if module.is_mutable_collection(COLLECTION):
+  outside `recording()` or unless the collection is mutable (only at `init`)."""
+  if _RECORDING.get() and module.is_mutable_collection(COLLECTION):
     module.put_variable(COLLECTION, name, _metadata(axes))
 
 

@@ -52,7 +52,8 @@ def init_variables(config: ReformerConfig, key, length: Optional[int] = None,
   params_key, hash_key = jax.random.split(key)
   tokens = jnp.zeros((1, init_len), jnp.int32)
   model = task.model(config.replace(deterministic=True))
-  return model.init({"params": params_key, "hash": hash_key}, tokens)
+  with logical_axes.recording():
+    return model.init({"params": params_key, "hash": hash_key}, tokens)
 
 
 def init_params(config: ReformerConfig, key, length: Optional[int] = None, task=CAUSAL_LM):
@@ -227,10 +228,12 @@ def _batch_split(fn, mesh: Mesh):
   if mesh.shape.get(sequence.AXIS, 1) > 1:
     return fn
 
-  @functools.wraps(fn)
   def traced(*args):
     with logical_axes.split_batch(sharding.batch_sharding(mesh)):
       return fn(*args)
+
+  # The program keeps the step's name (jit_train_step in XLA dumps, read by experiments/).
+  traced.__name__ = getattr(fn, "func", fn).__name__
   return traced
 
 

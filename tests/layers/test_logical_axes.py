@@ -19,7 +19,9 @@ class _Block(nn.Module):
 
 def test_init_records_the_axes_beside_the_parameters_and_apply_ignores_them():
   module = LayerNormParams(4)
-  variables = module.init(jax.random.PRNGKey(0))
+  assert set(module.init(jax.random.PRNGKey(0))) == {"params"}  # only when recording
+  with logical_axes.recording():
+    variables = module.init(jax.random.PRNGKey(0))
   assert variables[logical_axes.COLLECTION] == {
       "scale": logical_axes.AxisMetadata(("norm",)), "bias": logical_axes.AxisMetadata(("norm",))}
   _, state = module.apply({"params": variables["params"]}, mutable=["cache"])  # as decoding
@@ -29,7 +31,9 @@ def test_init_records_the_axes_beside_the_parameters_and_apply_ignores_them():
 def test_the_reversible_stack_keeps_its_blocks_axes_under_each_layer():
   stack = ReversibleStack(((_Block(), _Block()),) * 2)
   x = jnp.zeros((1, 3, 4))
-  variables = jax.eval_shape(lambda: stack.init(jax.random.PRNGKey(0), x, x, deterministic=True))
+  with logical_axes.recording():
+    variables = jax.eval_shape(lambda: stack.init(jax.random.PRNGKey(0), x, x,
+                                                  deterministic=True))
   axes = variables[logical_axes.COLLECTION]
   assert axes["layer_1"]["feed_forward"]["dense"] == {
       "kernel": logical_axes.AxisMetadata(("embed", "mlp")),
@@ -38,7 +42,8 @@ def test_the_reversible_stack_keeps_its_blocks_axes_under_each_layer():
 
 def test_an_unknown_logical_axis_is_refused():
   with pytest.raises(ValueError, match=r"unknown logical axes \['model'\]"):
-    DenseParams(2, 2, ("embed", "model")).init(jax.random.PRNGKey(0))
+    with logical_axes.recording():
+      DenseParams(2, 2, ("embed", "model")).init(jax.random.PRNGKey(0))
 
 
 def test_constrain_batch_applies_only_inside_split_batch(monkeypatch):
