@@ -18,8 +18,9 @@ than `max(requests, devices * capacity)` rows of the exchanged array.
 the previous device and the first rows of the next.
 """
 import functools
+import itertools
 import math
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -74,37 +75,62 @@ def _exchange(send, axis_name):
   return jax.lax.all_to_all(send, axis_name, 0, 0, tiled=True)
 
 
-def _fetch_rows(x, plan, capacity, axis_name):
-  send_rows, _, slot, rank, n_passes = plan
+def _joined(arrays):
+  """`[n, F_1 + F_2 + ...]` of arrays `[n, F_i]` in their common dtype, and a function
+  splitting such rows back into the arrays' widths and dtypes."""
+  dtype = jnp.result_type(*arrays)
+  ends = list(itertools.accumulate(a.shape[1] for a in arrays))[:-1]
+  dtypes = [a.dtype for a in arrays]
+  split = lambda rows: [part.astype(d) for part, d in zip(jnp.split(rows, ends, axis=-1), dtypes)]
+  return dtype, split
+
+
+def plan_rows(requests: jnp.ndarray, n_rows: int, axis_name: str,
+              capacity: Optional[int] = None):
+  """The exchange that serves `requests` (int32 `[M]` global row ids) from devices holding
+  `n_rows` rows each: an opaque value for `gather_rows` and `add_rows` (in shard_map)."""
+  capacity = _capacity(capacity, requests, axis_name)
+  return _plan(requests.astype(jnp.int32), n_rows, axis_name, capacity) + (capacity,)
+
+
+def gather_rows(sources: Sequence[jnp.ndarray], plan, axis_name: str) -> List[jnp.ndarray]:
+  """`[s[requests] for s in sources]` of `plan_rows`' requests, sources `[n_rows, F_i]`
+  of every device (one exchange per pass for all of them)."""
+  send_rows, _, slot, rank, n_passes, capacity = plan
   n_devices = send_rows.shape[0]
+  dtype, split = _joined(sources)
 
   def one_pass(k, out):
     rows = jax.lax.dynamic_slice_in_dim(send_rows, k * capacity, capacity, axis=1)
-    recv = _exchange(jnp.take(x, rows, axis=0), axis_name).reshape(
-        (n_devices * capacity,) + x.shape[1:])
-    here = (rank // capacity == k).reshape((-1,) + (1,) * (x.ndim - 1))
-    return jnp.where(here, jnp.take(recv, slot, axis=0), out)
+    send = jnp.concatenate([jnp.take(s, rows, axis=0).astype(dtype) for s in sources], -1)
+    recv = _exchange(send, axis_name).reshape(n_devices * capacity, -1)
+    return jnp.where((rank // capacity == k)[:, None], jnp.take(recv, slot, axis=0), out)
 
-  out = _varying(jnp.zeros((slot.shape[0],) + x.shape[1:], x.dtype), axis_name)
-  return jax.lax.fori_loop(0, n_passes, one_pass, out)
+  out = _varying(jnp.zeros((slot.shape[0], sum(s.shape[1] for s in sources)), dtype),
+                 axis_name)
+  return split(jax.lax.fori_loop(0, n_passes, one_pass, out))
 
 
-def _return_rows(g, plan, n_rows, capacity, axis_name):
-  """The inverse exchange: the cotangents `g` `[M, ...]` of the requests, summed into
-  their source rows `[n_rows, ...]` (float32 accumulation)."""
-  send_rows, _, slot, rank, n_passes = plan
+def add_rows(values: Sequence[jnp.ndarray], plan, into: Sequence[jnp.ndarray],
+             axis_name: str) -> List[jnp.ndarray]:
+  """The inverse exchange: each `values[i]` `[M, F_i]` (one row per request of
+  `plan_rows`) summed into its source row of `into[i]` `[n_rows, F_i]` (in place, in
+  `into`'s dtypes)."""
+  send_rows, _, slot, rank, n_passes, capacity = plan
   n_devices = send_rows.shape[0]
-  acc = jnp.promote_types(g.dtype, jnp.float32)
+  dtype, split = _joined(values)
+  joined = jnp.concatenate([v.astype(dtype) for v in values], axis=-1)
 
-  def one_pass(k, dx):
+  def one_pass(k, accs):
     at = jnp.where(rank // capacity == k, slot, n_devices * capacity)
-    send = jnp.zeros((n_devices * capacity,) + g.shape[1:], g.dtype).at[at].set(g, mode="drop")
-    recv = _exchange(send.reshape((n_devices, capacity) + g.shape[1:]), axis_name)
-    rows = jax.lax.dynamic_slice_in_dim(send_rows, k * capacity, capacity, axis=1)
-    return dx.at[rows.reshape(-1)].add(recv.reshape((-1,) + g.shape[1:]).astype(acc))
+    send = jnp.zeros((n_devices * capacity, joined.shape[1]), dtype).at[at].set(
+        joined, mode="drop")
+    recv = _exchange(send.reshape(n_devices, capacity, -1), axis_name)
+    rows = jax.lax.dynamic_slice_in_dim(send_rows, k * capacity, capacity, axis=1).reshape(-1)
+    return [acc.at[rows].add(part.astype(acc.dtype))
+            for acc, part in zip(accs, split(recv.reshape(n_devices * capacity, -1)))]
 
-  dx = _varying(jnp.zeros((n_rows,) + g.shape[1:], acc), axis_name)
-  return jax.lax.fori_loop(0, n_passes, one_pass, dx).astype(g.dtype)
+  return jax.lax.fori_loop(0, n_passes, one_pass, list(into))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -134,15 +160,19 @@ def _capacity(capacity, requests, axis_name):
 
 
 def _fetch_fwd(x, requests, axis_name, capacity):
-  capacity = _capacity(capacity, requests, axis_name)
-  plan = _plan(requests.astype(jnp.int32), x.shape[0], axis_name, capacity)
-  return _fetch_rows(x, plan, capacity, axis_name), (plan, x.shape[0], requests)
+  plan = plan_rows(requests, x.shape[0], axis_name, capacity)
+  rows = x.reshape(x.shape[0], -1)
+  out = gather_rows([rows], plan, axis_name)[0].reshape(requests.shape + x.shape[1:])
+  return out, (plan[:-1], x.shape[0], requests)
 
 
 def _fetch_bwd(axis_name, capacity, residuals, g):
   plan, n_rows, requests = residuals
-  capacity = _capacity(capacity, requests, axis_name)
-  return _return_rows(g, plan, n_rows, capacity, axis_name), None
+  plan = plan + (_capacity(capacity, requests, axis_name),)
+  acc = jnp.promote_types(g.dtype, jnp.float32)
+  zeros = _varying(jnp.zeros((n_rows, math.prod(g.shape[1:])), acc), axis_name)
+  dx = add_rows([g.reshape(g.shape[0], -1)], plan, [zeros], axis_name)[0]
+  return dx.reshape((n_rows,) + g.shape[1:]).astype(g.dtype), None
 
 
 fetch.defvjp(_fetch_fwd, _fetch_bwd)
