@@ -406,10 +406,71 @@ def rebuild_attention(module: Any, attend_fn: AttendFn, x: jnp.ndarray, params: 
   return (y, dx) + module_grads(module, d_params, d_kernel)
 
 
-def can_rebuild(rebuild, length: int, chunk_len: int) -> bool:
-  """Whether `rebuild_attention` applies: float32 streams, `length` a multiple of
-  `chunk_len` (no padding) and longer than one chunk."""
-  y, dx, _ = rebuild
-  return (length % chunk_len == 0 and length > chunk_len
-          and y.dtype == jnp.float32 and dx.dtype == jnp.float32)
+def sliced_block(module: Any, attend_fn: AttendFn, x: jnp.ndarray, params: Any,
+                 order: jnp.ndarray, info: Any, rngs: Any, rows: Any, group_chunks: int,
+                 n_rows: int, rebuild=None, *, first: int, n_queries: int):
+  """A chunked attention module's block (`attention_block`) on one device's slice of a
+  sequence sharded over devices: the steps read their window's rows through `rows`
+  (`exchange.ExchangedRows`, `exchange.HaloRows`) and add their outputs' projections
+  into the rows of their query entries, wherever those are; one loop in each pass.
 
+  Args:
+    module, attend_fn: as in `rebuild_attention` (`attend_fn` projects the rows itself).
+    x: this slice's input rows `[b, n, d_model]`.
+    params: `(attend_fn's params, out kernel [h, d_head, d_model])`.
+    order, info: the window `windowed_attention` steps over, `order` positions that
+      `rows` locates; the query entries are `[first, first + n_queries)` of it.
+    rngs: `(attention dropout key, output dropout key)`, each None when unused.
+    rows: the rows protocol (`RowsHere`).
+    group_chunks: chunks per step.
+    n_rows: the bound of `rows.keys` (batch times the whole length).
+    rebuild: `(y, dx, dy)` (float32 `y` and `dx`) of a reversible layer's backward, or None.
+
+  Returns:
+    `[b, n, d_model]` in `module.dtype` (differentiable: the backward pass runs the steps
+    again); with `rebuild`, `(y - out, dx + dout/dx^T dy, the module's parameter
+    gradients, (d scale, d bias))`.
+  """
+  block_fn = attention_block(module, attend_fn, n_rows)
+  steps = (module.chunk_len, module.n_chunks_before, module.n_chunks_after, group_chunks)
+  if rebuild is None:
+    return _streamed(block_fn, steps + (first, n_queries), rows, x, params, order, info,
+                     rngs).astype(module.dtype)
+  y, dx, (d_params, d_kernel) = windowed_rebuild_vjp(
+      block_fn, x, params, order, info, rngs, *rebuild, *steps, rows=rows, first=first,
+      n_queries=n_queries)
+  return (y, dx) + module_grads(module, d_params, d_kernel)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _streamed(block_fn, steps, rows, x, params, order, info, rngs):
+  """`F(x)` `[b, n, F]` float32 of `windowed_steps` (see `sliced_block`)."""
+  plan = _Plan(x[:, None], order, *steps)
+  return windowed_steps(block_fn, x, params, order, info, rngs, rows, plan,
+                        zeros_after(x.shape, jnp.float32, x))
+
+
+def _streamed_fwd(block_fn, steps, rows, x, params, order, info, rngs):
+  out = _streamed(block_fn, steps, rows, x, params, order, info, rngs)
+  return out, (x, params, order, info, rngs)
+
+
+def _streamed_bwd(block_fn, steps, rows, residuals, g):
+  x, params, order, info, rngs = residuals
+  plan = _Plan(x[:, None], order, *steps)
+  dx = zeros_after(x.shape, jnp.float32, g, x)
+  _, dx, d_params = windowed_steps(block_fn, x, params, order, info, rngs, rows, plan, None,
+                                   dx, g)
+  return dx.astype(x.dtype), d_params, None, None, None
+
+
+_streamed.defvjp(_streamed_fwd, _streamed_bwd)
+
+
+def can_rebuild(rebuild, length: int, chunk_len: int, sliced: bool = False) -> bool:
+  """Whether `rebuild_attention` applies: float32 streams, `length` a multiple of
+  `chunk_len` (no padding) and longer than one chunk; `sliced` (a slice of a sequence
+  sharded over devices, `sliced_block`, whose length is checked there): float32 streams."""
+  y, dx, _ = rebuild
+  return ((sliced or (length % chunk_len == 0 and length > chunk_len))
+          and y.dtype == jnp.float32 and dx.dtype == jnp.float32)

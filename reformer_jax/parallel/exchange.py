@@ -178,27 +178,155 @@ def _fetch_bwd(axis_name, capacity, residuals, g):
 fetch.defvjp(_fetch_fwd, _fetch_bwd)
 
 
+def _shift(piece, step, axis_name, wrap):
+  """Device i receives `piece` of device i - step (zeros where none, without `wrap`)."""
+  n_devices = jax.lax.axis_size(axis_name)
+  pairs = [(i, (i + step) % n_devices) for i in range(n_devices)
+           if wrap or 0 <= i + step < n_devices]
+  return jax.lax.ppermute(piece, axis_name, pairs)
+
+
 def halo(x: jnp.ndarray, n_before: int, n_after: int, axis_name: str, axis: int = 0,
          wrap: bool = False) -> Tuple[Optional[jnp.ndarray], Optional[jnp.ndarray]]:
   """`(before, after)`: the last `n_before` entries (along `axis`) of the previous device of
   `axis_name` and the first `n_after` of the next (None when 0). Without `wrap` the first
   device's `before` and the last one's `after` are zeros; with it they come from the
   other end. Differentiable (`ppermute`'s transpose is the reverse `ppermute`)."""
-  n_devices = jax.lax.axis_size(axis_name)
   size = x.shape[axis]
   if max(n_before, n_after) > size:
     raise ValueError(f"a halo of {max(n_before, n_after)} entries needs at least that many "
                      f"per device, got {size}: use fewer devices on '{axis_name}' or longer "
                      f"sequences")
-
-  def shifted(piece, step):  # device i receives piece of device i - step
-    pairs = [(i, (i + step) % n_devices) for i in range(n_devices)
-             if wrap or 0 <= i + step < n_devices]
-    return jax.lax.ppermute(piece, axis_name, pairs)
-
   before = after = None
   if n_before:
-    before = shifted(jax.lax.slice_in_dim(x, size - n_before, size, axis=axis), 1)
+    before = _shift(jax.lax.slice_in_dim(x, size - n_before, size, axis=axis), 1, axis_name,
+                    wrap)
   if n_after:
-    after = shifted(jax.lax.slice_in_dim(x, 0, n_after, axis=axis), -1)
+    after = _shift(jax.lax.slice_in_dim(x, 0, n_after, axis=axis), -1, axis_name, wrap)
   return before, after
+
+
+class ExchangedRows:
+  """Rows of per-position arrays `[batch, n_local, F]` of a sequence sharded in slices of
+  `n_local` positions over `axis_name`, read and added to by (batch, global position)
+  through `gather_rows` / `add_rows`: the rows protocol of `windowed.RowsHere`, for
+  `windowed.windowed_steps` over the positions of any devices (in shard_map)."""
+
+  def __init__(self, batch: int, n_local: int, axis_name: str,
+               capacity: Optional[int] = None):
+    self.batch, self.n_local, self.axis_name, self.capacity = batch, n_local, axis_name, capacity
+
+  def keys(self, positions):
+    """Rows `b * L + position` `[b, ...]` keying dropout (L the whole length)."""
+    length = self.n_local * jax.lax.axis_size(self.axis_name)
+    return _batch_index(positions) * length + positions
+
+  def prepare(self, sources):
+    return [s.reshape(-1, s.shape[-1]) for s in sources]
+
+  def locate(self, positions):
+    owner, local = positions // self.n_local, positions % self.n_local
+    ids = (owner * self.batch + _batch_index(positions)) * self.n_local + local
+    return plan_rows(ids.reshape(-1), self.batch * self.n_local, self.axis_name,
+                     self.capacity)
+
+  def read(self, where, prepared, dtypes):
+    del dtypes
+    return gather_rows(prepared, where, self.axis_name)
+
+  def start(self, into):
+    return self.prepare(into)
+
+  def add(self, state, where, values):
+    return add_rows(values, where, state, self.axis_name)
+
+  def finish(self, state, into):
+    return [s.reshape(t.shape) for s, t in zip(state, into)]
+
+
+class HaloRows:
+  """Rows of this device's slice `[batch, n, F]` of a sequence sharded over `axis_name`
+  and of its neighbours' edges (`halo`), by position `e` in the extended slice: `e <
+  n_before`: the previous device's last rows, then this device's `n`, then the next
+  device's first `n_after` (around the ends with `wrap`, else zeros). The rows protocol
+  of `windowed.RowsHere`; gradients added to the neighbours' rows go back to them
+  (`ppermute`) in `finish`."""
+
+  def __init__(self, batch: int, n: int, n_before: int, n_after: int, axis_name: str,
+               wrap: bool):
+    self.batch, self.n, self.n_before, self.n_after = batch, n, n_before, n_after
+    self.axis_name, self.wrap = axis_name, wrap
+
+  def keys(self, positions):
+    """Rows `b * L + global position` keying dropout (L the whole length)."""
+    n_devices = jax.lax.axis_size(self.axis_name)
+    start = jax.lax.axis_index(self.axis_name) * self.n - self.n_before
+    return _batch_index(positions) * (self.n * n_devices) + start + positions
+
+  def _parts(self):
+    return ((0, self.n_before), (self.n_before, self.n),
+            (self.n_before + self.n, self.n_after))
+
+  def prepare(self, sources):
+    out = []
+    for s in sources:
+      before, after = halo(s, self.n_before, self.n_after, self.axis_name, axis=1,
+                           wrap=self.wrap)
+      out.append([None if t is None else t.reshape(-1, t.shape[-1])
+                  for t in (before, s, after)])
+    return out
+
+  def locate(self, positions):
+    """For each part (before, own, after): flat row ids, out of range where not in it."""
+    b = _batch_index(positions)
+    where = []
+    for start, size in self._parts():
+      inside = (positions >= start) & (positions < start + size)
+      where.append(jnp.where(inside, b * size + positions - start,
+                             self.batch * size).reshape(-1))
+    return where
+
+  def read(self, where, prepared, dtypes):
+    out = []
+    for parts, dtype in zip(prepared, dtypes):
+      rows = jnp.zeros((where[0].shape[0], parts[1].shape[1]), dtype)
+      for ids, part in zip(where, parts):
+        if part is not None:
+          got = jnp.take(part, ids, axis=0, mode="fill", fill_value=0)
+          rows = rows + got.astype(dtype)
+      out.append(rows)
+    return out
+
+  def start(self, into):
+    return [[None if not size else jnp.zeros((self.batch * size, t.shape[-1]), t.dtype)
+             for _, size in self._parts()[::2]] + [t.reshape(-1, t.shape[-1])]
+            for t in into]
+
+  def add(self, state, where, values):
+    out = []
+    for (before, after, own), v in zip(state, values):
+      accs = [before, own, after]
+      accs = [None if acc is None else acc.at[ids].add(v.astype(acc.dtype), mode="drop")
+              for acc, ids in zip(accs, where)]
+      out.append([accs[0], accs[2], accs[1]])
+    return out
+
+  def finish(self, state, into):
+    out = []
+    for (before, after, own), t in zip(state, into):
+      own = own.reshape(t.shape)
+      if before is not None:  # the previous device's last rows
+        back = _shift(before.reshape(self.batch, self.n_before, -1), -1, self.axis_name,
+                      self.wrap)
+        own = own.at[:, self.n - self.n_before:].add(back)
+      if after is not None:  # the next device's first rows
+        back = _shift(after.reshape(self.batch, self.n_after, -1), 1, self.axis_name,
+                      self.wrap)
+        own = own.at[:, :self.n_after].add(back)
+      out.append(own)
+    return out
+
+
+def _batch_index(positions):
+  """`b` broadcast to `positions` `[batch, ...]`."""
+  return jax.lax.broadcasted_iota(jnp.int32, positions.shape, 0)
