@@ -207,8 +207,11 @@ def lsh_slice_block(module, x: jnp.ndarray, params, project: Callable,
   pos, info, _ = sorted_window(buckets, real, axis_name=axis_name, **settings)
   n_devices = jax.lax.axis_size(axis_name)
   attend = _attend(settings, n_local * n_devices, project)
-  steps = settings["chunks_per_step"] or default_chunks_per_step(
-      batch, heads, x.shape[-1], settings["chunk_len"])
+  # At most a quarter of the slice per step: a step's exchanges move about 1.25 x heads
+  # x its window's rows, which must stay well below the slice's own rows.
+  steps = settings["chunks_per_step"] or min(
+      default_chunks_per_step(batch, heads, x.shape[-1], settings["chunk_len"]),
+      max(1, n_local // (4 * settings["chunk_len"])))
   rows = ExchangedRows(batch, n_local, axis_name, capacity)
   before = settings["n_chunks_before"] * settings["chunk_len"]
   return sliced_block(module, attend, x, (params, out_kernel), pos, info, rngs, rows, steps,
