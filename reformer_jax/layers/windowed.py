@@ -105,17 +105,35 @@ class _Plan:
     return rows, jax.tree.map(take, info), offsets
 
 
-def _flat(x):
-  return jnp.reshape(x, (-1, x.shape[-1]))
+# Rows are gathered and scatter-added per batch element (`jax.vmap` over the batch: the
+# batch is a gather / scatter batching dimension), not from one flat [batch * rows, F]
+# array: a mesh that splits the batch (`sharding.BATCH_AXES`) then keeps it split, where a
+# flat gather makes the partitioner assemble the whole batch on every device.
+
+
+def _per_batch(x):
+  """`[b, ..., F]` -> `[b, rows, F]`."""
+  return jnp.reshape(x, (x.shape[0], -1, x.shape[-1]))
 
 
 def _gather_rows(x_bits, rows, dtype):
-  """Rows of the flat input (16-bit floats as bits, see `to_bits`) as `dtype`."""
-  return from_bits(jnp.take(x_bits, rows, axis=0, mode="clip"), dtype)
+  """Rows `[b, ..., F]` of the input `[b, R, F]` (16-bit floats as bits, see `to_bits`) as
+  `dtype`; `rows` `[b, ...]` are global row ids (`_Plan.row_base`), taken modulo R."""
+  per_row = x_bits.shape[1]
+  take = lambda x, r: jnp.take(x, r % per_row, axis=0, mode="clip")
+  return from_bits(jax.vmap(take)(x_bits, rows), dtype)
+
+
+def _add_rows(dx, rows, values):
+  """`dx` `[b, R, F]` plus `values` `[b, ..., F]` at the global row ids `rows` `[b, ...]`."""
+  per_row = dx.shape[1]
+  add = lambda d, r, v: d.at[r.reshape(-1) % per_row].add(
+      v.reshape(-1, v.shape[-1]).astype(d.dtype), mode="promise_in_bounds")
+  return jax.vmap(add)(dx, rows, values)
 
 
 def _forward(attend_fn, x, params, order, info, rng, plan: _Plan):
-  x_bits = to_bits(_flat(x))
+  x_bits = to_bits(_per_batch(x))
 
   def step_out(step):
     rows, info_w, offsets = plan.window(order, info, step)
@@ -177,7 +195,7 @@ def _windowed_bwd(attend_fn, chunk_len, n_before, n_after, group_chunks, residua
                   cotangents):
   x, params, order, info, rng = residuals
   plan = _Plan(x, order, chunk_len, n_before, n_after, group_chunks)
-  x_bits = to_bits(_flat(x))
+  x_bits = to_bits(_per_batch(x))
   ct_dtypes = jax.tree.map(lambda c: c.dtype, cotangents)
   ct_bits = jax.tree.map(to_bits, cotangents)
 
@@ -191,8 +209,7 @@ def _windowed_bwd(attend_fn, chunk_len, n_before, n_after, group_chunks, residua
     cut = lambda t, d: from_bits(jax.lax.dynamic_slice_in_dim(t, start, plan.query_len, axis=2),
                                  d)
     d_params, d_rows = vjp(jax.tree.map(cut, ct_bits, ct_dtypes))
-    dx = dx.at[rows.reshape(-1)].add(_flat(d_rows).astype(dx.dtype),
-                                     mode="promise_in_bounds")
+    dx = _add_rows(dx, rows, d_rows)
     return dx, jax.tree.map(jnp.add, dparams, d_params)
 
   # Accumulated in float32 (XLA:CPU would upcast a bfloat16 scatter-add through copies).
@@ -243,7 +260,7 @@ def windowed_rebuild_vjp(block_fn: BlockStepFn, x: jnp.ndarray, params: Any,
   if plan.x_heads != 1 or plan.n != plan.length:
     raise ValueError(f"windowed_rebuild_vjp needs rows shared by the heads and one entry per "
                      f"position; got x {x.shape} and order {order.shape}")
-  x_bits, dy_bits = to_bits(_flat(x)), to_bits(_flat(dy))
+  x_bits, dy_bits = to_bits(_per_batch(x)), to_bits(_per_batch(dy))
 
   def body(step, carry):
     y, dx, dparams = carry
@@ -252,11 +269,10 @@ def windowed_rebuild_vjp(block_fn: BlockStepFn, x: jnp.ndarray, params: Any,
     step_rng = None if rng is None else jax.random.fold_in(rng, step)
     fn = lambda p, r: block_fn(p, r, info_w, offsets, step_rng, query_rows)
     out, vjp = jax.vjp(fn, params, _gather_rows(x_bits, rows, x.dtype))
-    query_rows = query_rows.reshape(-1)
-    y = y.at[query_rows].add(-_flat(out).astype(y.dtype), mode="promise_in_bounds")
-    d_out = _gather_rows(dy_bits, query_rows, dy.dtype).reshape(out.shape)
+    y = _add_rows(y, query_rows, -out)
+    d_out = _gather_rows(dy_bits, query_rows, dy.dtype)
     d_params, d_rows = vjp(d_out.astype(out.dtype))
-    dx = dx.at[rows.reshape(-1)].add(_flat(d_rows).astype(dx.dtype), mode="promise_in_bounds")
+    dx = _add_rows(dx, rows, d_rows)
     return y, dx, jax.tree.map(jnp.add, dparams, d_params)
 
   y_shape, dx_shape = y.shape, dx.shape
@@ -265,7 +281,7 @@ def windowed_rebuild_vjp(block_fn: BlockStepFn, x: jnp.ndarray, params: Any,
       raise ValueError(f"windowed_rebuild_vjp accumulates {name} in place in float32; got "
                        f"{t.dtype}")
   zeros = jax.tree.map(jnp.zeros_like, params)
-  y, dx, dparams = jax.lax.fori_loop(0, plan.n_steps, body, (_flat(y), _flat(dx), zeros))
+  y, dx, dparams = jax.lax.fori_loop(0, plan.n_steps, body, (_per_batch(y), _per_batch(dx), zeros))
   return y.reshape(y_shape), dx.reshape(dx_shape), dparams
 
 
