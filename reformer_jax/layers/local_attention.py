@@ -22,9 +22,9 @@ from reformer_jax.layers.kv_cache import (RING, DecodeMode, Step, cached_step,
                                           check_decodable, fill_ring, ring_attention,
                                           write_cache)
 from reformer_jax.layers.windowed import (can_rebuild, default_chunks_per_step, query_chunks,
-                                          rebuild_attention, window_keys,
+                                          rebuild_attention, sliced_block, window_keys,
                                           windowed_attention)
-from reformer_jax.parallel.exchange import halo
+from reformer_jax.parallel.exchange import HaloRows, halo
 
 
 def _attend_window(params, rows, info, offsets, rng, *, project, n, chunk_len,
@@ -99,41 +99,53 @@ def local_core(x: jnp.ndarray, params, project: Callable, real: jnp.ndarray, *,
                             n_chunks_before, n_chunks_after, steps)
 
 
-def local_slice_core(x: jnp.ndarray, params, project: Callable, real: jnp.ndarray, *,
-                     axis_name: str, chunk_len: int, n_chunks_before: int,
-                     n_chunks_after: int, wrap: bool, **settings) -> jnp.ndarray:
-  """`local_core` of one device's slice of a sequence sharded over `axis_name` (in shard_map).
+def local_slice_block(module, x: jnp.ndarray, params, project: Callable, real: jnp.ndarray,
+                      rngs, rebuild=None, *, axis_name: str, chunk_len: int,
+                      n_chunks_before: int, n_chunks_after: int, wrap: bool, causal: bool,
+                      dropout_rate: float, chunks_per_step: Optional[int]):
+  """The attention block (output projection included) of one device's slice of a sequence
+  sharded over `axis_name` (in shard_map; `windowed.sliced_block`).
 
-  Each device holds a contiguous slice of whole chunks; it receives the previous slice's
-  last `n_chunks_before` chunks and the next one's first `n_chunks_after` (`halo`;
-  around the ends with `wrap`, else masked as padding) and attends over the extended
-  slice. Its own queries then see exactly the keys they see on one device.
+  Each device holds a contiguous slice of whole chunks; its windows also read the previous
+  slice's last `n_chunks_before` chunks and the next one's first `n_chunks_after`
+  (`exchange.HaloRows`: around the ends with `wrap`, else masked as padding), so its own
+  queries see exactly the keys they see on one device. No extended copy of the slice is
+  made; the gradients of the neighbours' rows are sent back to them.
 
   Args:
+    module: the bound `LocalSelfAttention`.
     x: this slice's rows `[b, n, F]`, `n` a multiple of `chunk_len`.
-    params, project: as in `local_core`.
+    params: `(params of project, out kernel [h, d_head, d_model])`.
+    project: as in `local_core`.
     real: `[b, n]` bool, False = padding.
+    rngs: `(attention dropout key, output dropout key)`, each None when unused.
+    rebuild: `(y, dx, dy)` of a reversible layer's backward, or None.
     axis_name: the mesh axis the sequence is sharded over.
-    chunk_len, n_chunks_before, n_chunks_after, wrap: the chunk windows (global ones).
-    settings: `causal`, `dropout_rate`, `dropout_rng`, `chunks_per_step` of `local_core`.
+    chunk_len, n_chunks_before, n_chunks_after, wrap, causal, dropout_rate,
+      chunks_per_step: the chunk windows (global ones) and the rest of `local_core`.
 
   Returns:
-    `[b, h, n, d_head]`.
+    `[b, n, d_model]`, or with `rebuild` its result (`windowed.sliced_block`).
   """
-  length = x.shape[1]
+  batch, length = x.shape[:2]
   if length % chunk_len:
     raise ValueError(f"a sequence slice of {length} positions is not a whole number of "
                      f"local chunks of {chunk_len}: pad the sequence to a multiple of "
                      f"chunk_len times the devices of '{axis_name}'")
-  sizes = (n_chunks_before * chunk_len, n_chunks_after * chunk_len)
-  pieces = [halo(t, *sizes, axis_name, axis=1, wrap=wrap) for t in (x, real)]
-  extend = lambda t, before, after: jnp.concatenate(
-      [p for p in (before, t, after) if p is not None], axis=1)
-  x, real = extend(x, *pieces[0]), extend(real, *pieces[1])
-  out = local_core(x[:, None], params, project, real, chunk_len=chunk_len,
-                   n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
-                   wrap=False, **settings)
-  return out[:, :, sizes[0]:sizes[0] + length]
+  before, after = n_chunks_before * chunk_len, n_chunks_after * chunk_len
+  halos = halo(real, before, after, axis_name, axis=1, wrap=wrap)
+  real = jnp.concatenate([p for p in (halos[0], real, halos[1]) if p is not None], axis=1)
+  n_window = real.shape[1]
+  order = jnp.broadcast_to(jnp.arange(n_window, dtype=jnp.int32), (batch, 1, n_window))
+  attend_fn = functools.partial(
+      _attend_window, project=project, n=n_window, chunk_len=chunk_len,
+      n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after, causal=causal,
+      wrap=False, dropout_rate=dropout_rate)
+  steps = chunks_per_step or default_chunks_per_step(batch, 1, x.shape[-1], chunk_len)
+  rows = HaloRows(batch, length, before, after, axis_name, wrap)
+  return sliced_block(module, attend_fn, x, params, order, {"real": real[:, None]}, rngs,
+                      rows, steps, batch * length * jax.lax.axis_size(axis_name), rebuild,
+                      first=before, n_queries=length)
 
 
 def _check_settings(chunk_len: int, n_chunks_before: int, n_chunks_after: int) -> None:
@@ -301,11 +313,11 @@ class LocalSelfAttention(nn.Module):
                     n_chunks_after=self.n_chunks_after, causal=self.causal, wrap=self.wrap,
                     dropout_rate=self.attention_dropout, chunks_per_step=self.chunks_per_step)
     if self.sequence_axis is not None:
-      if rebuild is not None:  # the reversible backward differentiates the call instead
+      if rebuild is not None and not can_rebuild(rebuild, length, self.chunk_len, True):
         return None
-      out = local_slice_core(x, params, project, real, axis_name=self.sequence_axis,
-                             dropout_rng=attn_rng, **settings)
-    elif rebuild is not None:
+      return local_slice_block(self, x, (params, w_out), project, real, (attn_rng, out_rng),
+                               rebuild, axis_name=self.sequence_axis, **settings)
+    if rebuild is not None:
       if not can_rebuild(rebuild, length, self.chunk_len):
         return None
       attend_fn, order, info, steps = _local_plan(x[:, None], project, real, **settings)

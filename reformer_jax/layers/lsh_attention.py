@@ -640,15 +640,18 @@ class LSHSelfAttention(nn.Module):
     out_rng = self.make_rng("dropout") if drop and self.output_dropout > 0. else None
     project = functools.partial(_project_shared_qk, eps=self.norm_eps, dtype=self.dtype)
     chunk = self.position_chunk_len or length
+    sliced = self.sequence_axis is not None
     if rebuild is not None and (self.n_hashes != 1
-                                or not can_rebuild(rebuild, length, self.chunk_len)):
+                                or not can_rebuild(rebuild, length, self.chunk_len, sliced)):
       return None
     if isinstance(decode, Step):
       return self._decode_step(x, decode.positions, params, project, w_out, rotations)
 
-    if self.sequence_axis is not None:
-      if rebuild is not None:  # the reversible backward differentiates the call instead
-        return None
+    if sliced and self.n_hashes == 1:  # the block in one pass of steps (output included)
+      out, buckets = self._slice_attention(x, mask, params, project, rotations, buckets,
+                                           chunk, (attn_rng, out_rng), (w_out, rebuild))
+      return (out, buckets) if return_buckets and rebuild is None else out
+    if sliced:
       out, buckets = self._slice_attention(x, mask, params, project, rotations, buckets,
                                            chunk, attn_rng)
     else:
@@ -681,19 +684,26 @@ class LSHSelfAttention(nn.Module):
                        f"by return_buckets=True for the same x")
     return buckets
 
-  def _slice_attention(self, x, mask, params, project, rotations, buckets, chunk, attn_rng):
+  def _slice_attention(self, x, mask, params, project, rotations, buckets, chunk, rngs,
+                       block=None):
     """(heads `[b, h, n, d_head]`, buckets `[b, h, R, n]`) of this device's slice `x`
-    `[b, n, d_model]` of a sequence sharded over `sequence_axis` (`lsh_slices`)."""
-    from reformer_jax.layers.lsh_slices import lsh_slice_core  # pylint: disable=import-outside-toplevel
+    `[b, n, d_model]` of a sequence sharded over `sequence_axis` (`lsh_slices`); with
+    `block` `(out kernel, rebuild or None)` (one round), the block's output `[b, n,
+    d_model]` (or the rebuild's result) instead of the heads (`lsh_slice_block`)."""
+    from reformer_jax.layers import lsh_slices  # pylint: disable=import-outside-toplevel
     batch, length = x.shape[:2]
     padded = length * jax.lax.axis_size(self.sequence_axis)
     real = jnp.ones((batch, length), bool) if mask is None else mask.astype(bool)
     if buckets is None:
       buckets = self._hash(x, real, params, rotations, padded, chunk)
     buckets = self._checked_buckets(buckets, batch, length)
-    out = lsh_slice_core(x, params, project, buckets, real, axis_name=self.sequence_axis,
-                         dropout_rng=attn_rng, capacity=self.exchange_capacity,
-                         position_chunk=chunk, **self._settings(padded))
+    settings = dict(axis_name=self.sequence_axis, capacity=self.exchange_capacity,
+                    **self._settings(padded))
+    if block is not None:
+      return lsh_slices.lsh_slice_block(self, x, params, project, block[0], buckets, real,
+                                        rngs, block[1], **settings), buckets
+    out = lsh_slices.lsh_slice_core(x, params, project, buckets, real, dropout_rng=rngs,
+                                    position_chunk=chunk, **settings)
     return out, buckets
 
   def _whole_attention(self, x, mask, params, project, w_out, rotations, buckets, rebuild,

@@ -29,8 +29,9 @@ import jax.numpy as jnp
 from reformer_jax.layers.chunking import map_positions
 from reformer_jax.layers.lsh_attention import (_attend_window, _inverse_permutation,
                                                _split_rows, _take, sort_rounds)
-from reformer_jax.layers.windowed import default_chunks_per_step, windowed_attention
-from reformer_jax.parallel.exchange import fetch
+from reformer_jax.layers.windowed import (default_chunks_per_step, sliced_block,
+                                          windowed_attention)
+from reformer_jax.parallel.exchange import ExchangedRows, fetch
 
 
 def _attend_slice(params, rows, info, offsets, rng, **settings):
@@ -56,41 +57,33 @@ def _global_rows(positions, n_local, heads, heads_last):
   return (positions // n_local * (batch * heads * n_local) + local).reshape(-1)
 
 
-def lsh_slice_core(x: jnp.ndarray, params, project: Callable, buckets: jnp.ndarray,
-                   real: jnp.ndarray, *, axis_name: str, chunk_len: int,
-                   n_chunks_before: int, n_chunks_after: int, causal: bool, strict: bool,
-                   correct_duplicates: bool, dropout_rate: float,
-                   dropout_rng: Optional[jax.Array], chunks_per_step: Optional[int],
-                   position_chunk: int, n_values: Optional[int] = None,
-                   capacity: Optional[int] = None) -> jnp.ndarray:
-  """`lsh_core` of one device's slice of positions (see the module docstring).
-
-  Args:
-    x: this slice's rows `[b, n, F]`.
-    params, project: `project(params, rows [b, 1, n, F]) -> (qk, v)` `[b, h, n, d_head]`.
-    buckets: int32 `[b, h, R, n]` of this slice from `lsh_buckets` (padding bucket, round
-      offsets), hashed with the same rotations on every device.
-    real: `[b, n]` bool, False = padding.
-    axis_name: the mesh axis the sequence is sharded over.
-    chunk_len, n_chunks_before, n_chunks_after, causal, strict, correct_duplicates,
-      dropout_rate, dropout_rng, chunks_per_step, n_values: as in `lsh_core`.
-    position_chunk: positions per chunk of the projection (`map_positions`: only `x` is
-      kept for the backward pass).
-    capacity: rows per device pair and pass of the exchanges (`exchange.fetch`).
-
-  Returns:
-    `[b, h, n, d_head]`.
-  """
-  batch, heads, n_hashes, n_local = buckets.shape
-  n_devices = jax.lax.axis_size(axis_name)
-  length = n_local * n_devices
-  n_sorted, n_own = n_hashes * length, n_hashes * n_local
-  before, after = n_chunks_before * chunk_len, n_chunks_after * chunk_len
-  if n_own % chunk_len or max(before, after) > n_own:
+def _check_slices(n_own, n_hashes, n_local, chunk_len, n_chunks_before, n_chunks_after,
+                  axis_name):
+  if n_own % chunk_len or max(n_chunks_before, n_chunks_after) * chunk_len > n_own:
     raise ValueError(f"each device's {n_own} sorted entries (slice {n_local} x {n_hashes} "
                      f"rounds) must be whole LSH chunks of {chunk_len}, at least "
                      f"{max(n_chunks_before, n_chunks_after)} of them: pad the sequence to "
                      f"a multiple of chunk_len times the devices of '{axis_name}'")
+
+
+def sorted_window(buckets: jnp.ndarray, real: jnp.ndarray, *, axis_name: str,
+                  chunk_len: int, n_chunks_before: int, n_chunks_after: int, strict: bool,
+                  correct_duplicates: bool, n_values: Optional[int] = None, **unused):
+  """This device's window of the sorted order (steps 1-2 of the module docstring).
+
+  Returns:
+    `(pos, info, undo_idx)`: the global positions `[b, h, before + R n + after]` of its
+    own sorted entries `[d R n, (d + 1) R n)` and the halo chunks around them (modulo
+    `R L`), their info for `_attend_slice` (global sorted offsets in `info['offset']`),
+    and the inverse sort `[b, h, R L]`.
+  """
+  del unused
+  batch, heads, n_hashes, n_local = buckets.shape
+  length = n_local * jax.lax.axis_size(axis_name)
+  n_sorted, n_own = n_hashes * length, n_hashes * n_local
+  before, after = n_chunks_before * chunk_len, n_chunks_after * chunk_len
+  _check_slices(n_own, n_hashes, n_local, chunk_len, n_chunks_before, n_chunks_after,
+                axis_name)
   everyone = jax.lax.all_gather(buckets, axis_name, axis=3, tiled=True)  # [b, h, R, L]
   order = sort_rounds(everyone, n_values)
   rounds = length * jnp.arange(n_hashes, dtype=jnp.int32)[None, None, :, None]
@@ -98,7 +91,6 @@ def lsh_slice_core(x: jnp.ndarray, params, project: Callable, buckets: jnp.ndarr
   undo_idx = _inverse_permutation(sort_idx)
   positions = order.reshape(batch, heads, n_sorted)
 
-  # This device's window of the sorted order: its own entries and the halo chunks.
   start = jax.lax.axis_index(axis_name) * n_own - before
   offsets = start + jnp.arange(before + n_own + after, dtype=jnp.int32)
   entries = jnp.broadcast_to(offsets % n_sorted, (batch, heads, offsets.shape[0]))
@@ -113,6 +105,45 @@ def lsh_slice_core(x: jnp.ndarray, params, project: Callable, buckets: jnp.ndarr
     by_position = lambda t: _take(jnp.swapaxes(t, 2, 3), pos)  # [b, h, m, R]
     info["dup_offsets"] = by_position(undo_idx.reshape(everyone.shape))
     info["dup_buckets"] = by_position(everyone)
+  return pos, info, undo_idx
+
+
+def _attend(settings, n_sorted, project=_split_rows):
+  return functools.partial(
+      _attend_slice, project=project, n=n_sorted, chunk_len=settings["chunk_len"],
+      n_chunks_before=settings["n_chunks_before"], n_chunks_after=settings["n_chunks_after"],
+      causal=settings["causal"], strict=settings["strict"],
+      dropout_rate=settings["dropout_rate"])
+
+
+def lsh_slice_core(x: jnp.ndarray, params, project: Callable, buckets: jnp.ndarray,
+                   real: jnp.ndarray, *, axis_name: str, dropout_rng: Optional[jax.Array],
+                   position_chunk: int, capacity: Optional[int] = None,
+                   **settings) -> jnp.ndarray:
+  """`lsh_core` of one device's slice of positions (see the module docstring).
+
+  Args:
+    x: this slice's rows `[b, n, F]`.
+    params, project: `project(params, rows [b, 1, n, F]) -> (qk, v)` `[b, h, n, d_head]`.
+    buckets: int32 `[b, h, R, n]` of this slice from `lsh_buckets` (padding bucket, round
+      offsets), hashed with the same rotations on every device.
+    real: `[b, n]` bool, False = padding.
+    axis_name: the mesh axis the sequence is sharded over.
+    dropout_rng: the attention dropout's key, or None.
+    position_chunk: positions per chunk of the projection (`map_positions`: only `x` is
+      kept for the backward pass).
+    capacity: rows per device pair and pass of the exchanges (`exchange.fetch`).
+    settings: `chunk_len, n_chunks_before, n_chunks_after, causal, strict,
+      correct_duplicates, dropout_rate, chunks_per_step, n_values` as in `lsh_core`.
+
+  Returns:
+    `[b, h, n, d_head]`.
+  """
+  batch, heads, n_hashes, n_local = buckets.shape
+  length = n_local * jax.lax.axis_size(axis_name)
+  n_own = n_hashes * n_local
+  before = settings["n_chunks_before"] * settings["chunk_len"]
+  pos, info, undo_idx = sorted_window(buckets, real, axis_name=axis_name, **settings)
 
   def project_rows(params, rows, index):  # [b, c, F] -> [b, c, h, 2 d_head]
     del index
@@ -121,14 +152,13 @@ def lsh_slice_core(x: jnp.ndarray, params, project: Callable, buckets: jnp.ndarr
   rows = map_positions(project_rows, params, x, position_chunk)
   rows = fetch(rows.reshape(-1, rows.shape[-1]), _global_rows(pos, n_local, heads, True),
                axis_name, capacity).reshape(pos.shape + rows.shape[-1:])
-  attend = functools.partial(
-      _attend_slice, project=_split_rows, n=n_sorted, chunk_len=chunk_len,
-      n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after, causal=causal,
-      strict=strict, dropout_rate=dropout_rate)
-  steps = chunks_per_step or default_chunks_per_step(batch, heads, rows.shape[-1], chunk_len)
+  steps = settings["chunks_per_step"] or default_chunks_per_step(
+      batch, heads, rows.shape[-1], settings["chunk_len"])
   window = jnp.broadcast_to(jnp.arange(pos.shape[2], dtype=jnp.int32), pos.shape)
-  out, lse = windowed_attention(attend, rows, None, window, info, dropout_rng, chunk_len,
-                                n_chunks_before, n_chunks_after, steps)
+  out, lse = windowed_attention(_attend(settings, n_hashes * length), rows, None, window,
+                                info, dropout_rng, settings["chunk_len"],
+                                settings["n_chunks_before"], settings["n_chunks_after"],
+                                steps)
 
   # Back to the positions' owners: entry u of the sorted order lives on device u // n_own.
   d_head = out.shape[-1]
@@ -144,3 +174,46 @@ def lsh_slice_core(x: jnp.ndarray, params, project: Callable, buckets: jnp.ndarr
     return out[:, :, 0].astype(rows.dtype)
   weights = jax.nn.softmax(lse, axis=2)[..., None]
   return jnp.sum(out * weights, axis=2).astype(rows.dtype)
+
+
+def lsh_slice_block(module, x: jnp.ndarray, params, project: Callable,
+                    out_kernel: jnp.ndarray, buckets: jnp.ndarray, real: jnp.ndarray, rngs,
+                    rebuild=None, *,
+                    axis_name: str, capacity: Optional[int] = None, **settings):
+  """The whole attention block (the output projection included) of one device's slice,
+  one hashing round, a group of sorted chunks per step (`windowed.sliced_block`): each
+  step fetches its window's input rows from their owners, attends, and adds its
+  outputs' projections back into their owners' rows (`exchange.ExchangedRows`). No
+  sorted copy of the slice is made; the backward pass (and `rebuild`) runs the steps
+  again the same way.
+
+  Args:
+    module: the bound `LSHSelfAttention` (see `windowed.attention_block`).
+    x: this slice's input rows `[b, n, d_model]`.
+    params, project: `project(params, rows [b, h, m, d_model]) -> (qk, v)`.
+    out_kernel: `[h, d_head, d_model]`.
+    buckets: int32 `[b, h, 1, n]` (`lsh_slice_core`); real: `[b, n]` bool.
+    rngs: `(attention dropout key, output dropout key)`, each None when unused.
+    rebuild: `(y, dx, dy)` of a reversible layer's backward, or None.
+    axis_name, capacity, settings: as in `lsh_slice_core`.
+
+  Returns:
+    `[b, n, d_model]`; with `rebuild`, `(y - out, dx + dout/dx^T dy, the module's
+    parameter gradients, (d scale, d bias))`.
+  """
+  batch, heads, n_hashes, n_local = buckets.shape
+  if n_hashes != 1:
+    raise ValueError(f"lsh_slice_block attends one hashing round, got {n_hashes}")
+  pos, info, _ = sorted_window(buckets, real, axis_name=axis_name, **settings)
+  n_devices = jax.lax.axis_size(axis_name)
+  attend = _attend(settings, n_local * n_devices, project)
+  # At most a quarter of the slice per step: a step's exchanges move about 1.25 x heads
+  # x its window's rows, which must stay well below the slice's own rows.
+  steps = settings["chunks_per_step"] or min(
+      default_chunks_per_step(batch, heads, x.shape[-1], settings["chunk_len"]),
+      max(1, n_local // (4 * settings["chunk_len"])))
+  rows = ExchangedRows(batch, n_local, axis_name, capacity)
+  before = settings["n_chunks_before"] * settings["chunk_len"]
+  return sliced_block(module, attend, x, (params, out_kernel), pos, info, rngs, rows, steps,
+                      batch * n_local * n_devices, rebuild, first=before, n_queries=n_local)
+

@@ -12,13 +12,13 @@ beyond `x`, its gradient, the output and the int32 order, memory is that of one 
 O(group_chunks * chunk_len * window).
 """
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
 from reformer_jax.layers.chunking import from_bits, to_bits, zeros_after
-from reformer_jax.layers.dense import output_contributions
+from reformer_jax.layers.dense import output_contributions, position_rows
 
 
 # attend_fn(params, rows [b, h, W*c, F], info [b, h, W*c, ...], offsets int32 [W*c],
@@ -73,8 +73,10 @@ def query_chunks(chunks: jnp.ndarray, n_before: int, n_after: int) -> jnp.ndarra
 class _Plan:
   """Index arithmetic of the steps: which entries and rows step g reads."""
 
-  def __init__(self, x, order, chunk_len, n_before, n_after, group_chunks):
+  def __init__(self, x, order, chunk_len, n_before, n_after, group_chunks, first=0,
+               n_queries=None):
     self.batch, self.heads, self.n = order.shape
+    self.first, self.n = first, n_queries or self.n
     if self.n % chunk_len:
       raise ValueError(f"{self.n} ordered entries are not a multiple of chunk_len "
                        f"{chunk_len}; pad first")
@@ -94,15 +96,19 @@ class _Plan:
 
   def offsets(self, step):
     """Unwrapped ordered offsets `[W*c]` of step `step`'s window (may be < 0 or >= n)."""
-    start = step * self.query_len - self.before_len
+    start = self.first + step * self.query_len - self.before_len
     return start + jnp.arange(self.window_len, dtype=jnp.int32)
+
+  def entries(self, order, info, step):
+    """(`order`'s entries `[b, h, W*c]`, info windows, offsets) of step `step`."""
+    offsets = self.offsets(step)
+    take = lambda t: jnp.take(t, offsets, axis=2, mode="wrap")
+    return take(order), jax.tree.map(take, info), offsets
 
   def window(self, order, info, step):
     """(flat row ids `[b, h, W*c]`, info windows, offsets) of step `step`."""
-    offsets = self.offsets(step)
-    take = lambda t: jnp.take(t, offsets, axis=2, mode="wrap")
-    rows = self.row_base + take(order)
-    return rows, jax.tree.map(take, info), offsets
+    entries, info, offsets = self.entries(order, info, step)
+    return self.row_base + entries, info, offsets
 
 
 def _flat(x):
@@ -206,67 +212,171 @@ def _windowed_bwd(attend_fn, chunk_len, n_before, n_after, group_chunks, residua
 windowed_attention.defvjp(_windowed_fwd, _windowed_bwd)
 
 
-# block_fn(params, rows [b, h, W*c, F], info, offsets int32 [W*c], rng or None,
-#          query_rows int32 [b, h, G*c]) -> contributions [b, h, G*c, d]
+# block_fn(params, rows [b, h, W*c, F], info, offsets int32 [W*c], rng, step,
+#          query_keys int32 [b, h, G*c]) -> contributions [b, h, G*c, d]
 BlockStepFn = Callable[..., jnp.ndarray]
+
+
+class RowsHere:
+  """Rows of per-position arrays `[batch, length, F]` held on this device, read and added
+  to by (batch, position) (the `rows` of `windowed_steps`).
+
+  The protocol: `prepare(sources)` once before the loop; per step `locate(positions
+  [b, h, m])` -> where, `read(where, prepared) -> [M, F_i]` (M = b h m),
+  `keys(positions)` (int32 rows keying dropout) and `add(state, where, values [M, F_i])`
+  into the state that `start(into)` makes and `finish(state)` turns back into arrays.
+  """
+
+  def __init__(self, batch: int, length: int):
+    self.batch, self.length = batch, length
+
+  def keys(self, positions):
+    return position_rows(self.batch, self.length, positions)
+
+  def prepare(self, sources):
+    return [to_bits(_flat(s)) for s in sources]
+
+  def locate(self, positions):
+    return self.keys(positions).reshape(-1)
+
+  def read(self, where, prepared, dtypes):
+    return [_gather_rows(s, where, d) for s, d in zip(prepared, dtypes)]
+
+  def start(self, into):
+    return [_flat(t) for t in into]
+
+  def add(self, state, where, values):
+    return [acc.at[where].add(v.astype(acc.dtype), mode="promise_in_bounds")
+            for acc, v in zip(state, values)]
+
+  def finish(self, state, into):
+    return [s.reshape(t.shape) for s, t in zip(state, into)]
+
+
+def windowed_steps(block_fn: BlockStepFn, x: jnp.ndarray, params: Any, order: jnp.ndarray,
+                   info: Any, rng: Any, rows: Any, plan: "_Plan", y: Optional[jnp.ndarray],
+                   dx: Optional[jnp.ndarray] = None, dy: Optional[jnp.ndarray] = None):
+  """A block made of windowed steps, summed into its rows, one loop over the steps.
+
+  The block is `F(x)[row] = sum of block_fn's contributions whose query entry is at row`:
+  each step's query entries (the middle G chunks of its window, as in
+  `windowed_attention`) contribute a `[d]` vector to their own position, e.g. a head's
+  attention output through its slice of the output projection.
+
+  Args:
+    block_fn: pure per-step function (see `BlockStepFn`); may close over traced values.
+    x: `[batch, length, F]` rows, read by `rows` at the window's positions.
+    params: pytree of arrays differentiated through.
+    order, info: as in `windowed_attention`; `order` holds positions that `rows` locates.
+    rng: passed to `block_fn` as it is (with the step index).
+    rows: where the positions' rows are (`RowsHere`, or rows on other devices).
+    plan: the steps (`_Plan`).
+    y: `[batch, length, d]`: without `dy`, returns `y + F(x)`; with `dy`, `y - F(x)` (or
+      None: not rebuilt).
+    dx: `[batch, length, F]`, the gradient to add to (with `dy`).
+    dy: `[batch, length, d]`, the cotangent of F's output, or None (forward only).
+
+  Returns:
+    `y + F(x)` without `dy`; else `(y - F(x) or None, dx + dF/dx^T dy, dF/dparams^T dy)`.
+  """
+  sources = (x,) if dy is None else (x, dy)
+  dtypes = [s.dtype for s in sources]
+  prepared = rows.prepare(sources)
+  into = [t for t in (y, dx) if t is not None]
+  after_len = plan.window_len - plan.before_len - plan.query_len
+  pad = lambda t: jnp.pad(t, [(0, 0), (0, 0), (plan.before_len, after_len), (0, 0)])
+
+  def body(step, carry):
+    state, dparams = carry
+    entries, info_w, offsets = plan.entries(order, info, step)
+    where = rows.locate(entries)
+    got = rows.read(where, prepared, dtypes)
+    query_keys = rows.keys(entries[:, :, plan.before_len:plan.before_len + plan.query_len])
+    fn = lambda p, r: block_fn(p, r, info_w, offsets, rng, step, query_keys)
+    window_rows = got[0].reshape(entries.shape + x.shape[-1:])
+    if dy is None:
+      out = fn(params, window_rows)
+      return rows.add(state, where, [_flat(pad(out))]), dparams
+    out, vjp = jax.vjp(fn, params, window_rows)
+    queries = slice(plan.before_len, plan.before_len + plan.query_len)
+    d_out = got[1].reshape(entries.shape + dy.shape[-1:])[:, :, queries]
+    d_params, d_rows = vjp(d_out.reshape(out.shape).astype(out.dtype))
+    values = [_flat(d_rows)]
+    if y is not None:
+      values.insert(0, -_flat(pad(out)))
+    return rows.add(state, where, values), jax.tree.map(jnp.add, dparams, d_params)
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  state, dparams = jax.lax.fori_loop(0, plan.n_steps, body, (rows.start(into), zeros))
+  done = rows.finish(state, into)
+  if dy is None:
+    return done[0]
+  return (done[0] if y is not None else None), done[-1], dparams
 
 
 def windowed_rebuild_vjp(block_fn: BlockStepFn, x: jnp.ndarray, params: Any,
                          order: jnp.ndarray, info: Any, rng: Any, y: jnp.ndarray,
                          dx: jnp.ndarray, dy: jnp.ndarray, chunk_len: int, n_before: int,
-                         n_after: int, group_chunks: int):
-  """Rebuild and VJP of a block made of windowed steps, in one loop over the steps.
+                         n_after: int, group_chunks: int, rows: Any = None, first: int = 0,
+                         n_queries: Optional[int] = None):
+  """Rebuild and VJP of a block made of windowed steps (`windowed_steps`) in one loop.
 
-  The block is `F(x)[row] = sum of block_fn's contributions whose query row is row`: each
-  step's query entries (the middle G chunks of its window, as in `windowed_attention`)
-  contribute a `[d]` vector to their own row of `x`, e.g. a head's attention output
-  through its slice of the output projection. For a reversible layer `y = x_other + F(x)`
-  this returns `(y - F(x), dx + dF^T dy, dparams)` with one forward and one backward
-  pass per step, where rebuilding `y - F(x)` and then differentiating F would run the
-  steps' forward twice.
+  For a reversible layer `y = x_other + F(x)` this returns `(y - F(x), dx + dF^T dy,
+  dparams)` with one forward and one backward pass per step, where rebuilding `y - F(x)`
+  and then differentiating F would run the steps' forward twice.
 
   Args:
-    block_fn: pure per-step function (see `BlockStepFn`); may close over traced values.
-    x: rows `[batch, 1, length, F]`, shared by the heads.
+    block_fn: as in `windowed_steps`.
+    x: rows `[batch, length, F]`, shared by the heads.
     params: pytree of arrays differentiated through.
     order, info, rng, chunk_len, n_before, n_after, group_chunks: as in
-      `windowed_attention`; `order` `[batch, h, length]` must hold every position once
-      per head (a permutation, e.g. one hashing round).
+      `windowed_attention`; on one device `order` `[batch, h, length]` must hold every
+      position once per head (a permutation, e.g. one hashing round).
     y: `[batch, length, d]` float32, the stream to rebuild.
     dx: `[batch, length, F]` float32, the gradient to add to.
     dy: `[batch, length, d]`, the cotangent of F's output.
+    rows: where the rows of the positions in `order` are (None: `RowsHere`).
+    first, n_queries: the query entries are `order[:, :, first:first + n_queries]`
+      (None: all), the others only keys of the windows (halos).
 
   Returns:
     `(y - F(x), dx + dF/dx^T dy, dF/dparams^T dy)`.
   """
-  plan = _Plan(x, order, chunk_len, n_before, n_after, group_chunks)
-  if plan.x_heads != 1 or plan.n != plan.length:
-    raise ValueError(f"windowed_rebuild_vjp needs rows shared by the heads and one entry per "
-                     f"position; got x {x.shape} and order {order.shape}")
-  x_bits, dy_bits = to_bits(_flat(x)), to_bits(_flat(dy))
-
-  def body(step, carry):
-    y, dx, dparams = carry
-    rows, info_w, offsets = plan.window(order, info, step)
-    query_rows = rows[:, :, plan.before_len:plan.before_len + plan.query_len]
-    step_rng = None if rng is None else jax.random.fold_in(rng, step)
-    fn = lambda p, r: block_fn(p, r, info_w, offsets, step_rng, query_rows)
-    out, vjp = jax.vjp(fn, params, _gather_rows(x_bits, rows, x.dtype))
-    query_rows = query_rows.reshape(-1)
-    y = y.at[query_rows].add(-_flat(out).astype(y.dtype), mode="promise_in_bounds")
-    d_out = _gather_rows(dy_bits, query_rows, dy.dtype).reshape(out.shape)
-    d_params, d_rows = vjp(d_out.astype(out.dtype))
-    dx = dx.at[rows.reshape(-1)].add(_flat(d_rows).astype(dx.dtype), mode="promise_in_bounds")
-    return y, dx, jax.tree.map(jnp.add, dparams, d_params)
-
-  y_shape, dx_shape = y.shape, dx.shape
+  plan = _Plan(x[:, None], order, chunk_len, n_before, n_after, group_chunks, first, n_queries)
+  if rows is None:
+    if plan.n != plan.length:
+      raise ValueError(f"windowed_rebuild_vjp needs one entry per position; got x {x.shape} "
+                       f"and order {order.shape}")
+    rows = RowsHere(x.shape[0], x.shape[1])
   for name, t in (("y", y), ("dx", dx)):
     if t.dtype != jnp.float32:
       raise ValueError(f"windowed_rebuild_vjp accumulates {name} in place in float32; got "
                        f"{t.dtype}")
-  zeros = jax.tree.map(jnp.zeros_like, params)
-  y, dx, dparams = jax.lax.fori_loop(0, plan.n_steps, body, (_flat(y), _flat(dx), zeros))
-  return y.reshape(y_shape), dx.reshape(dx_shape), dparams
+  return windowed_steps(block_fn, x, params, order, info, rng, rows, plan, y, dx, dy)
+
+
+def attention_block(module: Any, attend_fn: AttendFn, n_rows: int) -> BlockStepFn:
+  """The `BlockStepFn` of a chunked attention module: `attend_fn`'s head outputs (first of
+  a tuple) through the module's output projection and dropout, params `(attend_fn's params,
+  out kernel [h, d_head, d_model])`, rng `(attention dropout key, output dropout key)`:
+  the first folded with the step index."""
+  def block_fn(p, rows, info_w, offsets, rngs, step, query_keys):
+    attn_rng, out_rng = rngs
+    step_rng = None if attn_rng is None else jax.random.fold_in(attn_rng, step)
+    out = attend_fn(p[0], rows, info_w, offsets, step_rng)
+    out = out[0] if isinstance(out, tuple) else out
+    return output_contributions(out, p[1], module.output_dropout, out_rng, query_keys, n_rows,
+                                module.dtype)
+  return block_fn
+
+
+def module_grads(module: Any, d_params: Any, d_kernel: jnp.ndarray):
+  """`(the module's parameter gradients, (d scale, d bias))` of `attention_block`'s params
+  gradients."""
+  tree = module.variables["params"]
+  grads = {name: {"kernel": (d_kernel if name == "out" else d_params[name]).reshape(
+      tree[name]["kernel"].shape)} for name in tree}
+  return grads, d_params["norm"]
 
 
 def rebuild_attention(module: Any, attend_fn: AttendFn, x: jnp.ndarray, params: Any,
@@ -289,27 +399,78 @@ def rebuild_attention(module: Any, attend_fn: AttendFn, x: jnp.ndarray, params: 
     `(y - F(x), dx + dF/dx^T dy, the module's parameter gradients, (d scale, d bias))`.
   """
   y, dx, dy = rebuild
-  n_rows = y.shape[0] * y.shape[1]
-
-  def block_fn(p, rows, info_w, offsets, rng, query_rows):
-    out = attend_fn(p[0], rows, info_w, offsets, rng)
-    out = out[0] if isinstance(out, tuple) else out
-    return output_contributions(out, p[1], module.output_dropout, out_rng, query_rows, n_rows,
-                                module.dtype)
-
+  block_fn = attention_block(module, attend_fn, y.shape[0] * y.shape[1])
   y, dx, (d_params, d_kernel) = windowed_rebuild_vjp(
-      block_fn, x, (params, out_kernel), order, info, attn_rng, y, dx, dy, module.chunk_len,
-      module.n_chunks_before, module.n_chunks_after, group_chunks)
-  tree = module.variables["params"]
-  grads = {name: {"kernel": (d_kernel if name == "out" else d_params[name]).reshape(
-      tree[name]["kernel"].shape)} for name in tree}
-  return y, dx, grads, d_params["norm"]
+      block_fn, x[:, 0], (params, out_kernel), order, info, (attn_rng, out_rng), y, dx, dy,
+      module.chunk_len, module.n_chunks_before, module.n_chunks_after, group_chunks)
+  return (y, dx) + module_grads(module, d_params, d_kernel)
 
 
-def can_rebuild(rebuild, length: int, chunk_len: int) -> bool:
+def sliced_block(module: Any, attend_fn: AttendFn, x: jnp.ndarray, params: Any,
+                 order: jnp.ndarray, info: Any, rngs: Any, rows: Any, group_chunks: int,
+                 n_rows: int, rebuild=None, *, first: int, n_queries: int):
+  """A chunked attention module's block (`attention_block`) on one device's slice of a
+  sequence sharded over devices: the steps read their window's rows through `rows`
+  (`exchange.ExchangedRows`, `exchange.HaloRows`) and add their outputs' projections
+  into the rows of their query entries, wherever those are; one loop in each pass.
+
+  Args:
+    module, attend_fn: as in `rebuild_attention` (`attend_fn` projects the rows itself).
+    x: this slice's input rows `[b, n, d_model]`.
+    params: `(attend_fn's params, out kernel [h, d_head, d_model])`.
+    order, info: the window `windowed_attention` steps over, `order` positions that
+      `rows` locates; the query entries are `[first, first + n_queries)` of it.
+    rngs: `(attention dropout key, output dropout key)`, each None when unused.
+    rows: the rows protocol (`RowsHere`).
+    group_chunks: chunks per step.
+    n_rows: the bound of `rows.keys` (batch times the whole length).
+    rebuild: `(y, dx, dy)` (float32 `y` and `dx`) of a reversible layer's backward, or None.
+
+  Returns:
+    `[b, n, d_model]` in `module.dtype` (differentiable: the backward pass runs the steps
+    again); with `rebuild`, `(y - out, dx + dout/dx^T dy, the module's parameter
+    gradients, (d scale, d bias))`.
+  """
+  block_fn = attention_block(module, attend_fn, n_rows)
+  steps = (module.chunk_len, module.n_chunks_before, module.n_chunks_after, group_chunks)
+  if rebuild is None:
+    return _streamed(block_fn, steps + (first, n_queries), rows, x, params, order, info,
+                     rngs).astype(module.dtype)
+  y, dx, (d_params, d_kernel) = windowed_rebuild_vjp(
+      block_fn, x, params, order, info, rngs, *rebuild, *steps, rows=rows, first=first,
+      n_queries=n_queries)
+  return (y, dx) + module_grads(module, d_params, d_kernel)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _streamed(block_fn, steps, rows, x, params, order, info, rngs):
+  """`F(x)` `[b, n, F]` float32 of `windowed_steps` (see `sliced_block`)."""
+  plan = _Plan(x[:, None], order, *steps)
+  return windowed_steps(block_fn, x, params, order, info, rngs, rows, plan,
+                        zeros_after(x.shape, jnp.float32, x))
+
+
+def _streamed_fwd(block_fn, steps, rows, x, params, order, info, rngs):
+  out = _streamed(block_fn, steps, rows, x, params, order, info, rngs)
+  return out, (x, params, order, info, rngs)
+
+
+def _streamed_bwd(block_fn, steps, rows, residuals, g):
+  x, params, order, info, rngs = residuals
+  plan = _Plan(x[:, None], order, *steps)
+  dx = zeros_after(x.shape, jnp.float32, g, x)
+  _, dx, d_params = windowed_steps(block_fn, x, params, order, info, rngs, rows, plan, None,
+                                   dx, g)
+  return dx.astype(x.dtype), d_params, None, None, None
+
+
+_streamed.defvjp(_streamed_fwd, _streamed_bwd)
+
+
+def can_rebuild(rebuild, length: int, chunk_len: int, sliced: bool = False) -> bool:
   """Whether `rebuild_attention` applies: float32 streams, `length` a multiple of
-  `chunk_len` (no padding) and longer than one chunk."""
+  `chunk_len` (no padding) and longer than one chunk; `sliced` (a slice of a sequence
+  sharded over devices, `sliced_block`, whose length is checked there): float32 streams."""
   y, dx, _ = rebuild
-  return (length % chunk_len == 0 and length > chunk_len
+  return ((sliced or (length % chunk_len == 0 and length > chunk_len))
           and y.dtype == jnp.float32 and dx.dtype == jnp.float32)
-

@@ -18,8 +18,9 @@ than `max(requests, devices * capacity)` rows of the exchanged array.
 the previous device and the first rows of the next.
 """
 import functools
+import itertools
 import math
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -74,37 +75,62 @@ def _exchange(send, axis_name):
   return jax.lax.all_to_all(send, axis_name, 0, 0, tiled=True)
 
 
-def _fetch_rows(x, plan, capacity, axis_name):
-  send_rows, _, slot, rank, n_passes = plan
+def _joined(arrays):
+  """`[n, F_1 + F_2 + ...]` of arrays `[n, F_i]` in their common dtype, and a function
+  splitting such rows back into the arrays' widths and dtypes."""
+  dtype = jnp.result_type(*arrays)
+  ends = list(itertools.accumulate(a.shape[1] for a in arrays))[:-1]
+  dtypes = [a.dtype for a in arrays]
+  split = lambda rows: [part.astype(d) for part, d in zip(jnp.split(rows, ends, axis=-1), dtypes)]
+  return dtype, split
+
+
+def plan_rows(requests: jnp.ndarray, n_rows: int, axis_name: str,
+              capacity: Optional[int] = None):
+  """The exchange that serves `requests` (int32 `[M]` global row ids) from devices holding
+  `n_rows` rows each: an opaque value for `gather_rows` and `add_rows` (in shard_map)."""
+  capacity = _capacity(capacity, requests, axis_name)
+  return _plan(requests.astype(jnp.int32), n_rows, axis_name, capacity) + (capacity,)
+
+
+def gather_rows(sources: Sequence[jnp.ndarray], plan, axis_name: str) -> List[jnp.ndarray]:
+  """`[s[requests] for s in sources]` of `plan_rows`' requests, sources `[n_rows, F_i]`
+  of every device (one exchange per pass for all of them)."""
+  send_rows, _, slot, rank, n_passes, capacity = plan
   n_devices = send_rows.shape[0]
+  dtype, split = _joined(sources)
 
   def one_pass(k, out):
     rows = jax.lax.dynamic_slice_in_dim(send_rows, k * capacity, capacity, axis=1)
-    recv = _exchange(jnp.take(x, rows, axis=0), axis_name).reshape(
-        (n_devices * capacity,) + x.shape[1:])
-    here = (rank // capacity == k).reshape((-1,) + (1,) * (x.ndim - 1))
-    return jnp.where(here, jnp.take(recv, slot, axis=0), out)
+    send = jnp.concatenate([jnp.take(s, rows, axis=0).astype(dtype) for s in sources], -1)
+    recv = _exchange(send, axis_name).reshape(n_devices * capacity, -1)
+    return jnp.where((rank // capacity == k)[:, None], jnp.take(recv, slot, axis=0), out)
 
-  out = _varying(jnp.zeros((slot.shape[0],) + x.shape[1:], x.dtype), axis_name)
-  return jax.lax.fori_loop(0, n_passes, one_pass, out)
+  out = _varying(jnp.zeros((slot.shape[0], sum(s.shape[1] for s in sources)), dtype),
+                 axis_name)
+  return split(jax.lax.fori_loop(0, n_passes, one_pass, out))
 
 
-def _return_rows(g, plan, n_rows, capacity, axis_name):
-  """The inverse exchange: the cotangents `g` `[M, ...]` of the requests, summed into
-  their source rows `[n_rows, ...]` (float32 accumulation)."""
-  send_rows, _, slot, rank, n_passes = plan
+def add_rows(values: Sequence[jnp.ndarray], plan, into: Sequence[jnp.ndarray],
+             axis_name: str) -> List[jnp.ndarray]:
+  """The inverse exchange: each `values[i]` `[M, F_i]` (one row per request of
+  `plan_rows`) summed into its source row of `into[i]` `[n_rows, F_i]` (in place, in
+  `into`'s dtypes)."""
+  send_rows, _, slot, rank, n_passes, capacity = plan
   n_devices = send_rows.shape[0]
-  acc = jnp.promote_types(g.dtype, jnp.float32)
+  dtype, split = _joined(values)
+  joined = jnp.concatenate([v.astype(dtype) for v in values], axis=-1)
 
-  def one_pass(k, dx):
+  def one_pass(k, accs):
     at = jnp.where(rank // capacity == k, slot, n_devices * capacity)
-    send = jnp.zeros((n_devices * capacity,) + g.shape[1:], g.dtype).at[at].set(g, mode="drop")
-    recv = _exchange(send.reshape((n_devices, capacity) + g.shape[1:]), axis_name)
-    rows = jax.lax.dynamic_slice_in_dim(send_rows, k * capacity, capacity, axis=1)
-    return dx.at[rows.reshape(-1)].add(recv.reshape((-1,) + g.shape[1:]).astype(acc))
+    send = jnp.zeros((n_devices * capacity, joined.shape[1]), dtype).at[at].set(
+        joined, mode="drop")
+    recv = _exchange(send.reshape(n_devices, capacity, -1), axis_name)
+    rows = jax.lax.dynamic_slice_in_dim(send_rows, k * capacity, capacity, axis=1).reshape(-1)
+    return [acc.at[rows].add(part.astype(acc.dtype))
+            for acc, part in zip(accs, split(recv.reshape(n_devices * capacity, -1)))]
 
-  dx = _varying(jnp.zeros((n_rows,) + g.shape[1:], acc), axis_name)
-  return jax.lax.fori_loop(0, n_passes, one_pass, dx).astype(g.dtype)
+  return jax.lax.fori_loop(0, n_passes, one_pass, list(into))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -134,18 +160,30 @@ def _capacity(capacity, requests, axis_name):
 
 
 def _fetch_fwd(x, requests, axis_name, capacity):
-  capacity = _capacity(capacity, requests, axis_name)
-  plan = _plan(requests.astype(jnp.int32), x.shape[0], axis_name, capacity)
-  return _fetch_rows(x, plan, capacity, axis_name), (plan, x.shape[0], requests)
+  plan = plan_rows(requests, x.shape[0], axis_name, capacity)
+  rows = x.reshape(x.shape[0], -1)
+  out = gather_rows([rows], plan, axis_name)[0].reshape(requests.shape + x.shape[1:])
+  return out, (plan[:-1], x.shape[0], requests)
 
 
 def _fetch_bwd(axis_name, capacity, residuals, g):
   plan, n_rows, requests = residuals
-  capacity = _capacity(capacity, requests, axis_name)
-  return _return_rows(g, plan, n_rows, capacity, axis_name), None
+  plan = plan + (_capacity(capacity, requests, axis_name),)
+  acc = jnp.promote_types(g.dtype, jnp.float32)
+  zeros = _varying(jnp.zeros((n_rows, math.prod(g.shape[1:])), acc), axis_name)
+  dx = add_rows([g.reshape(g.shape[0], -1)], plan, [zeros], axis_name)[0]
+  return dx.reshape((n_rows,) + g.shape[1:]).astype(g.dtype), None
 
 
 fetch.defvjp(_fetch_fwd, _fetch_bwd)
+
+
+def _shift(piece, step, axis_name, wrap):
+  """Device i receives `piece` of device i - step (zeros where none, without `wrap`)."""
+  n_devices = jax.lax.axis_size(axis_name)
+  pairs = [(i, (i + step) % n_devices) for i in range(n_devices)
+           if wrap or 0 <= i + step < n_devices]
+  return jax.lax.ppermute(piece, axis_name, pairs)
 
 
 def halo(x: jnp.ndarray, n_before: int, n_after: int, axis_name: str, axis: int = 0,
@@ -154,21 +192,141 @@ def halo(x: jnp.ndarray, n_before: int, n_after: int, axis_name: str, axis: int 
   `axis_name` and the first `n_after` of the next (None when 0). Without `wrap` the first
   device's `before` and the last one's `after` are zeros; with it they come from the
   other end. Differentiable (`ppermute`'s transpose is the reverse `ppermute`)."""
-  n_devices = jax.lax.axis_size(axis_name)
   size = x.shape[axis]
   if max(n_before, n_after) > size:
     raise ValueError(f"a halo of {max(n_before, n_after)} entries needs at least that many "
                      f"per device, got {size}: use fewer devices on '{axis_name}' or longer "
                      f"sequences")
-
-  def shifted(piece, step):  # device i receives piece of device i - step
-    pairs = [(i, (i + step) % n_devices) for i in range(n_devices)
-             if wrap or 0 <= i + step < n_devices]
-    return jax.lax.ppermute(piece, axis_name, pairs)
-
   before = after = None
   if n_before:
-    before = shifted(jax.lax.slice_in_dim(x, size - n_before, size, axis=axis), 1)
+    before = _shift(jax.lax.slice_in_dim(x, size - n_before, size, axis=axis), 1, axis_name,
+                    wrap)
   if n_after:
-    after = shifted(jax.lax.slice_in_dim(x, 0, n_after, axis=axis), -1)
+    after = _shift(jax.lax.slice_in_dim(x, 0, n_after, axis=axis), -1, axis_name, wrap)
   return before, after
+
+
+class ExchangedRows:
+  """Rows of per-position arrays `[batch, n_local, F]` of a sequence sharded in slices of
+  `n_local` positions over `axis_name`, read and added to by (batch, global position)
+  through `gather_rows` / `add_rows`: the rows protocol of `windowed.RowsHere`, for
+  `windowed.windowed_steps` over the positions of any devices (in shard_map)."""
+
+  def __init__(self, batch: int, n_local: int, axis_name: str,
+               capacity: Optional[int] = None):
+    self.batch, self.n_local, self.axis_name, self.capacity = batch, n_local, axis_name, capacity
+
+  def keys(self, positions):
+    """Rows `b * L + position` `[b, ...]` keying dropout (L the whole length)."""
+    length = self.n_local * jax.lax.axis_size(self.axis_name)
+    return _batch_index(positions) * length + positions
+
+  def prepare(self, sources):
+    return [s.reshape(-1, s.shape[-1]) for s in sources]
+
+  def locate(self, positions):
+    owner, local = positions // self.n_local, positions % self.n_local
+    ids = (owner * self.batch + _batch_index(positions)) * self.n_local + local
+    return plan_rows(ids.reshape(-1), self.batch * self.n_local, self.axis_name,
+                     self.capacity)
+
+  def read(self, where, prepared, dtypes):
+    del dtypes
+    return gather_rows(prepared, where, self.axis_name)
+
+  def start(self, into):
+    return self.prepare(into)
+
+  def add(self, state, where, values):
+    return add_rows(values, where, state, self.axis_name)
+
+  def finish(self, state, into):
+    return [s.reshape(t.shape) for s, t in zip(state, into)]
+
+
+class HaloRows:
+  """Rows of this device's slice `[batch, n, F]` of a sequence sharded over `axis_name`
+  and of its neighbours' edges (`halo`), by position `e` in the extended slice: `e <
+  n_before`: the previous device's last rows, then this device's `n`, then the next
+  device's first `n_after` (around the ends with `wrap`, else zeros). The rows protocol
+  of `windowed.RowsHere`; gradients added to the neighbours' rows go back to them
+  (`ppermute`) in `finish`."""
+
+  def __init__(self, batch: int, n: int, n_before: int, n_after: int, axis_name: str,
+               wrap: bool):
+    self.batch, self.n, self.n_before, self.n_after = batch, n, n_before, n_after
+    self.axis_name, self.wrap = axis_name, wrap
+
+  def keys(self, positions):
+    """Rows `b * L + global position` keying dropout (L the whole length)."""
+    n_devices = jax.lax.axis_size(self.axis_name)
+    start = jax.lax.axis_index(self.axis_name) * self.n - self.n_before
+    return _batch_index(positions) * (self.n * n_devices) + start + positions
+
+  def _parts(self):
+    return ((0, self.n_before), (self.n_before, self.n),
+            (self.n_before + self.n, self.n_after))
+
+  def prepare(self, sources):
+    out = []
+    for s in sources:
+      before, after = halo(s, self.n_before, self.n_after, self.axis_name, axis=1,
+                           wrap=self.wrap)
+      out.append([None if t is None else t.reshape(-1, t.shape[-1])
+                  for t in (before, s, after)])
+    return out
+
+  def locate(self, positions):
+    """For each part (before, own, after): flat row ids, out of range where not in it."""
+    b = _batch_index(positions)
+    where = []
+    for start, size in self._parts():
+      inside = (positions >= start) & (positions < start + size)
+      where.append(jnp.where(inside, b * size + positions - start,
+                             self.batch * size).reshape(-1))
+    return where
+
+  def read(self, where, prepared, dtypes):
+    out = []
+    for parts, dtype in zip(prepared, dtypes):
+      rows = jnp.zeros((where[0].shape[0], parts[1].shape[1]), dtype)
+      for ids, part in zip(where, parts):
+        if part is not None:
+          got = jnp.take(part, ids, axis=0, mode="fill", fill_value=0)
+          rows = rows + got.astype(dtype)
+      out.append(rows)
+    return out
+
+  def start(self, into):
+    return [[None if not size else jnp.zeros((self.batch * size, t.shape[-1]), t.dtype)
+             for _, size in self._parts()[::2]] + [t.reshape(-1, t.shape[-1])]
+            for t in into]
+
+  def add(self, state, where, values):
+    out = []
+    for (before, after, own), v in zip(state, values):
+      accs = [before, own, after]
+      accs = [None if acc is None else acc.at[ids].add(v.astype(acc.dtype), mode="drop")
+              for acc, ids in zip(accs, where)]
+      out.append([accs[0], accs[2], accs[1]])
+    return out
+
+  def finish(self, state, into):
+    out = []
+    for (before, after, own), t in zip(state, into):
+      own = own.reshape(t.shape)
+      if before is not None:  # the previous device's last rows
+        back = _shift(before.reshape(self.batch, self.n_before, -1), -1, self.axis_name,
+                      self.wrap)
+        own = own.at[:, self.n - self.n_before:].add(back)
+      if after is not None:  # the next device's first rows
+        back = _shift(after.reshape(self.batch, self.n_after, -1), 1, self.axis_name,
+                      self.wrap)
+        own = own.at[:, :self.n_after].add(back)
+      out.append(own)
+    return out
+
+
+def _batch_index(positions):
+  """`b` broadcast to `positions` `[batch, ...]`."""
+  return jax.lax.broadcasted_iota(jnp.int32, positions.shape, 0)
