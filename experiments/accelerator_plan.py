@@ -16,10 +16,13 @@ Markdown and a PNG. TPU compiles take minutes each at long lengths: run it with 
       --variants float32 --min_len 1048576
   python -m experiments.accelerator_plan --workarounds --length 65536  # on v5e:1x1
   python -m experiments.accelerator_plan --quick --out /tmp/q         # tiny model, seconds
+  python -m experiments.accelerator_plan --slice v5e:2x4 --min_len 16777216 --max_len 16777216 \
+      --models crime_and_punishment --variants float32   # one sequence over 8 chips
 """
 import argparse
 import dataclasses
 import json
+import math
 import pathlib
 import re
 import subprocess
@@ -61,6 +64,10 @@ def parse_args(argv):
   parser.add_argument("--settings", default="",
                       help="with --workarounds: which settings (default: all; e.g. "
                            "default,all:on,ties:off)")
+  parser.add_argument("--slice", default=None,
+                      help="a TPU topology (e.g. v5e:2x4): search the longest sequence split "
+                           "over all its chips (MeshConfig(data=1, sequence=chips)) instead "
+                           "of one chip per generation")
   parser.add_argument("--layers", type=int, default=None,
                       help="n_layers of every model (default: the config's)")
   parser.add_argument("--fresh", action="store_true", help="ignore cached compiles")
@@ -96,6 +103,9 @@ def experiment(spec):
   shape = exp.model.resolved_axial_shape
   if shape[0] * shape[1] < length:  # a longer first axis of the axial position table
     changes["axial_shape"] = (-(-length // shape[1]), shape[1])
+  if spec.get("sequence"):  # one sequence split over the slice's chips
+    exp = dataclasses.replace(exp, mesh=dataclasses.replace(exp.mesh, data=1,
+                                                            sequence=spec["sequence"]))
   return dataclasses.replace(exp, model=exp.model.replace(**changes), seq_len=length,
                              batch_size=1, grad_accum_steps=1)
 
@@ -106,7 +116,7 @@ def worker(spec):
   common.configure_jax()
   from reformer_jax.layers import xla_cpu  # pylint: disable=import-outside-toplevel
   from reformer_jax.trainer import plan  # pylint: disable=import-outside-toplevel
-  start = time.perf_counter()
+  start, start_cpu = time.perf_counter(), time.process_time()
   try:
     with xla_cpu.forced(**spec.get("workarounds", {})):
       record = plan.plan_train(experiment(spec), spec["target"])
@@ -120,13 +130,19 @@ def worker(spec):
       record["temporaries_required_bytes"] = int(
           float(match.group(1)) * 2 ** (10 * "KMGT".index(match.group(2)) + 10))
   record["compile_s"] = time.perf_counter() - start
+  # CPU seconds of the whole process (all compiler threads): on a shared machine the wall
+  # time above mostly measures the other processes.
+  record["compile_cpu_s"] = time.process_time() - start_cpu
   record["libtpu"] = plan.libtpu_version()
   return record
 
 
+SPEC_DEFAULTS = {"workarounds": {}, "quick": False, "layers": None, "sequence": None}
+
+
 def _key(spec):
   return json.dumps({k: spec.get(k) for k in ("model", "variant", "target", "length",
-                                              "workarounds", "quick", "layers")},
+                                              "workarounds", "quick", "layers", "sequence")},
                     sort_keys=True)
 
 
@@ -139,7 +155,7 @@ class Runs:
     self.records = {_key(r["spec"]): r for r in old.get("runs", [])}
 
   def run(self, spec):
-    spec = dict({"workarounds": {}, "quick": False, "layers": None}, **spec)
+    spec = dict(SPEC_DEFAULTS, **spec)
     key = _key(spec)
     if key not in self.records:
       record = common.measure(FILE, spec, threads=common.default_threads(),
@@ -148,10 +164,17 @@ class Runs:
       record["commit"] = _commit()
       self.records[key] = record
       self.save()
-      print(json.dumps({k: record.get(k) for k in ("spec", "fits", "compile_s", "error")}),
+      print(json.dumps({k: record.get(k) for k in ("spec", "fits", "compile_s", "compile_cpu_s",
+                                                        "error")}),
             flush=True)
     return self.records[key]
 
+
+  def fitting_lengths(self, spec):
+    """The cached lengths at which `spec` (any length) fits its chips."""
+    spec = dict(SPEC_DEFAULTS, **spec)
+    return [r["spec"]["length"] for r in self.records.values() if r.get("fits")
+            and _key(dict(r["spec"], length=None)) == _key(dict(spec, length=None))]
 
   def save(self):
     """Writes the records so far (a long study interrupted keeps what it compiled)."""
@@ -201,8 +224,11 @@ def fits(runs, spec, length) -> bool:
 
 def longest_fitting(runs, spec, min_len, max_len):
   """The longest power-of-two length that fits, doubling from `min_len` (halving first
-  while it does not fit), or None below 64 tokens."""
-  length = min_len
+  while it does not fit), or None below 64 tokens. The doubling starts from the longest
+  cached length up to `max_len` that fits (a search resumed with another `min_len`
+  compiles nothing it already knows)."""
+  length = max([n for n in runs.fitting_lengths(spec) if min_len <= n <= max_len],
+               default=min_len)
   if not fits(runs, spec, length):
     while length > 64:
       length //= 2
@@ -217,7 +243,8 @@ def longest_fitting(runs, spec, min_len, max_len):
 def markdown(result):
   gib = lambda n: "—" if n is None else f"{n / common.GiB:.2f}"
   lines = ["| model | precision | " + " | ".join(
-      f"{g} ({gib(result['usable_hbm'].get(g))} GiB usable)" for g in result["chips"]) + " |",
+      f"{g} ({gib(result['usable_hbm'].get(g.split(':')[0]))} GiB usable per chip)"
+      for g in result["chips"]) + " |",
            "|---|---|" + "---:|" * len(result["chips"])]
   for row in result["longest"]:
     cells = []
@@ -228,7 +255,7 @@ def markdown(result):
     lines.append(f"| {row['model']} | {row['variant']} | " + " | ".join(cells) + " |")
   lines += ["", "| model | precision | chip | tokens | arguments | temporaries | outputs | "
             "aliased | program | planned (GiB) | fits | flops (estimate) | "
-            "bytes accessed (estimate) | compile (s) |",
+            "bytes accessed (estimate) | compile (CPU s / wall s) |",
             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|---:|"]
   for run in sorted(result["runs"], key=lambda r: (r["spec"]["model"], r["spec"]["variant"],
                                                    r["spec"]["target"], r["spec"]["length"])):
@@ -270,7 +297,12 @@ def _run_row(run, gib):
           f"{gib(memory.get('outputs'))} | {gib(memory.get('aliased'))} | "
           f"{gib(memory.get('program'))} | {gib(need_bytes(run))} | {fits} | "
           f"{_num(cost.get('flops'))} | {_num(cost.get('bytes_accessed'))} | "
-          f"{run.get('compile_s', 0):.0f} |")
+          f"{_compile_seconds(run)} |")
+
+
+def _compile_seconds(run):
+  cpu = run.get("compile_cpu_s")
+  return ("—" if cpu is None else f"{cpu:.0f}") + f" / {run.get('compile_s', 0):.0f}"
 
 
 def plot(result, path):
@@ -311,7 +343,7 @@ def main(argv=None):
   runs = Runs(path, args.fresh, args.timeout)
   result = {"machine": common.machine_info(common.default_threads()),
             "command": " ".join(["python -m experiments.accelerator_plan"] + argv),
-            "chips": args.chips, "longest": [], "usable_hbm": {}, "workarounds": []}
+            "chips": [args.slice] if args.slice else args.chips, "longest": [], "usable_hbm": {}, "workarounds": []}
   base = {"quick": args.quick, "layers": args.layers}
   if args.workarounds:
     settings = workaround_settings(args.settings)
@@ -327,8 +359,11 @@ def main(argv=None):
     for model in args.models:
       for variant in args.variants:
         row = {"model": model, "variant": variant, "chips": {}}
-        for generation in args.chips:
-          spec = dict(base, model=model, variant=variant, target=CHIPS[generation])
+        for generation in [args.slice] if args.slice else args.chips:
+          spec = dict(base, model=model, variant=variant, target=CHIPS.get(generation, generation))
+          if args.slice:
+            from reformer_jax.trainer import plan  # pylint: disable=import-outside-toplevel
+            spec["sequence"] = math.prod(plan.target_chips(args.slice))
           best = longest_fitting(runs, spec, args.min_len, args.max_len)
           row["chips"][generation] = {"length": best, "need_bytes": (
               None if best is None else need_bytes(runs.run(dict(spec, length=best))))}

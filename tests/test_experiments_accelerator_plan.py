@@ -18,6 +18,7 @@ def test_accelerator_plan_quick_and_its_cache(tmp_path, monkeypatch):
   (run,) = result["runs"]
   assert run["spec"]["target"] == "v5e:1x1" and run["spec"]["length"] == 64
   assert run["fits"] is True and run["hbm"]["generation"] == "v5e"
+  assert 0 < run["compile_cpu_s"]
   assert result["longest"] == [{"model": "crime_and_punishment", "variant": "float32",
                                 "chips": {"v5e": {"length": 64,
                                                   "need_bytes": accelerator_plan.need_bytes(run)}}}]
@@ -29,3 +30,10 @@ def test_accelerator_plan_quick_and_its_cache(tmp_path, monkeypatch):
   monkeypatch.setattr(common, "measure", no_compiling)
   again = accelerator_plan.main(["--quick", "--out", str(tmp_path)])
   assert again["runs"] == result["runs"]
+
+
+def test_slice_splits_one_sequence_over_its_chips():
+  exp = accelerator_plan.experiment({"model": "crime_and_punishment", "variant": "float32",
+                                     "length": 2 ** 24, "sequence": 8})
+  assert (exp.mesh.data, exp.mesh.sequence, exp.seq_len, exp.batch_size) == (1, 8, 2 ** 24, 1)
+  assert exp.model.resolved_axial_shape == (16384, 1024)

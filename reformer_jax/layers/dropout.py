@@ -48,7 +48,9 @@ def keep_mask(rng: jax.Array, keep_prob: float, shape: Sequence[int],
   Element `(r, j)` (`r` a row: all but the last axis, flattened) draws counter
   `r * shape[-1] + j`. `rows` (int, shape `shape[:-1]`, values < `n_rows`) replaces `r`
   with a global row id, so that rows computed apart (chunks, gathered positions) get the
-  masks they have in the whole array.
+  masks they have in the whole array. Past 2^32 counters (e.g. 16M positions x 256
+  features) rows go in blocks of `2^32 // shape[-1]`: counters restart in each block and the
+  block's index is mixed into the second hash (block 0, every smaller array, as above).
   """
   cols = shape[-1] if shape else 1
   size = 1
@@ -59,17 +61,22 @@ def keep_mask(rng: jax.Array, keep_prob: float, shape: Sequence[int],
       raise ValueError(f"rows must have shape {tuple(shape[:-1])} (got {rows.shape}) and "
                        "come with their bound n_rows")
     size = n_rows * cols
-  if size >= 2 ** 32:
-    raise ValueError(f"dropout mask of {size} elements exceeds the 2^32 counter; split the "
-                     f"array (e.g. a smaller chunk size) or fold the chunk index into the key")
   s0, s1 = _seeds(rng)
   # index + s0 as (row * cols + s0)[:, None] + col[None, :]: the seed enters before the
   # full-size broadcast, so XLA cannot hoist a materialised index array out of loops.
   if rows is None:
     rows = jax.lax.iota(jnp.uint32, size // cols)
-  rows = jnp.ravel(rows).astype(jnp.uint32) * jnp.uint32(cols) + s0
-  counter = (rows[:, None] + jax.lax.iota(jnp.uint32, cols)[None, :]).reshape(shape)
-  bits = _fmix32(_fmix32(counter) + s1)
+  rows = jnp.ravel(rows).astype(jnp.uint32)
+  block_rows = 2 ** 32 // cols
+  block_salt = None
+  if size > block_rows * cols:  # counters past 2^32: rows in blocks, counters per block
+    block_salt = (rows // jnp.uint32(block_rows)) * jnp.uint32(_GOLDEN)
+    rows = rows % jnp.uint32(block_rows)
+  rows = rows * jnp.uint32(cols) + s0
+  hashed = _fmix32(rows[:, None] + jax.lax.iota(jnp.uint32, cols)[None, :])
+  if block_salt is not None:
+    hashed = hashed + block_salt[:, None]
+  bits = _fmix32(hashed.reshape(shape) + s1)
   threshold = min(int(round(keep_prob * 2. ** 32)), 2 ** 32 - 1)
   return bits < jnp.uint32(threshold)
 

@@ -74,5 +74,15 @@ def test_rows_give_the_whole_array_mask_of_those_rows():
   np.testing.assert_array_equal(got, whole[np.asarray(rows)])
   with pytest.raises(ValueError, match="rows must have shape"):
     keep_mask(rng, 0.5, (2, 3, 16), rows[:, :2], 40)
-  with pytest.raises(ValueError, match="2\\^32"):
-    keep_mask(rng, 0.5, (2, 3, 16), rows, 1 << 29)
+
+
+def test_rows_past_the_2_32_counter_get_their_own_masks():
+  """Past 2^32 counters rows go in blocks of 2^32 // cols: block 0 keeps the masks of a
+  smaller array, the same row of the next block draws other bits."""
+  rng = jax.random.PRNGKey(11)
+  cols, block = 256, 2 ** 24  # 2^32 // 256 rows per block
+  small = np.asarray(keep_mask(rng, 0.5, (3, cols), jnp.array([0, 1, 7]), 8))
+  rows = jnp.array([0, 1, 7, block, block + 1, 2 * block + 7], jnp.uint32)
+  big = np.asarray(keep_mask(rng, 0.5, (6, cols), rows, 3 * block))
+  np.testing.assert_array_equal(big[:3], small)
+  assert 0.4 < np.mean(big[:3] != big[3:]) < 0.6
