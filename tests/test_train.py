@@ -323,7 +323,7 @@ def test_eight_devices_give_the_losses_of_one(cli_run, tmp_path, subprocess_env)
       [sys.executable, "-c", _EIGHT_DEVICES, json.dumps([files, bindings, eight])],
       cwd=ROOT, capture_output=True, text=True, timeout=300,
       env=dict(subprocess_env,
-               XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+               XLA_FLAGS=os.environ["XLA_FLAGS"] + " --xla_force_host_platform_device_count=8"))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert ("BATCH_SIZE / grad_accum_steps=4 must be a multiple of MeshConfig.data x "
           "MeshConfig.fsdp = 8" in proc.stdout)
@@ -363,7 +363,8 @@ def test_two_processes_of_four_devices_under_fsdp_give_the_losses_of_one_and_log
   trains on with the same losses."""
   workdir, _, files, bindings = cli_run
   shared = tmp_path / "two_hosts"
-  env = dict(subprocess_env, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  env = dict(subprocess_env,
+             XLA_FLAGS=os.environ["XLA_FLAGS"] + " --xla_force_host_platform_device_count=4")
   bindings = bindings + ["MeshConfig.data=1", "MeshConfig.fsdp=8"]
   (first, first_err), (second, second_err) = _run_two_processes(files, bindings, shared, env)
   assert "mesh: data=1 x fsdp=8 x sequence=1 x tensor=1 (8 cpu devices, 2 processes)" in first
