@@ -116,9 +116,11 @@ def collective_bytes(hlo: str) -> dict:
     times = runs(name)
     for line in lines:
       match = re.search(r"=\s*(.*?)\s+(" + "|".join(COLLECTIVES) + r")(?:-start)?\(", line)
-      if match:
-        out[match.group(2)]["count"] += times
-        out[match.group(2)]["bytes"] += times * _shape_bytes(match.group(1))
+      fused = re.search(r"=\s*(.*?)\s+fusion\(.*calls=%?all-reduce-scatter", line)
+      if match or fused:  # the TPU compiler's reduce-scatters are such fusions
+        kind = match.group(2) if match else "reduce-scatter"
+        out[kind]["count"] += times
+        out[kind]["bytes"] += times * _shape_bytes((match or fused).group(1))
   return out
 
 
