@@ -356,20 +356,23 @@ def _run_two_processes(files, bindings, workdir, env):
 
 
 def test_two_processes_of_four_devices_under_fsdp_give_the_losses_of_one_and_log_once(
-    cli_run, tmp_path, subprocess_env):
+    tmp_path, subprocess_env):
   """2 hosts x 4 CPU devices, parameters and Adam moments split 8 ways (fsdp=8): one
   process's losses, logged once; an unreadable checkpoint is moved aside by process 0, and
   the run resumed with each sequence split over the 8 devices of both hosts (sequence=8)
-  trains on with the same losses."""
-  workdir, _, files, bindings = cli_run
+  trains on with the same losses. The one-layer model (LOCAL), 2 steps: LSH under
+  sequence=8 is tests/parallel/test_sequence.py's."""
+  bindings = TINY + LOCAL + ["TRAIN_STEPS=2", "Experiment.checkpoint_every=1"]
+  train.run(QUICKSTART, bindings, str(tmp_path / "one"))
   shared = tmp_path / "two_hosts"
   env = dict(subprocess_env,
              XLA_FLAGS=os.environ["XLA_FLAGS"] + " --xla_force_host_platform_device_count=4")
   bindings = bindings + ["MeshConfig.data=1", "MeshConfig.fsdp=8"]
-  (first, first_err), (second, second_err) = _run_two_processes(files, bindings, shared, env)
+  (first, first_err), (second, second_err) = _run_two_processes(
+      QUICKSTART, bindings, shared, env)
   assert "mesh: data=1 x fsdp=8 x sequence=1 x tensor=1 (8 cpu devices, 2 processes)" in first
-  one, two = _logged(workdir), _logged(shared)
-  assert sorted(two) == [1, 2, 3, 4]  # one line per step: only process 0 writes
+  one, two = _logged(tmp_path / "one"), _logged(shared)
+  assert sorted(two) == [1, 2]  # one line per step: only process 0 writes
   for step in two:
     assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-5)
   timing = lambda record: {k: v for k, v in record.items() if k != "tokens_per_second"}
@@ -378,15 +381,15 @@ def test_two_processes_of_four_devices_under_fsdp_give_the_losses_of_one_and_log
     assert line in first and line not in second  # process 1 logs nothing
   assert "train:" in first_err and "train:" not in second_err  # nor shows a progress bar
   assert (shared / "config.gin").is_file()
-  # An unreadable last checkpoint: process 0 moves it aside, both resume from step 2.
+  # An unreadable last checkpoint: process 0 moves it aside, both resume from step 1.
   checkpoints = shared / "checkpoints"
-  shutil.rmtree(checkpoints / "4" / "params")
-  (checkpoints / "4" / "params").mkdir()
+  shutil.rmtree(checkpoints / "2" / "params")
+  (checkpoints / "2" / "params").mkdir()
   (first, _), (second, _) = _run_two_processes(
-      files, bindings + ["MeshConfig.fsdp=1", "MeshConfig.sequence=8"], shared, env)
+      QUICKSTART, bindings + ["MeshConfig.fsdp=1", "MeshConfig.sequence=8"], shared, env)
   assert "mesh: data=1 x fsdp=1 x sequence=8 x tensor=1 (8 cpu devices, 2 processes)" in first
-  assert "resuming from the checkpoint at step 2" in first
-  assert sorted(os.listdir(checkpoints)) == ["2", "4", "4.unreadable"]
+  assert "resuming from the checkpoint at step 1" in first
+  assert sorted(os.listdir(checkpoints)) == ["1", "2", "2.unreadable"]
   assert _logged(shared) == pytest.approx(two, rel=1e-5, abs=1e-6)
 
 
