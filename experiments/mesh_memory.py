@@ -11,8 +11,14 @@ the loops around it when their trip counts are known). Writes JSON and the Markd
 docs/scaling.md. Run it as a program: it sets
 XLA_FLAGS=--xla_force_host_platform_device_count=8 before JAX starts.
 
+`--target=v5e:2x4` compiles the same steps with the TPU compiler for the 8 chips of that
+topology instead (libtpu, compile only: `trainer/plan.py`), whose pipeline runs passes that
+XLA:CPU does not (an all-reduce whose result each device slices becomes a reduce-scatter,
+collectives overlap); results go to mesh_memory[_scan]_<target>.*.
+
   python -m experiments.mesh_memory                       # enwik8, 6 meshes (minutes)
   python -m experiments.mesh_memory --scan_layers --meshes data=8,fsdp=8
+  python -m experiments.mesh_memory --target=v5e:2x4 --meshes data=8,fsdp=8
   python -m experiments.mesh_memory --quick --out /tmp/q  # tiny model, 2 meshes
 """
 import argparse
@@ -59,6 +65,9 @@ def parse_args(argv):
                            "lax.scan); results go to mesh_memory_scan.*")
   parser.add_argument("--quick", action="store_true",
                       help="a tiny model on two meshes (smoke test)")
+  parser.add_argument("--target", default=None,
+                      help="a TPU topology of 8 chips (e.g. v5e:2x4): compile with the TPU "
+                           "compiler for its chips instead of 8 CPU devices")
   common.add_out_argument(parser)
   return parser.parse_args(argv)
 
@@ -113,24 +122,38 @@ def collective_bytes(hlo: str) -> dict:
   return out
 
 
-def measure_mesh(config, opt_config, mesh_sizes: dict, length: int) -> dict:
+def measure_mesh(config, opt_config, mesh_sizes: dict, length: int, devices) -> dict:
+  """The record of one mesh over `devices` (8 CPU devices or a TPU topology's chips)."""
   import jax  # pylint: disable=import-outside-toplevel
+  from reformer_jax.layers import xla_cpu  # pylint: disable=import-outside-toplevel
   from reformer_jax.trainer import optim, sharding, steps  # pylint: disable=import-outside-toplevel
   mesh_config = sharding.MeshConfig(**mesh_sizes)
-  mesh = sharding.make_mesh(mesh_config)
+  mesh = sharding.make_mesh(mesh_config, devices)
   sharding.check_model(config, mesh, mesh_config)
   tx, _ = optim.make_optimizer(opt_config, common.TRAIN_STEPS)
   init_state = steps.make_init_state(config, tx, 0, length, mesh)
   state = steps.abstract_state(init_state, mesh)
   batch = common.train_batch_shapes(length, sharding.batch_ways(mesh))
   start = common.cpu_seconds()
-  compiled = steps.compile_train_step(config, tx, mesh).lower(state, batch).compile()
+  with xla_cpu.compiling_for(devices[0].platform):
+    lowered = steps.compile_train_step(config, tx, mesh).lower(state, batch)
+  compiled = lowered.compile()
   return {"mesh": sharding.describe(mesh), "batch": sharding.batch_ways(mesh),
           "state_bytes_per_device": sharding.bytes_per_device(state),
           "state_bytes": sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)),
           **common.memory_stats(compiled),
           "collectives": collective_bytes(compiled.as_text()),
           "compile_cpu_seconds": common.cpu_seconds() - start}
+
+
+def compiler_record(target, devices) -> dict:
+  """Which compiler planned the programs: XLA:CPU, or the TPU compiler (libtpu) for a
+  topology's chips."""
+  from reformer_jax.trainer import plan  # pylint: disable=import-outside-toplevel
+  if not target:
+    return {"name": "XLA:CPU", "devices": f"{DEVICES} CPU devices"}
+  return {"name": "TPU compiler (libtpu)", "target": target,
+          "device_kind": devices[0].device_kind, "libtpu": plan.libtpu_version()}
 
 
 def summarize(runs: dict) -> dict:
@@ -162,9 +185,19 @@ def main(argv=None) -> dict:
   args = parse_args(argv)
   common.configure_jax()
   import jax  # pylint: disable=import-outside-toplevel
-  if jax.device_count() != DEVICES:
-    raise SystemExit(f"needs {DEVICES} devices, found {jax.device_count()}: run it as its own "
-                     "process (it sets XLA_FLAGS before JAX starts).")
+  from reformer_jax.trainer import plan  # pylint: disable=import-outside-toplevel
+  if args.target:
+    try:
+      devices = plan.topology_devices(args.target)
+    except ValueError as e:
+      raise SystemExit(str(e)) from None
+  else:
+    devices = jax.devices()
+  if len(devices) != DEVICES:
+    where = f"--target={args.target} has" if args.target else "found"
+    raise SystemExit(f"needs {DEVICES} devices, {where} {len(devices)}: "
+                     + ("name a topology of 8 chips, e.g. v5e:2x4." if args.target else
+                        "run it as its own process (it sets XLA_FLAGS before JAX starts)."))
   changes = {"n_layers": 2, "attention_types": ("local", "lsh"), **common.QUICK_CHANGES,
              "n_heads": 8, "d_head": 4, "d_model": 64, "d_ff": 128, "axial_dims": (32, 32),
              "n_buckets": 8} if args.quick else {}
@@ -173,14 +206,17 @@ def main(argv=None) -> dict:
   names = QUICK_MESHES if args.quick else tuple(args.meshes.split(","))
   runs = {}
   for name in names:
-    runs[name] = measure_mesh(config, opt_config, MESHES[name], length)
+    runs[name] = measure_mesh(config, opt_config, MESHES[name], length, devices)
     print(f"{name}: state {common.gib(runs[name]['state_bytes_per_device']):.3f} GiB, "
           f"peak {common.gib(runs[name]['peak_bytes']):.3f} GiB per device", flush=True)
   result = {"model": "enwik8" + (" (quick)" if args.quick else ""), "length": length,
-            "devices": DEVICES, "config": common.config_record(config), "runs": runs,
+            "devices": DEVICES, "compiler": compiler_record(args.target, devices),
+            "config": common.config_record(config), "runs": runs,
             "summary": summarize(runs), "machine": common.machine_info(1)}
   out = common.out_dir(args)
   name = "mesh_memory_scan" if args.scan_layers else "mesh_memory"
+  if args.target:
+    name += "_" + re.sub(r"\W", "_", args.target)
   common.write_json(out / f"{name}.json", result)
   (out / f"{name}.md").write_text(markdown(result))
   print(result["summary"])

@@ -3,6 +3,13 @@ precision, strict shapes."""
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# XLA:CPU's backend (LLVM) optimisations off for the whole suite, subprocesses included (they
+# inherit XLA_FLAGS; those that add a device count append to it): the tests compile hundreds
+# of tiny programs, whose machine-code optimisation costs more than running them (about 40%
+# of a model test module's CPU time). The HLO passes and buffer assignment, which the memory
+# tests read, are the same.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
 
 import jax  # noqa: E402
 

@@ -237,7 +237,7 @@ class LocalSelfAttention(nn.Module):
     position_chunk_len: positions per chunk of the output projection; None = all at once.
     chunks_per_step: chunks attended per loop step (None = `default_chunks_per_step`).
     sequence_axis: the mesh axis the sequence is sharded over, when called inside
-      `shard_map` on one device's slice of positions (`local_slice_core`); None: the
+      `shard_map` on one device's slice of positions (`local_slice_block`); None: the
       whole sequence is here.
     deterministic: disables dropout; merged with the call argument.
     dtype: computation dtype (parameters stay float32).

@@ -73,18 +73,34 @@ def param(module: nn.Module, name: str, init, shape: Sequence[int], axes: Axes):
 
 
 _BATCH_SHARDING = contextvars.ContextVar("batch_sharding", default=None)
+_PARAM_SHARDINGS = contextvars.ContextVar("param_shardings", default=None)
 
 
 @contextlib.contextmanager
-def split_batch(sharding: jax.sharding.Sharding):
+def split_batch(sharding: jax.sharding.Sharding, param_shardings: Any = None):
   """While a step is traced inside: `constrain_batch` keeps activations in `sharding`
   (e.g. their batch split over data x fsdp, the rest whole), so that the partitioner gathers
-  a split parameter instead of moving activations."""
+  a split parameter instead of moving activations; `param_sharding(path)` gives the
+  shardings of the parameters under `path` in `param_shardings` (the tree of the
+  parameters' shardings, or None)."""
   token = _BATCH_SHARDING.set(sharding)
+  params_token = _PARAM_SHARDINGS.set(param_shardings)
   try:
     yield
   finally:
+    _PARAM_SHARDINGS.reset(params_token)
     _BATCH_SHARDING.reset(token)
+
+
+def param_sharding(path: Sequence[str]) -> Any:
+  """The shardings of the parameters under `path` (e.g. ('encoder', 'layer_0')) inside
+  `split_batch`; None outside one or where the tree has no such path."""
+  tree = _PARAM_SHARDINGS.get()
+  for name in path:
+    if not isinstance(tree, Mapping) or name not in tree:
+      return None
+    tree = tree[name]
+  return tree
 
 
 def constrain_batch(x: jax.Array) -> jax.Array:

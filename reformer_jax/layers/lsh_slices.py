@@ -10,15 +10,19 @@ rounds), with padding and the duplicate-key correction. On each device of axis
    computes the same sort of all R * L (round, position) entries;
 2. device d takes the sorted entries `[d R n, (d + 1) R n)` and, around them, the
    `n_chunks_before` / `n_chunks_after` chunks its windows reach (modulo R L, as one
-   device's windows wrap): their shared-QK and value rows, `[b, h, R n + halo, 2 d_head]`,
-   come from the positions' owners by `exchange.fetch`;
-3. it attends over that window of the sorted order (`windowed_attention`; the masks use
-   global positions and sorted offsets), keeps its own entries' outputs and logsumexps,
-   and sends each back to its position's owner (the inverse sort, another `fetch`);
-4. each device combines its positions' rounds as `lsh_core` does.
+   device's windows wrap) (`sorted_window`);
+3. one round (`lsh_slice_block`): a loop over steps of a few sorted chunks, each fetching
+   its window's input rows from their owners, attending (the masks use global positions
+   and sorted offsets) and adding its outputs' projection into their owners' rows
+   (`exchange.ExchangedRows`, `windowed.sliced_block`); the backward pass and the
+   reversible rebuild run the same steps. Several rounds (`lsh_slice_core`): the
+   window's shared-QK and value rows, `[b, h, R n + halo, 2 d_head]`, come by one
+   `exchange.fetch`, the outputs and logsumexps of its own entries go back to their
+   positions' owners by another, and each device combines its positions' rounds as
+   `lsh_core` does.
 
 No device holds a whole-sequence array of activations: the gathered buckets, positions and
-permutations are int32 `[b, h, R L]`. Gradients flow back through both exchanges.
+permutations are int32 `[b, h, R L]`.
 """
 import functools
 from typing import Callable, Optional

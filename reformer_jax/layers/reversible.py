@@ -146,13 +146,22 @@ def _block_backward(fn, params, rng, aux, x, y, dx, dy, after=None, state=None):
   return from_bits(y, dtypes["y"]), from_bits(dx, dtypes["dx"]), d_params
 
 
+def _placed(fn, grads):
+  """A block's parameter gradients `grads` placed like its parameters (`fn.grad_sharding`,
+  when set): each device reduces only its part of them, block by block (fsdp), instead of
+  every layer's whole gradient waiting for the end of the step."""
+  sharding = getattr(fn, "grad_sharding", None)
+  return grads if sharding is None else jax.lax.with_sharding_constraint(grads, sharding)
+
+
 def _layer_backward(fns, params, rngs, states, y1, y2, dy1, dy2, aux, after=None):
   """Rebuilds one layer's inputs from its outputs and back-propagates through it, after
   the gradients `after` (of the layer above) are done."""
   (f, g), (pf, pg), (rf, rg), (sf, sg) = fns, params, rngs, states
   x2, dy1, dpg = _block_backward(g, pg, rg, aux, y1, y2, dy1, dy2, after, sg)
+  dpg = _placed(g, dpg)
   x1, dy2, dpf = _block_backward(f, pf, rf, aux, x2, y1, dy2, dy1, dpg, sf)
-  return x1, x2, dy1, dy2, (dpf, dpg)
+  return x1, x2, dy1, dy2, (_placed(f, dpf), dpg)
 
 
 def _signature(tree):
@@ -297,10 +306,13 @@ reversible_layers.defvjp(_reversible_fwd, _reversible_bwd)
 class _BlockFn:
   """A block definition as a pure `F(params, x, aux, rng)`; equal blocks give equal fns.
 
-  `rng` is `{'rngs': {stream: key}, 'layer_aux': per-layer input}`.
+  `rng` is `{'rngs': {stream: key}, 'layer_aux': per-layer input}`. `grad_sharding`: the
+  shardings of the block's parameters while a sharded step is traced
+  (`logical_axes.param_sharding`), its gradients placed so in the backward pass; else None.
   """
   block: nn.Module
   deterministic: bool
+  grad_sharding: Any = dataclasses.field(default=None, hash=False)
 
   @property
   def position_chunk(self) -> Optional[int]:
@@ -406,7 +418,9 @@ class ReversibleStack(nn.Module):
       layer = self.param(f"layer_{i}", self._init_layer, f_block, g_block, x2, aux,
                          layer_aux[i], axes)
       logical_axes.declare(self, f"layer_{i}", axes)
-      fns.append((_BlockFn(f_block, deterministic), _BlockFn(g_block, deterministic)))
+      placed = logical_axes.param_sharding(self.path + (f"layer_{i}",)) or {}
+      fns.append(tuple(_BlockFn(b, deterministic, placed.get(n))
+                       for b, n in zip((f_block, g_block), self.names)))
       params.append((layer[self.names[0]], layer[self.names[1]]))
       rngs.append(tuple({"rngs": self._block_rngs(deterministic), "layer_aux": layer_aux[i]}
                         for _ in range(2)))

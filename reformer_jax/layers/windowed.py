@@ -115,13 +115,35 @@ def _flat(x):
   return jnp.reshape(x, (-1, x.shape[-1]))
 
 
+# Rows are gathered and scatter-added per batch element (`jax.vmap` over the batch: the
+# batch is a gather / scatter batching dimension), not from one flat [batch * rows, F]
+# array: a mesh that splits the batch (`sharding.BATCH_AXES`) then keeps it split, where a
+# flat gather makes the partitioner assemble the whole batch on every device.
+
+
+def _per_batch(x):
+  """`[b, ..., F]` -> `[b, rows, F]`."""
+  return jnp.reshape(x, (x.shape[0], -1, x.shape[-1]))
+
+
 def _gather_rows(x_bits, rows, dtype):
-  """Rows of the flat input (16-bit floats as bits, see `to_bits`) as `dtype`."""
-  return from_bits(jnp.take(x_bits, rows, axis=0, mode="clip"), dtype)
+  """Rows `[b, ..., F]` of the input `[b, R, F]` (16-bit floats as bits, see `to_bits`) as
+  `dtype`; `rows` `[b, ...]` are global row ids (`_Plan.row_base`), taken modulo R."""
+  per_row = x_bits.shape[1]
+  take = lambda x, r: jnp.take(x, r % per_row, axis=0, mode="clip")
+  return from_bits(jax.vmap(take)(x_bits, rows), dtype)
+
+
+def _add_rows(dx, rows, values):
+  """`dx` `[b, R, F]` plus `values` `[b, ..., F]` at the global row ids `rows` `[b, ...]`."""
+  per_row = dx.shape[1]
+  add = lambda d, r, v: d.at[r.reshape(-1) % per_row].add(
+      v.reshape(-1, v.shape[-1]).astype(d.dtype), mode="promise_in_bounds")
+  return jax.vmap(add)(dx, rows, values)
 
 
 def _forward(attend_fn, x, params, order, info, rng, plan: _Plan):
-  x_bits = to_bits(_flat(x))
+  x_bits = to_bits(_per_batch(x))
 
   def step_out(step):
     rows, info_w, offsets = plan.window(order, info, step)
@@ -183,7 +205,7 @@ def _windowed_bwd(attend_fn, chunk_len, n_before, n_after, group_chunks, residua
                   cotangents):
   x, params, order, info, rng = residuals
   plan = _Plan(x, order, chunk_len, n_before, n_after, group_chunks)
-  x_bits = to_bits(_flat(x))
+  x_bits = to_bits(_per_batch(x))
   ct_dtypes = jax.tree.map(lambda c: c.dtype, cotangents)
   ct_bits = jax.tree.map(to_bits, cotangents)
 
@@ -197,8 +219,7 @@ def _windowed_bwd(attend_fn, chunk_len, n_before, n_after, group_chunks, residua
     cut = lambda t, d: from_bits(jax.lax.dynamic_slice_in_dim(t, start, plan.query_len, axis=2),
                                  d)
     d_params, d_rows = vjp(jax.tree.map(cut, ct_bits, ct_dtypes))
-    dx = dx.at[rows.reshape(-1)].add(_flat(d_rows).astype(dx.dtype),
-                                     mode="promise_in_bounds")
+    dx = _add_rows(dx, rows, d_rows)
     return dx, jax.tree.map(jnp.add, dparams, d_params)
 
   # Accumulated in float32 (XLA:CPU would upcast a bfloat16 scatter-add through copies).
@@ -234,19 +255,20 @@ class RowsHere:
     return position_rows(self.batch, self.length, positions)
 
   def prepare(self, sources):
-    return [to_bits(_flat(s)) for s in sources]
+    return [to_bits(s) for s in sources]
 
   def locate(self, positions):
-    return self.keys(positions).reshape(-1)
+    return positions.reshape(self.batch, -1)
 
   def read(self, where, prepared, dtypes):
-    return [_gather_rows(s, where, d) for s, d in zip(prepared, dtypes)]
+    return [_gather_rows(s, where, d).reshape(-1, s.shape[-1])
+            for s, d in zip(prepared, dtypes)]
 
   def start(self, into):
-    return [_flat(t) for t in into]
+    return list(into)
 
   def add(self, state, where, values):
-    return [acc.at[where].add(v.astype(acc.dtype), mode="promise_in_bounds")
+    return [_add_rows(acc, where, v.reshape(self.batch, -1, v.shape[-1]))
             for acc, v in zip(state, values)]
 
   def finish(self, state, into):

@@ -5,10 +5,10 @@
 every sequence for the whole model, the embeddings, positional encodings (computed for its
 own positions), layer norms, chunked feed-forward, both reversible streams and the loss;
 the loss sums are added over the devices (`psum`). Only attention crosses slices: local
-attention through a halo of neighbour chunks (`local_slice_core`), LSH attention through
-an exchange into the sorted order and back (`lsh_slices`); both are exact, and the
-reversible backward pass recomputes through the same exchanges. The batch may also be
-sharded over other mesh axes (`batch_axes`).
+attention through a halo of neighbour chunks (`local_slice_block`), LSH attention through
+exchanges into the sorted order and back (`lsh_slices`); both are exact, and the
+reversible backward pass rebuilds each layer in place through the same exchanges. The
+batch may also be sharded over other mesh axes (`batch_axes`).
 
 The sequence is padded at the end (masked, weight 0) to a multiple of `multiple()` so that
 every slice holds whole chunks; the result equals one device's on that padded batch (for

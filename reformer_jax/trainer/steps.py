@@ -196,7 +196,7 @@ def compile_train_step(config: ReformerConfig, tx, mesh: Mesh, task=CAUSAL_LM,
   replicated = sharding.replicated(mesh)
   step = functools.partial(train_step, model=sequence.over_mesh(task.model(config), mesh),
                            tx=tx, task=task, grad_shardings=state.params)
-  return jax.jit(_batch_split(step, mesh),
+  return jax.jit(_batch_split(step, mesh, state.params),
                  in_shardings=(state, batch_sharding(mesh, 1)),
                  out_shardings=(state, replicated), donate_argnums=0)
 
@@ -221,15 +221,16 @@ def batch_sharding(mesh: Mesh, batch_axis: int):
   return sharding.batch_sharding(mesh, batch_axis)
 
 
-def _batch_split(fn, mesh: Mesh):
-  """`fn` traced with its layers' activations kept split over the batch
+def _batch_split(fn, mesh: Mesh, param_shardings=None):
+  """`fn` traced with its layers' activations kept split over the batch and, given the
+  parameters' shardings, their gradients placed like them layer by layer
   (`logical_axes.split_batch`). Under sequence parallelism the model runs inside
   `shard_map`, where every slice's place is fixed already: `fn` itself."""
   if mesh.shape.get(sequence.AXIS, 1) > 1:
     return fn
 
   def traced(*args):
-    with logical_axes.split_batch(sharding.batch_sharding(mesh)):
+    with logical_axes.split_batch(sharding.batch_sharding(mesh), param_shardings):
       return fn(*args)
 
   # The program keeps the step's name (jit_train_step in XLA dumps, read by experiments/).

@@ -10,10 +10,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run_on_eight_devices(script: str, timeout: int = 600) -> str:
   """The stdout of `script` run by Python with 8 CPU devices; fails the test on an error."""
-  # LLVM's optimisations off: the tiny programs compile in about half the time.
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8 "
-                       "--xla_backend_optimization_level=0")
+  env = dict(os.environ, JAX_PLATFORMS="cpu",  # XLA_FLAGS: conftest's, plus 8 devices
+             XLA_FLAGS=os.environ["XLA_FLAGS"] + " --xla_force_host_platform_device_count=8")
   proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout)
   assert proc.returncode == 0, proc.stderr[-4000:]

@@ -53,6 +53,8 @@ def compare(name, config, mesh_name, length, lengths):
                "grads": max(jax.tree.leaves(jax.tree.map(relative, g2, g1)))}
 
 
+compare("mix, lsh 1 round strict", ReformerConfig(attention_types=("local", "lsh"), **TINY),
+        "data=2 x sequence=4", 64, [64, 50])
 compare("mix, lsh 4 rounds strict, duplicates", ReformerConfig(
     attention_types=("local", "lsh"), n_hashes=4, correct_duplicates=True, **TINY),
     "data=2 x sequence=4", 64, [64, 64])
@@ -133,7 +135,8 @@ def results():
   return json.loads(stdout.split("RESULT", 1)[1])
 
 
-@pytest.mark.parametrize("case", ["mix, lsh 4 rounds strict, duplicates",
+@pytest.mark.parametrize("case", ["mix, lsh 1 round strict",
+                                  "mix, lsh 4 rounds strict, duplicates",
                                   "encoder, padding, lsh 2 rounds HF windows, duplicates"])
 def test_loss_and_gradients_equal_one_device(results, case):
   got = results[case]
