@@ -71,7 +71,9 @@ def gradients():
   batch = batch_of(0)
   out = {}
   for name, (task, config) in MODELS.items():
-    params = steps.init_params(config, jax.random.PRNGKey(1), LENGTH, task)
+    # jitted: one compile, not one per operation
+    params = jax.jit(lambda key: steps.init_params(config, key, LENGTH, task))(
+        jax.random.PRNGKey(1))
     want_loss, want_grads = loss_and_grads(task, config, one)(params, batch)
     out[name] = {}
     for mesh_name in ("fsdp=8",) if name == "lm" else (ALL_AXES,):
