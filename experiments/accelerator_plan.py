@@ -147,7 +147,9 @@ def _key(spec):
 
 
 class Runs:
-  """Compiles specs in fresh subprocesses, reusing the cached records of earlier runs."""
+  """Compiles specs in fresh subprocesses, reusing the cached records of earlier runs: plans
+  and the compiler's refusals (`fits` False), not compiles that failed otherwise (a crash, a
+  bug since mended), which run again."""
 
   def __init__(self, path, fresh, timeout):
     self.path, self.timeout = path, timeout
@@ -157,7 +159,7 @@ class Runs:
   def run(self, spec):
     spec = dict(SPEC_DEFAULTS, **spec)
     key = _key(spec)
-    if key not in self.records:
+    if self.records.get(key, {}).get("fits") is None:
       record = common.measure(FILE, spec, threads=common.default_threads(),
                               timeout=self.timeout)
       record["spec"] = spec

@@ -31,6 +31,14 @@ def test_accelerator_plan_quick_and_its_cache(tmp_path, monkeypatch):
   again = accelerator_plan.main(["--quick", "--out", str(tmp_path)])
   assert again["runs"] == result["runs"]
 
+  # A compile that failed for another reason than memory is not a result: it runs again.
+  failed = dict(run, error="worker exited with -11")
+  del failed["fits"]
+  (tmp_path / "accelerator_plan.json").write_text(json.dumps(dict(result, runs=[failed])))
+  monkeypatch.setattr(common, "measure", lambda *args, **kwargs: dict(run, spec=None))
+  rerun = accelerator_plan.main(["--quick", "--out", str(tmp_path)])
+  assert [r["fits"] for r in rerun["runs"]] == [True] and "error" not in rerun["runs"][0]
+
 
 def test_slice_splits_one_sequence_over_its_chips():
   exp = accelerator_plan.experiment({"model": "crime_and_punishment", "variant": "float32",
