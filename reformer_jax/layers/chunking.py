@@ -162,7 +162,8 @@ def map_positions(fn: Callable[..., Any], params: Any, inputs: Any, chunk_len: i
   place; the backward pass loops again, recomputing each chunk under `jax.vjp`, writing
   the inputs' gradients in place and summing the parameters' (a `custom_vjp`). Only the
   inputs and parameters are kept for the backward pass; no transposed or stacked copy of
-  them is made.
+  them is made. The backward pass starts after the forward pass's outputs exist, also
+  where nothing differentiated reads them (a loss summed for the metrics).
 
   Args:
     fn: pure `fn(params, chunk_inputs, index) -> outputs`, every output `[batch, chunk,
@@ -224,11 +225,17 @@ def _mapped(fn, params, inputs, chunk, axis):
 
 
 def _mapped_fwd(fn, params, inputs, chunk, axis):
-  return _mapped_forward(fn, params, inputs, chunk, axis), (params, inputs)
+  outputs = _mapped_forward(fn, params, inputs, chunk, axis)
+  # One element of the outputs, for the backward pass to start after them (`zeros_after`):
+  # outputs that nothing differentiated reads (a loss summed for the metrics) would
+  # otherwise be computed at the end of the step, keeping the inputs alive meanwhile.
+  done = jnp.ravel(jax.tree.leaves(outputs)[0])[0]
+  return outputs, (params, inputs, done)
 
 
 def _mapped_bwd(fn, chunk, axis, residuals, cotangents):
-  params, inputs = residuals
+  params, inputs, done = residuals
+  residuals = params, inputs
   leaves, treedef = jax.tree.flatten(residuals)
   diff = [_differentiable(t) for t in leaves]
   n_params = len(jax.tree.leaves(params))
@@ -259,7 +266,7 @@ def _mapped_bwd(fn, chunk, axis, residuals, cotangents):
                 for acc, d in zip(d_inputs, input_dtypes)]
     return d_params, d_inputs
 
-  refs = (jax.tree.leaves(cotangents)[0], jax.tree.leaves(inputs)[0])
+  refs = (jax.tree.leaves(cotangents)[0], jax.tree.leaves(inputs)[0], done)
   input_dtypes = [t.dtype for t, d in zip(leaves[n_params:], diff[n_params:]) if d]
   zeros = ([jnp.zeros_like(t) for t, d in zip(leaves[:n_params], diff) if d],
            [to_bits(zeros_after(t.shape, t.dtype, *refs))
