@@ -8,7 +8,8 @@ lengths, doubling until the step no longer fits the chip's usable HBM (the compi
 figure), and records per-chip memory against length and XLA's cost estimate. `--workarounds`
 compiles one length with each XLA:CPU workaround on and off (`layers/xla_cpu.py`). Every
 compile runs in a fresh subprocess; results are cached in the output JSON (same model,
-variant, target, length and workarounds: not compiled again unless `--fresh`). Writes JSON,
+variant, target, length and workarounds: not compiled again unless `--fresh`, which
+compiles this command's specs again and keeps the other records). Writes JSON,
 Markdown and a PNG. TPU compiles take minutes each at long lengths: run it with `nice`.
 
   python -m experiments.accelerator_plan                              # everything (hours)
@@ -70,7 +71,9 @@ def parse_args(argv):
                            "of one chip per generation")
   parser.add_argument("--layers", type=int, default=None,
                       help="n_layers of every model (default: the config's)")
-  parser.add_argument("--fresh", action="store_true", help="ignore cached compiles")
+  parser.add_argument("--fresh", action="store_true",
+                      help="compile this command's specs again (after a change to the model); "
+                           "the JSON keeps the other cached runs")
   parser.add_argument("--timeout", type=float, default=7200.)
   parser.add_argument("--quick", action="store_true",
                       help="tiny 2-layer crime-and-punishment model at 64 tokens on v5e "
@@ -149,17 +152,20 @@ def _key(spec):
 class Runs:
   """Compiles specs in fresh subprocesses, reusing the cached records of earlier runs: plans
   and the compiler's refusals (`fits` False), not compiles that failed otherwise (a crash, a
-  bug since mended), which run again."""
+  bug since mended), which run again. `fresh`: every spec asked for is compiled once more
+  (the other records stay)."""
 
   def __init__(self, path, fresh, timeout):
     self.path, self.timeout = path, timeout
-    old = json.loads(path.read_text()) if path.is_file() and not fresh else {}
+    old = json.loads(path.read_text()) if path.is_file() else {}
     self.records = {_key(r["spec"]): r for r in old.get("runs", [])}
+    self.stale = set(self.records) if fresh else set()
 
   def run(self, spec):
     spec = dict(SPEC_DEFAULTS, **spec)
     key = _key(spec)
-    if self.records.get(key, {}).get("fits") is None:
+    if key in self.stale or self.records.get(key, {}).get("fits") is None:
+      self.stale.discard(key)
       record = common.measure(FILE, spec, threads=common.default_threads(),
                               timeout=self.timeout)
       record["spec"] = spec
@@ -175,8 +181,9 @@ class Runs:
   def fitting_lengths(self, spec):
     """The cached lengths at which `spec` (any length) fits its chips."""
     spec = dict(SPEC_DEFAULTS, **spec)
-    return [r["spec"]["length"] for r in self.records.values() if r.get("fits")
-            and _key(dict(r["spec"], length=None)) == _key(dict(spec, length=None))]
+    family = _key(dict(spec, length=None))
+    return [r["spec"]["length"] for k, r in self.records.items() if r.get("fits")
+            and k not in self.stale and _key(dict(r["spec"], length=None)) == family]
 
   def save(self):
     """Writes the records so far (a long study interrupted keeps what it compiled)."""
@@ -242,19 +249,63 @@ def longest_fitting(runs, spec, min_len, max_len):
   return length
 
 
+def _chip_label(target):
+  """'v5e' for the one-chip topology of `CHIPS`, else the topology name (a slice)."""
+  return next((g for g, t in CHIPS.items() if t == target), target)
+
+
+def longest_known(runs):
+  """Per model and precision, per target: the longest compiled length that fits (None if
+  none does), its planned bytes, and the shortest longer length the compiler refused (None
+  where none was compiled: the length is then a lower bound). From every cached run, not
+  only those of the last command."""
+  groups = {}
+  for run in runs:
+    spec = run["spec"]
+    if spec["workarounds"] or run.get("fits") is None:
+      continue
+    row = groups.setdefault((spec["model"], spec["variant"], spec.get("layers") or 0), {})
+    row.setdefault(_chip_label(spec["target"]), []).append(run)
+  rows = []
+  for (model, variant, layers), chips in sorted(groups.items()):
+    cells = {}
+    for label, chip_runs in chips.items():
+      fitting = [r for r in chip_runs if r["fits"]]
+      best = max(fitting, key=lambda r: r["spec"]["length"], default=None)
+      length = None if best is None else best["spec"]["length"]
+      refused = [r["spec"]["length"] for r in chip_runs
+                 if not r["fits"] and (length is None or r["spec"]["length"] > length)]
+      cells[label] = {"length": length, "need_bytes": None if best is None else need_bytes(best),
+                      "refused": min(refused, default=None)}
+    rows.append({"model": model + (f" ({layers} layers)" if layers else ""),
+                 "variant": variant, "chips": cells})
+  return rows
+
+
+def _longest_cell(cell, gib):
+  if cell is None:
+    return "—"
+  refused = "" if cell["refused"] is None else f"; {cell['refused']:,} refused"
+  if cell["length"] is None:
+    return f"none{refused}"
+  bound = "" if cell["refused"] is not None else "≥ "
+  return f"{bound}{cell['length']:,} ({gib(cell['need_bytes'])} GiB{refused})"
+
+
 def markdown(result):
   gib = lambda n: "—" if n is None else f"{n / common.GiB:.2f}"
+  rows = longest_known(result["runs"])
+  labels = sorted({label for row in rows for label in row["chips"]})
+  usable = lambda label: result["usable_hbm"].get(label.split(":")[0])
   lines = ["| model | precision | " + " | ".join(
-      f"{g} ({gib(result['usable_hbm'].get(g.split(':')[0]))} GiB usable per chip)"
-      for g in result["chips"]) + " |",
-           "|---|---|" + "---:|" * len(result["chips"])]
-  for row in result["longest"]:
-    cells = []
-    for g in result["chips"]:
-      cell = row["chips"].get(g)
-      cells.append("—" if cell is None or cell["length"] is None else
-                   f"{cell['length']:,} ({gib(cell['need_bytes'])} GiB)")
+      f"{label} ({gib(usable(label))} GiB usable per chip)" for label in labels) + " |",
+           "|---|---|" + "---:|" * len(labels)]
+  for row in rows:
+    cells = [_longest_cell(row["chips"].get(label), gib) for label in labels]
     lines.append(f"| {row['model']} | {row['variant']} | " + " | ".join(cells) + " |")
+  lines.append("\nLongest compiled length that fits (planned per chip; the shortest longer "
+               "length the compiler refused; ≥: no longer length compiled), from every run "
+               "in the JSON.")
   lines += ["", "| model | precision | chip | tokens | arguments | temporaries | outputs | "
             "aliased | program | planned (GiB) | fits | flops (estimate) | "
             "bytes accessed (estimate) | compile (CPU s / wall s) |",
@@ -294,10 +345,14 @@ def _run_row(run, gib):
   spec, memory = run["spec"], run.get("bytes_per_device", {})
   cost = run.get("compiler_estimate", {})
   fits = {True: "yes", False: "no"}.get(run.get("fits"), "?")
+  temporaries, planned = gib(memory.get("temporaries")), gib(need_bytes(run))
+  if "temporaries_required_bytes" in run:  # refused before the back end: no full plan
+    temporaries = f"{gib(run['temporaries_required_bytes'])} (refused)"
+    planned = "refused"
   return (f"| {spec['model']} | {spec['variant']} | {spec['target']} | {spec['length']:,} | "
-          f"{gib(memory.get('arguments'))} | {gib(memory.get('temporaries'))} | "
+          f"{gib(memory.get('arguments'))} | {temporaries} | "
           f"{gib(memory.get('outputs'))} | {gib(memory.get('aliased'))} | "
-          f"{gib(memory.get('program'))} | {gib(need_bytes(run))} | {fits} | "
+          f"{gib(memory.get('program'))} | {planned} | {fits} | "
           f"{_num(cost.get('flops'))} | {_num(cost.get('bytes_accessed'))} | "
           f"{_compile_seconds(run)} |")
 

@@ -22,7 +22,9 @@ def test_accelerator_plan_quick_and_its_cache(tmp_path, monkeypatch):
   assert result["longest"] == [{"model": "crime_and_punishment", "variant": "float32",
                                 "chips": {"v5e": {"length": 64,
                                                   "need_bytes": accelerator_plan.need_bytes(run)}}}]
-  assert "| crime_and_punishment | float32 | 64 (" in (tmp_path / "accelerator_plan.md").read_text()
+  # 64 tokens fit and nothing longer was compiled: a lower bound.
+  assert "| crime_and_punishment | float32 | ≥ 64 (" in (
+      tmp_path / "accelerator_plan.md").read_text()
 
   def no_compiling(*args, **kwargs):
     raise AssertionError("compiled again instead of reading the cache")
@@ -39,9 +41,43 @@ def test_accelerator_plan_quick_and_its_cache(tmp_path, monkeypatch):
   rerun = accelerator_plan.main(["--quick", "--out", str(tmp_path)])
   assert [r["fits"] for r in rerun["runs"]] == [True] and "error" not in rerun["runs"][0]
 
+  # --fresh compiles the command's specs again and keeps the other records.
+  other = dict(run, spec=dict(run["spec"], length=128))
+  (tmp_path / "accelerator_plan.json").write_text(json.dumps(dict(result, runs=[run, other])))
+  compiled = []
+  monkeypatch.setattr(common, "measure",
+                      lambda name, spec, **kwargs: compiled.append(spec) or dict(run, spec=None))
+  fresh = accelerator_plan.main(["--quick", "--fresh", "--out", str(tmp_path)])
+  assert [s["length"] for s in compiled] == [64]
+  assert sorted(r["spec"]["length"] for r in fresh["runs"]) == [64, 128]
+
 
 def test_slice_splits_one_sequence_over_its_chips():
   exp = accelerator_plan.experiment({"model": "crime_and_punishment", "variant": "float32",
                                      "length": 2 ** 24, "sequence": 8})
   assert (exp.mesh.data, exp.mesh.sequence, exp.seq_len, exp.batch_size) == (1, 8, 2 ** 24, 1)
   assert exp.model.resolved_axial_shape == (16384, 1024)
+
+
+def test_tables_show_every_cached_run_and_the_refused_ones():
+  """The longest-fitting table reads every run in the JSON (not only the last command's),
+  and a compile the TPU compiler refused shows the temporaries it asked for."""
+  def run(target, length, fits, **extra):
+    spec = dict(accelerator_plan.SPEC_DEFAULTS, model="crime_and_punishment",
+                variant="float32", target=target, length=length)
+    memory = {"bytes_per_device": {"arguments": 1, "temporaries": 2, "outputs": 1,
+                                   "aliased": 1, "program": 0, "peak": length}} if fits else {}
+    return dict({"spec": spec, "fits": fits}, **memory, **extra)
+
+  runs = [run("v5e:1x1", 2 ** 20, True), run("v5e:1x1", 2 ** 21, False,
+                                              temporaries_required_bytes=17 * 2 ** 30),
+          run("v6e:1x1", 2 ** 21, True), run("v4:1x1x1", 2 ** 22, False)]
+  rows = accelerator_plan.longest_known(runs)
+  assert rows == [{"model": "crime_and_punishment", "variant": "float32", "chips": {
+      "v5e": {"length": 2 ** 20, "need_bytes": 2 ** 20, "refused": 2 ** 21},
+      "v6e": {"length": 2 ** 21, "need_bytes": 2 ** 21, "refused": None},
+      "v4": {"length": None, "need_bytes": None, "refused": 2 ** 22}}}]
+  text = accelerator_plan.markdown({"runs": runs, "usable_hbm": {}, "workarounds": []})
+  assert ("| crime_and_punishment | float32 | none; 4,194,304 refused | "
+          "1,048,576 (0.00 GiB; 2,097,152 refused) | ≥ 2,097,152 (0.00 GiB) |") in text
+  assert "| v5e:1x1 | 2,097,152 | — | 17.00 (refused) | — | — | — | refused | no |" in text
