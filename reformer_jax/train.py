@@ -11,8 +11,9 @@ The workdir receives `config.gin` (the operative config), `checkpoints/`,
 TensorBoard event files and `metrics.jsonl`. A run on a workdir holding
 checkpoints resumes from the latest one; its config.gin is rewritten only once
 the checkpoint has been read (a config that does not fit it is an error and
-changes nothing). A dry run writes nothing. The last line printed is a JSON
-summary.
+changes nothing). `Experiment.init_from` starts a new workdir from another run's
+parameters instead of an initialisation. A dry run writes nothing. The last line printed
+is a JSON summary.
 
 A step with a non-finite loss or gradient is skipped (params and optimiser
 state unchanged, counted as `nonfinite_steps`) and is never checkpointed; after
@@ -114,11 +115,12 @@ def train_and_evaluate(exp: experiment_lib.Experiment, workdir: str, *,
             **steps.dry_run_report(train_fn, state_shapes, batch)}
   console(f"mesh: {sharding.describe(mesh)}")
 
+  initial = initial_params(exp, workdir, state_shapes.params)
   baselines = print_baselines(task, data)
   os.makedirs(workdir, exist_ok=True)
   checkpointer = checkpointing.Checkpointer(
       workdir, every=exp.checkpoint_every, keep=exp.keep_checkpoints, clean_up=True)
-  state = restore_or_init(checkpointer, state_shapes, init_state)
+  state = restore_or_init(checkpointer, state_shapes, init_state, initial)
   if write_config is not None and cli.is_primary():
     write_config(workdir)
   loop = TrainLoop(exp, workdir, mesh, data, state, train_fn, schedule, checkpointer,
@@ -143,16 +145,48 @@ def print_baselines(task: tasks.Task, data) -> dict:
   return {key: baseline.value for key, baseline in baselines.items()}
 
 
-def restore_or_init(checkpointer, state_shapes, init_state):
+def initial_params(exp: experiment_lib.Experiment, workdir: str, abstract_params):
+  """(source, step, params) of `exp.init_from`'s latest checkpoint, placed like
+  `abstract_params`, when `workdir` has no checkpoint of its own; else None. Raises, before
+  anything is written, if the source has no checkpoint or its parameters do not fit."""
+  source = exp.init_from
+  own = os.path.join(workdir, "checkpoints")
+  if source is None or (os.path.isdir(own) and any(n.isdigit() for n in os.listdir(own))):
+    return None
+  if os.path.abspath(source) == os.path.abspath(workdir):
+    raise ValueError(f"Experiment.init_from={source} is this run's own --workdir; give "
+                     "another run's workdir (a rerun here resumes by itself).")
+  if not os.path.isdir(os.path.join(source, "checkpoints")):
+    raise FileNotFoundError(f"Experiment.init_from={source} holds no checkpoints/: give "
+                            "the workdir of a run trained with `python -m reformer_jax.train`.")
+  checkpointer = checkpointing.Checkpointer(source)
+  found = checkpointer.restore_params(abstract_params, advice=(
+      f"Experiment.init_from={source} holds another model: start from a run of the same "
+      "model (same D_MODEL, N_LAYERS, vocabulary, attention parameters and position table: "
+      "bind ReformerConfig.max_len to the longest length of the curriculum in every run), "
+      "or drop Experiment.init_from. Nothing was written."))
+  checkpointer.close()
+  if found is None:
+    raise FileNotFoundError(f"Experiment.init_from={source}: no readable checkpoint in "
+                            f"{checkpointer.directory}; train that run first.")
+  return (source, *found)
+
+
+def restore_or_init(checkpointer, state_shapes, init_state, initial=None):
   """The TrainState of the latest checkpoint, read into `state_shapes`' shardings whatever
   mesh saved it (an optimiser state saved without the non-finite guard gains it), else
-  `init_state()`; prints which."""
+  `init_state()` (with the parameters of `initial` = (source, step, params) if given);
+  prints which."""
   opt_shardings = jax.tree.map(lambda s: s.sharding, state_shapes.opt_state)
   state = checkpointer.restore(state_shapes, older_opt_state=(
       optim.unguarded(state_shapes.opt_state),
       lambda inner: jax.device_put(optim.guard(inner), opt_shardings)))
   if state is None:
     state = init_state()
+    if initial is not None:
+      source, step, params = initial
+      state = state.replace(params=params)
+      console(f"starting at step 0 from the parameters of {source} (its step {step})")
     console(f"starting at step 0; checkpoints go to {checkpointer.directory}")
   else:
     console(f"resuming from the checkpoint at step {int(state.step)} in "

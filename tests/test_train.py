@@ -286,6 +286,30 @@ def test_resuming_with_another_model_is_an_error_that_changes_nothing(cli_run, t
   assert after == before
 
 
+def test_init_from_starts_a_new_run_from_another_runs_parameters(cli_run, tmp_path, capsys):
+  """A curriculum's next stage: `Experiment.init_from` starts at step 0 from the source's
+  latest parameters (a learning rate of 1e-20 leaves them as they were, so the evaluation
+  is the source's final one); a source without checkpoints or of another model is refused
+  before anything is written."""
+  workdir, proc, files, bindings = cli_run
+  start = [f"Experiment.init_from='{workdir}'"]
+  refused = tmp_path / "refused"
+  with pytest.raises(CheckpointMismatch, match=r"(?s)params\.\S+: checkpoint .*"
+                                                r"Experiment\.init_from=.* holds another model"):
+    train.run(files, bindings + start + ["D_MODEL=48"], str(refused))
+  with pytest.raises(FileNotFoundError, match="holds no checkpoints/"):
+    train.run(files, bindings + [f"Experiment.init_from='{tmp_path}'"], str(refused))
+  assert not refused.exists()
+  capsys.readouterr()
+  summary = train.run(files, bindings + start + ["TRAIN_STEPS=1",
+                                                 "OptimizerConfig.learning_rate=1e-20"],
+                      str(tmp_path / "next"))
+  assert (f"starting at step 0 from the parameters of {workdir} (its step 4)"
+          in capsys.readouterr().out)
+  assert summary["step"] == 1
+  assert summary["eval_loss"] == pytest.approx(_last_json(proc.stdout)["eval_loss"], abs=1e-6)
+
+
 # 8: dry run.
 def test_dry_run_compiles_without_training(tmp_path):
   report = train.run(QUICKSTART, TINY + LOCAL, str(tmp_path), dry_run=True)

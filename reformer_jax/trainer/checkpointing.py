@@ -97,14 +97,17 @@ class Checkpointer:
       return None
     return abstract_state.replace(params=found[1]["params"], **found[1]["train"])
 
-  def restore_params(self, abstract_params) -> Optional[tuple[int, Any]]:
-    """(step, params) of the latest readable checkpoint, or None (see `restore`)."""
-    found = self._restore_latest(move_unreadable=False, params=abstract_params)
+  def restore_params(self, abstract_params, advice: Optional[str] = None
+                     ) -> Optional[tuple[int, Any]]:
+    """(step, params) of the latest readable checkpoint, or None (see `restore`);
+    `advice` replaces the mismatch error's advice."""
+    found = self._restore_latest(move_unreadable=False, advice=advice, params=abstract_params)
     return None if found is None else (found[0], found[1]["params"])
 
-  def _restore_latest(self, move_unreadable, older=None, **abstract):
+  def _restore_latest(self, move_unreadable, older=None, advice=None, **abstract):
     """(step, {item: restored}) of the latest readable step, or None. `older`:
-    {item: (abstract, upgrade)}, an earlier layout of an item and its conversion."""
+    {item: (abstract, upgrade)}, an earlier layout of an item and its conversion;
+    `advice`: see `_check_fits`."""
     older = older or {}
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
@@ -121,7 +124,7 @@ class Checkpointer:
         if saved[name] != _shapes(wanted[name]) and saved[name] == _shapes(tree):
           wanted[name], upgrades[name] = tree, upgrade
       for name, tree in wanted.items():
-        _check_fits(saved[name], _shapes(tree), name, step, self.directory)
+        _check_fits(saved[name], _shapes(tree), name, step, self.directory, advice)
       args = ocp.args.Composite(**{k: ocp.args.StandardRestore(v)
                                    for k, v in wanted.items()})
       try:
@@ -191,8 +194,10 @@ def _shapes(tree) -> dict:
           for path, leaf in leaves if hasattr(leaf, "shape")}
 
 
-def _check_fits(saved: dict, wanted: dict, item: str, step: int, directory: str):
-  """Raises CheckpointMismatch naming the arrays that differ."""
+def _check_fits(saved: dict, wanted: dict, item: str, step: int, directory: str,
+                advice: Optional[str] = None):
+  """Raises CheckpointMismatch naming the arrays that differ, then `advice` (default: how
+  to resume)."""
   if saved == wanted:
     return
   lines = []
@@ -205,10 +210,12 @@ def _check_fits(saved: dict, wanted: dict, item: str, step: int, directory: str)
   what = ("the model (e.g. D_MODEL, N_LAYERS, d_ff, attention types, the position "
           "table's max_len / axial_shape)" if item == "params" else
           "the optimiser (OptimizerConfig: name, clip_norm, weight decay, ...)")
-  raise CheckpointMismatch(
-      f"checkpoint step {step} in {directory} does not fit this config: "
-      f"{len(lines)} array(s) differ in {what}:\n" + "\n".join(lines[:8]) + more +
-      f"\nUse the config it was trained with ({os.path.dirname(directory)}/config.gin; "
+  advice = advice or (
+      f"Use the config it was trained with ({os.path.dirname(directory)}/config.gin; "
       "bindings may change what leaves the parameters alone: N_HASHES, lsh <-> "
       "shared_qk_full, eval settings), or train in a new --workdir. Nothing was "
       "changed in the checkpoint directory.")
+  raise CheckpointMismatch(
+      f"checkpoint step {step} in {directory} does not fit this config: "
+      f"{len(lines)} array(s) differ in {what}:\n" + "\n".join(lines[:8]) + more +
+      "\n" + advice)

@@ -44,6 +44,11 @@ class Experiment:
       (with @span_qa_files).
     mesh: the device mesh and the rules that place the parameters on it, a
       `sharding.MeshConfig` (default: every device on `data`).
+    init_from: the workdir of another run whose latest checkpoint's parameters start this
+      one (a curriculum: train short, continue longer); the step, optimiser state and rng
+      start afresh. Used only while this workdir has no checkpoint of its own (a rerun
+      resumes). The parameters must have this model's shapes (bindings that keep them:
+      SEQ_LEN within the position table, N_HASHES, lsh <-> shared_qk_full, chunk sizes).
   """
   model: ReformerConfig
   data: Callable[[], Any]
@@ -64,6 +69,7 @@ class Experiment:
   max_consecutive_nonfinite: int = 10
   task: Any = CausalLM()
   mesh: MeshConfig = MeshConfig()
+  init_from: Optional[str] = None
 
   def __post_init__(self):
     if not isinstance(self.model, ReformerConfig):
@@ -112,6 +118,10 @@ class Experiment:
                        f"training, but Experiment.task = @{type(self.task).__name__}() "
                        f"trains {self.task.description}, which cannot generate text; set "
                        "Experiment.sample_length = 0.")
+    if self.init_from is not None and (not isinstance(self.init_from, str)
+                                       or not self.init_from):
+      raise ValueError(f"Experiment.init_from must be the workdir of a trained run (a "
+                       f"string) or None, got {self.init_from!r}.")
     check_length(self.model, self.seq_len)
 
   def make_data(self, names: Optional[Mapping[str, str]] = None):
