@@ -16,6 +16,7 @@ import time
 import jax
 import numpy as np
 
+from reformer_jax.layers import logical_axes
 from reformer_jax.models import ReformerConfig
 from reformer_jax.trainer import checkpointing, optim, sharding, steps, tasks
 
@@ -52,17 +53,22 @@ def relative(got, want) -> float:
 
 
 def loss_and_grads(task, config, mesh):
-  """A jitted (params, batch) -> (loss, grads), parameters placed by the default rules."""
+  """A jitted (params, batch) -> (loss, grads), parameters placed by the default rules; on
+  several devices traced as the train step is (`logical_axes.split_batch`: activations
+  split over the batch, each reversible block's gradients placed like its parameters)."""
   model = task.model(config)
   keys = {"hash": jax.random.PRNGKey(7)}
+  shardings = steps.param_shardings(config, mesh, task)
 
   def fn(params, batch):
     loss = lambda p: task.loss_sums(model, p, batch, keys, jax.random.PRNGKey(8))["loss"]
-    return jax.value_and_grad(loss)(params)
+    if mesh.size == 1:
+      return jax.value_and_grad(loss)(params)
+    with logical_axes.split_batch(sharding.batch_sharding(mesh), shardings):
+      return jax.value_and_grad(loss)(params)
 
-  params = steps.param_shardings(config, mesh, task)
-  return jax.jit(fn, in_shardings=(params, sharding.batch_sharding(mesh)),
-                 out_shardings=(sharding.replicated(mesh), params))
+  return jax.jit(fn, in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(sharding.replicated(mesh), shardings))
 
 
 def gradients():
