@@ -256,7 +256,7 @@ def _chip_label(target):
 
 def longest_known(runs):
   """Per model and precision, per target: the longest compiled length that fits (None if
-  none does), its planned bytes, and the shortest longer length the compiler refused (None
+  none does), its planned bytes, and the shortest longer length that does not fit (None
   where none was compiled: the length is then a lower bound). From every cached run, not
   only those of the last command."""
   groups = {}
@@ -285,7 +285,7 @@ def longest_known(runs):
 def _longest_cell(cell, gib):
   if cell is None:
     return "—"
-  refused = "" if cell["refused"] is None else f"; {cell['refused']:,} refused"
+  refused = "" if cell["refused"] is None else f"; {cell['refused']:,} does not fit"
   if cell["length"] is None:
     return f"none{refused}"
   bound = "" if cell["refused"] is not None else "≥ "
@@ -304,8 +304,8 @@ def markdown(result):
     cells = [_longest_cell(row["chips"].get(label), gib) for label in labels]
     lines.append(f"| {row['model']} | {row['variant']} | " + " | ".join(cells) + " |")
   lines.append("\nLongest compiled length that fits (planned per chip; the shortest longer "
-               "length the compiler refused; ≥: no longer length compiled), from every run "
-               "in the JSON.")
+               "length that does not; ≥: no longer length compiled), from every run in the "
+               "JSON.")
   lines += ["", "| model | precision | chip | tokens | arguments | temporaries | outputs | "
             "aliased | program | planned (GiB) | fits | flops (estimate) | "
             "bytes accessed (estimate) | compile (CPU s / wall s) |",

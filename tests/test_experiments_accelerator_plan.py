@@ -78,6 +78,6 @@ def test_tables_show_every_cached_run_and_the_refused_ones():
       "v6e": {"length": 2 ** 21, "need_bytes": 2 ** 21, "refused": None},
       "v4": {"length": None, "need_bytes": None, "refused": 2 ** 22}}}]
   text = accelerator_plan.markdown({"runs": runs, "usable_hbm": {}, "workarounds": []})
-  assert ("| crime_and_punishment | float32 | none; 4,194,304 refused | "
-          "1,048,576 (0.00 GiB; 2,097,152 refused) | ≥ 2,097,152 (0.00 GiB) |") in text
+  assert ("| crime_and_punishment | float32 | none; 4,194,304 does not fit | "
+          "1,048,576 (0.00 GiB; 2,097,152 does not fit) | ≥ 2,097,152 (0.00 GiB) |") in text
   assert "| v5e:1x1 | 2,097,152 | — | 17.00 (refused) | — | — | — | refused | no |" in text
