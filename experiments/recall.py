@@ -19,6 +19,12 @@ key lies anywhere in the sequence; Zoology's anchor uses its power law (`--power
   python -m experiments.recall                                        # the whole study
   python -m experiments.recall --quick                                # tiny, seconds
 
+A curriculum trains short and continues longer: `--init_from` starts every run from another
+run's parameters (`Experiment.init_from`; the position table must not grow with the length:
+bind `ReformerConfig.max_len` to the longest length in every stage), and `--eval_lengths`
+also scores each trained model at other lengths (docs/lsh_vs_full.md#long-range-recall-mqar
+has the stages that were run).
+
 Writes `<out>/recall.{json,md,png}`; workdirs go to `<workdir_root>/<length>/<pairs>/<seed>/
 <variant>` and are replaced on every run.
 """
@@ -51,6 +57,7 @@ VARIANTS = {
     "local": ("Local", [_attention("local")], None),
     **{f"lsh{k}": (f"LSH-{k}", [_attention("lsh"), f"N_HASHES={k}"], k) for k in (1, 2, 4, 8)},
     "mix": ("Local / LSH-4", [_attention("local", "lsh"), "N_HASHES=4"], 4),
+    "sqfull": ("Full, shared QK", [_attention("shared_qk_full")], None),
 }
 
 FULL_RUN = {"lengths": [512, 2048, 8192, 32768], "pairs": [64], "seeds": [0, 1, 2],
@@ -74,14 +81,24 @@ def parse_args(argv):
   parser.add_argument("--seeds", default=None, help="e.g. 0,1,2 (default: the run's)")
   parser.add_argument("--train_steps", type=int, default=None, help="steps of every run")
   parser.add_argument("--tokens_per_step", type=int, default=None)
+  parser.add_argument("--eval_answers", type=int, default=None,
+                      help="answers scored per evaluation (default: the run's)")
   parser.add_argument("--power_a", type=float, default=None,
                       help="query gap law (1.0: uniform, the default; Zoology: 0.01)")
+  parser.add_argument("--eval_lengths", default="",
+                      help="also evaluate every trained model at these lengths (one sequence "
+                           "a batch), e.g. 16384; they must fit its position table "
+                           "(--gin_bindings ReformerConfig.max_len=...)")
   parser.add_argument("--memory_only", action="store_true",
                       help="compile each variant's train step for its memory, train none")
   parser.add_argument("--max_train_gib", type=float, default=16.0,
                       help="train only variants whose compiled step needs at most this")
   parser.add_argument("--gin_bindings", action="append", default=[],
                       help="extra gin binding for every run (repeatable)")
+  parser.add_argument("--init_from", default=None,
+                      help="start every run from another run's parameters (a curriculum): "
+                           "its workdir, with {seed} and {variant} filled in, e.g. "
+                           "/tmp/recall/64/8/{seed}/sqfull (Experiment.init_from)")
   parser.add_argument("--workdir_root", default=os.path.join(tempfile.gettempdir(), "recall"))
   common.add_out_argument(parser)
   args = parser.parse_args(argv)
@@ -89,7 +106,7 @@ def parse_args(argv):
   for name in ("lengths", "pairs", "seeds"):
     if getattr(args, name) is not None:
       run[name] = common.ints(getattr(args, name))
-  for name in ("train_steps", "tokens_per_step", "power_a"):
+  for name in ("train_steps", "tokens_per_step", "eval_answers", "power_a"):
     if getattr(args, name) is not None:
       run[name] = getattr(args, name)
   default = "full,local,lsh1,mix" if args.quick else ",".join(VARIANTS)
@@ -97,12 +114,18 @@ def parse_args(argv):
   if not args.variants or set(args.variants) - set(VARIANTS):
     parser.error(f"--variants: use a comma-separated subset of {','.join(VARIANTS)}")
   if (not run["lengths"] or not run["pairs"] or not run["seeds"] or min(run["seeds"]) < 0
-      or min(run["pairs"]) < 1 or run["train_steps"] < 1 or run["tokens_per_step"] < 1):
-    parser.error("--lengths, --pairs, --train_steps and --tokens_per_step must be positive, "
-                 "--seeds >= 0")
+      or min(run["pairs"]) < 1 or run["train_steps"] < 1 or run["tokens_per_step"] < 1
+      or run["eval_answers"] < 1):
+    parser.error("--lengths, --pairs, --train_steps, --tokens_per_step and --eval_answers "
+                 "must be positive, --seeds >= 0")
   short = [(n, p) for n in run["lengths"] for p in run["pairs"] if n < 4 * p]
   if short:
     parser.error(f"--lengths: MQAR with p pairs needs length >= 4p, got (length, pairs) "
+                 f"{short}")
+  run["eval_lengths"] = common.ints(args.eval_lengths) if args.eval_lengths else []
+  short = [(n, p) for n in run["eval_lengths"] for p in run["pairs"] if n < 4 * p]
+  if short:
+    parser.error(f"--eval_lengths: MQAR with p pairs needs length >= 4p, got (length, pairs) "
                  f"{short}")
   run["bindings"] = run["bindings"] + args.gin_bindings
   args.run = run
@@ -119,9 +142,12 @@ def run_bindings(run: Dict[str, Any], length: int, pairs: int, seed: int) -> Lis
           f"mqar.seed={seed}"] + run["bindings"]
 
 
-def train_variant(variant: str, bindings: Sequence[str], workdir: str) -> Dict[str, Any]:
+def train_variant(variant: str, bindings: Sequence[str], workdir: str,
+                  eval_at: Sequence[int] = (), eval_answers: int = 0,
+                  pairs: int = 1) -> Dict[str, Any]:
   """Trains `variant` in `workdir` (replaced): eval accuracy (and with `EVAL_ROUNDS` rounds
-  for an LSH model), step time."""
+  for an LSH model), step time; the same at each length of `eval_at` (`eval_answers`
+  answers of `pairs` per sequence, one sequence a batch) under 'at_length'."""
   from reformer_jax import evaluate, train  # pylint: disable=import-outside-toplevel
   _, variant_bindings, n_hashes = VARIANTS[variant]
   bindings = list(bindings) + variant_bindings
@@ -133,9 +159,22 @@ def train_variant(variant: str, bindings: Sequence[str], workdir: str) -> Dict[s
             "accuracy": summary["eval_accuracy"],
             "step_time_s": setting["batch_size"] * setting["seq_len"]
                            / summary["tokens_per_second"]}
-  if n_hashes is not None and n_hashes != EVAL_ROUNDS:
-    record[f"accuracy_lsh{EVAL_ROUNDS}"] = evaluate.evaluate(
-        workdir, [f"N_HASHES={EVAL_ROUNDS}"])["eval_accuracy"]
+  rounds = ([f"N_HASHES={EVAL_ROUNDS}"] if n_hashes is not None and n_hashes != EVAL_ROUNDS
+            else None)
+  if rounds:
+    record[f"accuracy_lsh{EVAL_ROUNDS}"] = evaluate.evaluate(workdir, rounds)["eval_accuracy"]
+  record["at_length"] = {}
+  for length in eval_at:
+    at = [f"SEQ_LEN={length}", f"ReformerConfig.max_len={setting['model']['max_len']}",
+          "Experiment.eval_batch_size=1",
+          f"Experiment.eval_batches={max(1, -(-eval_answers // pairs))}"]
+    scores = {"accuracy": evaluate.evaluate(workdir, at)["eval_accuracy"]}
+    if rounds:
+      scores[f"accuracy_lsh{EVAL_ROUNDS}"] = evaluate.evaluate(
+          workdir, at + rounds)["eval_accuracy"]
+    print(f"   at length {length:,}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()),
+          flush=True)
+    record["at_length"][str(length)] = scores
   return record
 
 
@@ -151,6 +190,10 @@ def summarize(runs: Dict[int, Dict[str, Any]], compiled: Dict[str, Any]) -> Dict
     key = f"accuracy_lsh{EVAL_ROUNDS}"
     if all(key in r for r in runs.values()):
       row[key] = statistics.mean(r[key] for r in runs.values())
+    lengths = next(iter(runs.values())).get("at_length", {})
+    row["at_length"] = {
+        length: {k: [r["at_length"][length][k] for r in runs.values()] for k in scores}
+        for length, scores in lengths.items()}
   return row
 
 
@@ -166,7 +209,9 @@ def markdown(result: Dict[str, Any]) -> str:
       f"vocabulary {model['vocab_size']}. Training: {run['train_steps']} steps of about "
       f"{run['tokens_per_step']:,} tokens, {opt['name']} lr {opt['learning_rate']:g} "
       f"({opt['schedule']}), seeds {', '.join(map(str, run['seeds']))}. Query gaps: "
-      f"power_a = {run['power_a']:g} ({'uniform' if run['power_a'] == 1 else 'power law'}).",
+      f"power_a = {run['power_a']:g} ({'uniform' if run['power_a'] == 1 else 'power law'})."
+      + (f" Each run starts from the parameters of `{run['init_from']}`."
+         if run.get("init_from") else ""),
       f"Machine: {result['machine']['cpu_count']} CPUs, jax {result['machine']['jax']}, "
       f"load average {result['machine']['load_average_1_5_15'][0]:.1f} at the start.", "",
       "Accuracy: on the answers of the eval split, mean over seeds (per seed in brackets); "
@@ -192,6 +237,16 @@ def markdown(result: Dict[str, Any]) -> str:
                    f"{'-' if eight is None else f'{100 * eight:.1f}%'} | "
                    f"{1000 * row['step_time_s']:.0f} ms | {memory} | {row['params']:,} |")
     lines.append("")
+    evaluated = [(v, row) for v, row in entry["rows"].items() if row.get("at_length")]
+    if evaluated:
+      lines += [f"Trained at {length:,} tokens, evaluated at other lengths (accuracy per seed):",
+                "", f"| variant | length | accuracy | LSH-{EVAL_ROUNDS} eval |", "|---|---|---|---|"]
+      for variant, row in evaluated:
+        for at, scores in row["at_length"].items():
+          cols = [", ".join(f"{100 * v:.1f}%" for v in scores[k]) if k in scores else "-"
+                  for k in ("accuracy", f"accuracy_lsh{EVAL_ROUNDS}")]
+          lines.append(f"| {VARIANTS[variant][0]} | {int(at):,} | {cols[0]} | {cols[1]} |")
+      lines.append("")
   return "\n".join(lines)
 
 
@@ -226,7 +281,8 @@ def plot(result: Dict[str, Any], path: pathlib.Path):
 def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
   common.configure_jax()
-  run = dict(args.run, max_train_gib=args.max_train_gib, memory_only=args.memory_only)
+  run = dict(args.run, max_train_gib=args.max_train_gib, memory_only=args.memory_only,
+             init_from=args.init_from)
   result = {"quick": args.quick, "machine": common.machine_info(common.default_threads()),
             "run": run, "variants": args.variants, "settings": {}, "cells": {}}
   start = time.perf_counter()
@@ -245,9 +301,12 @@ def main(argv=None):
         for seed in run["seeds"] if fits else []:
           print(f"== length {length}, {pairs} pairs, seed {seed}: {VARIANTS[variant][0]}",
                 flush=True)
+          init = ([f"Experiment.init_from={args.init_from.format(seed=seed, variant=variant)!r}"]
+                  if args.init_from else [])
           runs[seed] = train_variant(
-              variant, run_bindings(run, length, pairs, seed),
-              os.path.join(args.workdir_root, str(length), str(pairs), str(seed), variant))
+              variant, run_bindings(run, length, pairs, seed) + init,
+              os.path.join(args.workdir_root, str(length), str(pairs), str(seed), variant),
+              eval_at=run["eval_lengths"], eval_answers=run["eval_answers"], pairs=pairs)
           print(f"   accuracy {runs[seed]['accuracy']:.4f}, "
                 f"{1000 * runs[seed]['step_time_s']:.0f} ms/step", flush=True)
         entry["runs"][variant] = runs

@@ -10,7 +10,7 @@ from experiments import recall
 
 
 def test_recall_quick_trains_reports_and_leaves_out_what_does_not_fit(tmp_path):
-  recall.main(["--quick", "--variants", "local", "--out", str(tmp_path),
+  recall.main(["--quick", "--variants", "local", "--eval_lengths", "16", "--out", str(tmp_path),
                "--workdir_root", str(tmp_path / "work")])
   result = json.loads((tmp_path / "recall.json").read_text())
   assert result["quick"] and result["run"]["power_a"] == 1.0
@@ -21,7 +21,10 @@ def test_recall_quick_trains_reports_and_leaves_out_what_does_not_fit(tmp_path):
   assert 0 <= run["accuracy"] <= 1 and run["step_time_s"] > 0
   row = cell["rows"]["local"]
   assert row["trained"] and row["accuracy"] == run["accuracy"] and row["peak_bytes"] > 0
+  at = run["at_length"]["16"]["accuracy"]      # the trained model evaluated at 16 tokens
+  assert 0 <= at <= 1 and row["at_length"] == {"16": {"accuracy": [at]}}
   assert "| Local |" in (tmp_path / "recall.md").read_text()
+  assert "| Local | 16 |" in (tmp_path / "recall.md").read_text()
   assert (tmp_path / "recall.png").stat().st_size > 1000
   recall.main(["--quick", "--variants", "local", "--memory_only", "--out",
                str(tmp_path / "none"), "--workdir_root", str(tmp_path / "work")])

@@ -207,6 +207,30 @@ def test_bad_inputs_raise():
     init(tokens, lsh_rotations=[rotations, rotations])
 
 
+def test_the_lsh_layer_of_a_local_lsh_model_with_one_bucket_is_shared_qk_full_attention():
+  """Zero rotations (one bucket) and one chunk: each round of the local/LSH model's LSH
+  layer sees every earlier key, so loss and gradients (the reversible backward, 2 rounds)
+  are those of the same parameters with shared-QK full attention in that layer."""
+  config = EVAL.replace(n_hashes=2, n_buckets=2, lsh_chunk_len=LENGTH)
+  tokens, targets = _tokens(12), _tokens(13)
+  params = jax.jit(ReformerLM(config).init)({"params": jax.random.PRNGKey(1)}, tokens,
+                                            lsh_rotations=jnp.zeros((2, 4, 2, 1)))["params"]
+
+  def loss_and_grads(cfg, **kw):
+    def loss(p):
+      out = ReformerLM(cfg).apply({"params": p}, tokens, targets=targets, **kw)
+      return out["loss"] / out["weight"]
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  lsh = loss_and_grads(config, lsh_rotations=jnp.zeros((2, 4, 2, 1)))
+  full = loss_and_grads(config.replace(attention_types=("local", "shared_qk_full")))
+  np.testing.assert_allclose(lsh[0], full[0], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(lsh[1]), jax.tree.leaves(full[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  assert float(jnp.abs(lsh[1]["encoder"]["layer_1"]["attention"]["attention"]["query_key"]
+                       ["kernel"]).max()) > 1e-4   # the LSH layer's gradient is not empty
+
+
 def test_lsh_rotations_map_to_lsh_layers():
   types = CONFIG.replace(n_layers=4).layer_attention_types()
   a, b = jnp.zeros((2, 4, 1, 2)), jnp.ones((2, 4, 1, 2))
