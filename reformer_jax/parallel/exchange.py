@@ -314,23 +314,17 @@ class HaloRows:
   def finish(self, state, into):
     out = []
     for (before, after, own), t in zip(state, into):
-      # Added by row ids into the flat `[batch * n, F]` rows the loop wrote: a slice of
-      # the reshaped rows updated in place reads the flat ones too, and XLA (TPU) copies
-      # the whole slice first.
+      own = own.reshape(t.shape)
       if before is not None:  # the previous device's last rows
-        back = _shift(before, -1, self.axis_name, self.wrap)
-        own = own.at[self._rows(self.n - self.n_before, self.n_before)].add(
-            back, indices_are_sorted=True, unique_indices=True)
+        back = _shift(before.reshape(self.batch, self.n_before, -1), -1, self.axis_name,
+                      self.wrap)
+        own = own.at[:, self.n - self.n_before:].add(back)
       if after is not None:  # the next device's first rows
-        back = _shift(after, 1, self.axis_name, self.wrap)
-        own = own.at[self._rows(0, self.n_after)].add(
-            back, indices_are_sorted=True, unique_indices=True)
-      out.append(own.reshape(t.shape))
+        back = _shift(after.reshape(self.batch, self.n_after, -1), 1, self.axis_name,
+                      self.wrap)
+        own = own.at[:, :self.n_after].add(back)
+      out.append(own)
     return out
-
-  def _rows(self, first, size):
-    """Flat row ids of positions `[first, first + size)` of every batch row."""
-    return (jnp.arange(self.batch)[:, None] * self.n + first + jnp.arange(size)).reshape(-1)
 
 
 def _batch_index(positions):
