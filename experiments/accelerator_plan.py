@@ -9,7 +9,8 @@ figure), and records per-chip memory against length and XLA's cost estimate. `--
 compiles one length with each XLA:CPU workaround on and off (`layers/xla_cpu.py`). Every
 compile runs in a fresh subprocess; results are cached in the output JSON (same model,
 variant, target, length and workarounds: not compiled again unless `--fresh`, which
-compiles this command's specs again and keeps the other records). Writes JSON,
+compiles this command's specs from --min_len to --max_len again and keeps the other
+records). Writes JSON,
 Markdown and a PNG. TPU compiles take minutes each at long lengths: run it with `nice`.
 
   python -m experiments.accelerator_plan                              # everything (hours)
@@ -72,8 +73,9 @@ def parse_args(argv):
   parser.add_argument("--layers", type=int, default=None,
                       help="n_layers of every model (default: the config's)")
   parser.add_argument("--fresh", action="store_true",
-                      help="compile this command's specs again (after a change to the model); "
-                           "the JSON keeps the other cached runs")
+                      help="compile this command's specs from --min_len to --max_len (or "
+                           "--length) again, after a change to the model; the JSON keeps the "
+                           "other cached runs, which a search halving below --min_len reads")
   parser.add_argument("--timeout", type=float, default=7200.)
   parser.add_argument("--quick", action="store_true",
                       help="tiny 2-layer crime-and-punishment model at 64 tokens on v5e "
@@ -152,14 +154,15 @@ def _key(spec):
 class Runs:
   """Compiles specs in fresh subprocesses, reusing the cached records of earlier runs: plans
   and the compiler's refusals (`fits` False), not compiles that failed otherwise (a crash, a
-  bug since mended), which run again. `fresh`: every spec asked for is compiled once more
-  (the other records stay)."""
+  bug since mended), which run again. `fresh`: `(min_len, max_len)`, the lengths at which
+  a spec asked for is compiled once more (the other records stay), or None."""
 
   def __init__(self, path, fresh, timeout):
     self.path, self.timeout = path, timeout
     old = json.loads(path.read_text()) if path.is_file() else {}
     self.records = {_key(r["spec"]): r for r in old.get("runs", [])}
-    self.stale = set(self.records) if fresh else set()
+    self.stale = {k for k, r in self.records.items()
+                  if fresh and fresh[0] <= r["spec"]["length"] <= fresh[1]}
 
   def run(self, spec):
     spec = dict(SPEC_DEFAULTS, **spec)
@@ -397,7 +400,8 @@ def main(argv=None):
   args = parse_args(argv)
   out = common.out_dir(args)
   path = out / f"{FILE}.json"
-  runs = Runs(path, args.fresh, args.timeout)
+  lengths = (args.length, args.length) if args.workarounds else (args.min_len, args.max_len)
+  runs = Runs(path, lengths if args.fresh else None, args.timeout)
   result = {"machine": common.machine_info(common.default_threads()),
             "command": " ".join(["python -m experiments.accelerator_plan"] + argv),
             "chips": [args.slice] if args.slice else args.chips, "longest": [], "usable_hbm": {}, "workarounds": []}

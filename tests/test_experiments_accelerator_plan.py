@@ -50,6 +50,9 @@ def test_accelerator_plan_quick_and_its_cache(tmp_path, monkeypatch):
   fresh = accelerator_plan.main(["--quick", "--fresh", "--out", str(tmp_path)])
   assert [s["length"] for s in compiled] == [64]
   assert sorted(r["spec"]["length"] for r in fresh["runs"]) == [64, 128]
+  # Only the cached lengths from --min_len to --max_len are compiled again.
+  stale = accelerator_plan.Runs(tmp_path / "accelerator_plan.json", (100, 200), 1.).stale
+  assert [json.loads(k)["length"] for k in stale] == [128]
 
 
 def test_slice_splits_one_sequence_over_its_chips():
