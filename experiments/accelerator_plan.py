@@ -311,8 +311,8 @@ def markdown(result):
                "JSON.")
   lines += ["", "| model | precision | chip | tokens | arguments | temporaries | outputs | "
             "aliased | program | planned (GiB) | fits | flops (estimate) | "
-            "bytes accessed (estimate) | compile (CPU s / wall s) |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|---:|"]
+            "bytes accessed (estimate) | compile (CPU s / wall s) | commit |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|---:|---|"]
   for run in sorted(result["runs"], key=lambda r: (r["spec"]["model"], r["spec"]["variant"],
                                                    r["spec"]["target"], r["spec"]["length"])):
     if run["spec"]["workarounds"]:
@@ -357,7 +357,7 @@ def _run_row(run, gib):
           f"{gib(memory.get('outputs'))} | {gib(memory.get('aliased'))} | "
           f"{gib(memory.get('program'))} | {planned} | {fits} | "
           f"{_num(cost.get('flops'))} | {_num(cost.get('bytes_accessed'))} | "
-          f"{_compile_seconds(run)} |")
+          f"{_compile_seconds(run)} | {run.get('commit') or '—'} |")
 
 
 def _compile_seconds(run):
