@@ -107,3 +107,20 @@ def constrain_batch(x: jax.Array) -> jax.Array:
   """`x` `[batch, ...]` constrained to the `split_batch` sharding; unchanged outside one."""
   sharding = _BATCH_SHARDING.get()
   return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+
+
+def gathered(shardings: Any) -> Any:
+  """`shardings` (a pytree of NamedShardings) without the mesh axes that the `split_batch`
+  sharding splits the batch over: a parameter gathered whole over them."""
+  batch = _BATCH_SHARDING.get()
+  spec = batch.spec[0] if batch is not None and batch.spec else None
+  drop = set(spec if isinstance(spec, tuple) else (spec,)) - {None}
+
+  def keep(entry):
+    names = tuple(a for a in (entry if isinstance(entry, tuple) else (entry,))
+                  if a is not None and a not in drop)
+    return names[0] if len(names) == 1 else (names or None)
+
+  return jax.tree_util.tree_map(
+      lambda s: jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec(
+          *(keep(e) for e in s.spec))), shardings)

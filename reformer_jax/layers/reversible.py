@@ -368,8 +368,17 @@ class _BlockFn:
   def saves_state(self) -> bool:
     return getattr(self.block, "saves_state", False)
 
+  def _gathered(self, params):
+    """`params` gathered whole over the batch axes where the block uses them (fsdp), except
+    on XLA:CPU (`xla_cpu` 'partitioner_gathers')."""
+    if not _splits_grads(self) or xla_cpu.kept("partitioner_gathers"):
+      return params
+    return jax.lax.with_sharding_constraint(params,
+                                            logical_axes.gathered(self.grad_sharding))
+
   def __call__(self, params, x, aux, rng, **options):
     """`options`: `chunk_index=`, `save_state=`, `state=` (see `reversible_layers`)."""
+    params = self._gathered(params)
     x = logical_axes.constrain_batch(x)
     return self.block.apply({"params": params}, x, aux, rng["layer_aux"],
                             deterministic=self.deterministic, rngs=rng["rngs"], **options)
@@ -377,6 +386,7 @@ class _BlockFn:
   def rebuild_vjp(self, params, x, aux, rng, y, dx, dy, **state):
     if not getattr(self.block, "rebuilds", False):
       return None
+    params = self._gathered(params)
     x = logical_axes.constrain_batch(x)
     return self.block.apply({"params": params}, x, aux, rng["layer_aux"],
                             deterministic=self.deterministic, rngs=rng["rngs"],

@@ -3,7 +3,8 @@
 line of what it measured.
 
 Tiny models give their loss and gradients on one device and under meshes, on the same batch
-and rotations: the LM (a local and an LSH layer) under fsdp=8, a masked-LM encoder (the same
+and rotations: the LM (a local and an LSH layer) under fsdp=8 (with the partitioner's and
+with explicit parameter gathers), a masked-LM encoder (the same
 layers) under the mesh that uses data, fsdp and tensor (each compile costs seconds of CPU;
 data=8 alone is tested by tests/test_train.py); the LM trains two steps under fsdp=8, is
 saved, resumed under data=2 x tensor=4 and trains a third: compared with the uninterrupted
@@ -16,12 +17,16 @@ import time
 import jax
 import numpy as np
 
-from reformer_jax.layers import logical_axes
+from reformer_jax.layers import logical_axes, xla_cpu
 from reformer_jax.models import ReformerConfig
 from reformer_jax.trainer import checkpointing, optim, sharding, steps, tasks
 
 ALL_AXES = "data=2 x fsdp=2 x tensor=2"
-MESHES = {"fsdp=8": dict(data=1, fsdp=8), ALL_AXES: dict(data=2, fsdp=2, tensor=2)}
+# fsdp=8 with the blocks gathering their parameters explicitly, as programs for a TPU do
+# (on a CPU the partitioner places the gathers: xla_cpu's 'partitioner_gathers').
+EXPLICIT = "fsdp=8, explicit gathers"
+MESHES = {"fsdp=8": dict(data=1, fsdp=8), EXPLICIT: dict(data=1, fsdp=8),
+          ALL_AXES: dict(data=2, fsdp=2, tensor=2)}
 LENGTH, BATCH = 16, 8
 BASE = ReformerConfig(vocab_size=16, d_model=16, d_ff=32, n_heads=4, d_head=4, n_layers=2,
                       local_chunk_len=4, lsh_chunk_len=4, n_buckets=4, positional="axial",
@@ -82,11 +87,12 @@ def gradients():
         jax.random.PRNGKey(1))
     want_loss, want_grads = loss_and_grads(task, config, one)(params, batch)
     out[name] = {}
-    for mesh_name in ("fsdp=8",) if name == "lm" else (ALL_AXES,):
+    for mesh_name in ("fsdp=8", EXPLICIT) if name == "lm" else (ALL_AXES,):
       mesh = mesh_of(MESHES[mesh_name])
       placed = sharding.put(params, steps.param_shardings(config, mesh, task))
-      loss, grads = loss_and_grads(task, config, mesh)(placed, sharding.put(
-          batch, sharding.batch_sharding(mesh)))
+      with xla_cpu.forced(partitioner_gathers=mesh_name != EXPLICIT):
+        loss, grads = loss_and_grads(task, config, mesh)(placed, sharding.put(
+            batch, sharding.batch_sharding(mesh)))
       out[name][mesh_name] = [relative(loss, want_loss), relative(grads, want_grads),
                               sharding.bytes_per_device(placed) /
                               sharding.bytes_per_device(jax.device_put(params))]
