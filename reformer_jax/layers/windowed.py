@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from reformer_jax.layers import xla_cpu
 from reformer_jax.layers.chunking import from_bits, to_bits, zeros_after
 from reformer_jax.layers.dense import output_contributions, position_rows
 
@@ -354,8 +355,9 @@ def windowed_rebuild_vjp(block_fn: BlockStepFn, x: jnp.ndarray, params: Any,
     order, info, rng, chunk_len, n_before, n_after, group_chunks: as in
       `windowed_attention`; on one device `order` `[batch, h, length]` must hold every
       position once per head (a permutation, e.g. one hashing round).
-    y: `[batch, length, d]` float32, the stream to rebuild.
-    dx: `[batch, length, F]` float32, the gradient to add to.
+    y: `[batch, length, d]`, the stream to rebuild.
+    dx: `[batch, length, F]`, the gradient to add to (both added to in place, in their
+      dtypes: one rounding per step that adds to a row, for 16-bit streams).
     dy: `[batch, length, d]`, the cotangent of F's output.
     rows: where the rows of the positions in `order` are (None: `RowsHere`).
     first, n_queries: the query entries are `order[:, :, first:first + n_queries]`
@@ -370,10 +372,6 @@ def windowed_rebuild_vjp(block_fn: BlockStepFn, x: jnp.ndarray, params: Any,
       raise ValueError(f"windowed_rebuild_vjp needs one entry per position; got x {x.shape} "
                        f"and order {order.shape}")
     rows = RowsHere(x.shape[0], x.shape[1])
-  for name, t in (("y", y), ("dx", dx)):
-    if t.dtype != jnp.float32:
-      raise ValueError(f"windowed_rebuild_vjp accumulates {name} in place in float32; got "
-                       f"{t.dtype}")
   return windowed_steps(block_fn, x, params, order, info, rng, rows, plan, y, dx, dy)
 
 
@@ -446,7 +444,7 @@ def sliced_block(module: Any, attend_fn: AttendFn, x: jnp.ndarray, params: Any,
     rows: the rows protocol (`RowsHere`).
     group_chunks: chunks per step.
     n_rows: the bound of `rows.keys` (batch times the whole length).
-    rebuild: `(y, dx, dy)` (float32 `y` and `dx`) of a reversible layer's backward, or None.
+    rebuild: `(y, dx, dy)` of a reversible layer's backward (`can_rebuild`), or None.
 
   Returns:
     `[b, n, d_model]` in `module.dtype` (differentiable: the backward pass runs the steps
@@ -490,9 +488,11 @@ _streamed.defvjp(_streamed_fwd, _streamed_bwd)
 
 
 def can_rebuild(rebuild, length: int, chunk_len: int, sliced: bool = False) -> bool:
-  """Whether `rebuild_attention` applies: float32 streams, `length` a multiple of
-  `chunk_len` (no padding) and longer than one chunk; `sliced` (a slice of a sequence
-  sharded over devices, `sliced_block`, whose length is checked there): float32 streams."""
+  """Whether `rebuild_attention` applies: `length` a multiple of `chunk_len` (no padding)
+  and longer than one chunk (`sliced`: a slice of a sequence sharded over devices,
+  `sliced_block`, whose length is checked there), and streams `y`, `dx` of one float
+  dtype: float32, or 16-bit except on XLA:CPU (`xla_cpu` 'float32_accumulation')."""
   y, dx, _ = rebuild
   return ((sliced or (length % chunk_len == 0 and length > chunk_len))
-          and y.dtype == jnp.float32 and dx.dtype == jnp.float32)
+          and y.dtype == dx.dtype and jnp.issubdtype(y.dtype, jnp.floating)
+          and (y.dtype.itemsize >= 4 or not xla_cpu.kept("float32_accumulation")))

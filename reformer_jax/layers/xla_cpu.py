@@ -21,7 +21,14 @@ Compiled for a TPU, each was measured on and off (`experiments/accelerator_plan.
   the TPU compiler otherwise computes a product whose kernel is split on its contracting
   dimension as a loop over the kernel's shards into an accumulator that it allocates early,
   one per layer (enwik8 at 2,048 tokens under fsdp=8 on v5e:2x4: 0.910 -> 0.537 GiB),
-  while on XLA:CPU the explicit gathers raise the same step from 0.498 to 0.947 GiB;
+  while on XLA:CPU the explicit gathers raise the same step from 0.498 to 0.947 GiB.
+  And the attention blocks' gradients of 16-bit streams are accumulated in float32, over
+  the block's whole input (`float32_accumulation`: `windowed.can_rebuild` declines the
+  fused rebuild); for other platforms the fused rebuild accumulates the rebuilt stream and
+  the input gradient in place in the streams' dtype: XLA:CPU upcasts a bfloat16
+  scatter-add through float32 copies (in place, a 2-layer bfloat16 step plans more
+  temporaries on the CPU), where the TPU compiler saves the float32 array as long as the
+  whole input (docs/tpu_planning.md);
 * kept on every platform (`kept`): row maxima and sums as halving trees and products with
   ones (plain reductions of the bfloat16 step crash libtpu 0.0.42's compiler), and NaN-flag
   ties that order XLA's schedule (`reversible._tie`, `chunking.zeros_after`; on a TPU
@@ -37,8 +44,8 @@ import jax
 # The workarounds that `select` chooses between, by name.
 WORKAROUNDS = ("layer_norm_moments", "signed_argmax")
 # The workarounds `kept` decides while tracing: on every platform, or (TRACED) for a CPU only.
-KEPT = ("row_reductions", "bits_moves", "ties", "partitioner_gathers")
-TRACED = ("bits_moves", "partitioner_gathers")
+KEPT = ("row_reductions", "bits_moves", "ties", "partitioner_gathers", "float32_accumulation")
+TRACED = ("bits_moves", "partitioner_gathers", "float32_accumulation")
 
 _forced: Dict[str, bool] = {}
 _platform: List[str] = []  # the platform being traced for, innermost last
