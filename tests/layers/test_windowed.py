@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reformer_jax.layers import windowed
+from reformer_jax.layers import windowed, xla_cpu
 from reformer_jax.layers.local_attention import LocalSelfAttention
 from reformer_jax.layers.lsh_attention import LSHSelfAttention
 
@@ -80,3 +80,36 @@ def test_rebuild_declines_what_it_cannot_do(kind, change):
   params = module.init({"params": jax.random.PRNGKey(1), **rngs}, x, deterministic=True)
   y = x.astype(stream)
   assert module.apply(params, x, deterministic=False, rngs=rngs, rebuild=(y, y, y)) is None
+
+
+def test_rebuild_of_16bit_streams_accumulates_in_place():
+  """bfloat16 streams (where `float32_accumulation` is off: accelerators) are rebuilt and
+  differentiated in place in bfloat16, as close to the float32 computation as the unfused
+  bfloat16 path (VJP of the call, its float32 input gradient rounded once). LSH: two heads
+  add to a row in different steps (local attention: tests/layers/test_xla_cpu.py's LM)."""
+  batch, length, d_model = 1, 64, 6
+  module = _attention_module("lsh", dtype=jnp.bfloat16)
+  keys = jax.random.split(jax.random.PRNGKey(0), 5)
+  x, y, dx, dy = (jax.random.normal(k, (batch, length, d_model)).astype(jnp.bfloat16)
+                  for k in keys[:4])
+  rngs = {"dropout": jax.random.PRNGKey(7), "hash": jax.random.PRNGKey(8)}
+  params = module.init({"params": keys[4], **rngs}, x, deterministic=True)["params"]
+  call = lambda m, p, x, **kw: m.apply({"params": p}, x, deterministic=False, rngs=rngs, **kw)
+  with xla_cpu.forced(float32_accumulation=False):
+    got = jax.jit(lambda p, x, r: call(module, p, x, rebuild=r))(params, x, (y, dx, dy))
+  assert all(t.dtype == jnp.bfloat16 for t in got[:2])
+  # The float32 computation on the same values, and the unfused bfloat16 path.
+  up = lambda t: jax.tree.map(lambda a: a.astype(jnp.float32), t)
+  wide = module.clone(dtype=jnp.float32)
+  out, vjp = jax.vjp(lambda p, x: call(wide, p, x), up(params), up(x))
+  d_params, d_x = vjp(up(dy))
+  want = (up(y) - out, up(dx) + d_x, d_params)
+  out, vjp = jax.vjp(lambda p, x: call(module, p, x), params, x)
+  d_params, d_x = vjp(dy)
+  unfused = (y - out, dx + d_x, d_params)
+  for name, *trees in zip(("y", "dx", "params"), got[:3], unfused, want):
+    for fused, plain, w in zip(*map(jax.tree.leaves, trees)):
+      scale = float(jnp.max(jnp.abs(w)))
+      fused_err, unfused_err = (float(jnp.max(jnp.abs(up(t) - w))) / scale
+                                for t in (fused, plain))
+      assert fused_err <= 1.5 * unfused_err + 1e-3, (name, fused_err, unfused_err)
