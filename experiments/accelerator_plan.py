@@ -17,6 +17,9 @@ Markdown and a PNG. TPU compiles take minutes each at long lengths: run it with 
   python -m experiments.accelerator_plan --models crime_and_punishment --chips v5e \
       --variants float32 --min_len 1048576
   python -m experiments.accelerator_plan --workarounds --length 65536  # on v5e:1x1
+  python -m experiments.accelerator_plan --workarounds --models enwik8 --variants float32 \
+      --workarounds_target v5e:2x4 --fsdp 8 --length 2048 \
+      --settings default,partitioner_gathers:on   # parameters split over 8 chips
   python -m experiments.accelerator_plan --quick --out /tmp/q         # tiny model, seconds
   python -m experiments.accelerator_plan --slice v5e:2x4 --min_len 16777216 --max_len 16777216 \
       --models crime_and_punishment --variants float32   # one sequence over 8 chips
@@ -46,6 +49,8 @@ BLOG_TOKENS, BLOG_BYTES = 524288, 8e9
 # The issue's goal: one v5e chip trains the crime-and-punishment model on this many tokens.
 GOAL_TOKENS = 2 ** 21
 FILE = "accelerator_plan"
+# Workarounds that change only 16-bit arrays (not compiled for float32).
+SIXTEEN_BIT_ONLY = {"bits_moves", "float32_accumulation"}
 QUICK = dict(common.QUICK_CHANGES, n_layers=2)  # --quick: one compile of 2 tiny layers
 
 
@@ -63,6 +68,10 @@ def parse_args(argv):
                            "workaround on and off instead of the search")
   parser.add_argument("--length", type=int, default=2 ** 16)
   parser.add_argument("--workarounds_target", default="v5e:1x1")
+  parser.add_argument("--fsdp", type=int, default=None,
+                      help="with --workarounds: MeshConfig(data=1, fsdp=N) over the N chips "
+                           "of --workarounds_target, batch N (parameters split over the "
+                           "chips: what 'partitioner_gathers' changes)")
   parser.add_argument("--settings", default="",
                       help="with --workarounds: which settings (default: all; e.g. "
                            "default,all:on,ties:off)")
@@ -89,6 +98,8 @@ def parse_args(argv):
     if unknown:
       parser.error(f"unknown --{name} {unknown}; choose from {list(known)}")
     setattr(args, name, values)
+  if args.fsdp and not args.workarounds:
+    parser.error("--fsdp lays the mesh of --workarounds; add --workarounds")
   if args.quick:
     args.models, args.variants, args.chips = ["crime_and_punishment"], ["float32"], ["v5e"]
     args.min_len, args.max_len, args.length = 64, 64, 64
@@ -111,8 +122,11 @@ def experiment(spec):
   if spec.get("sequence"):  # one sequence split over the slice's chips
     exp = dataclasses.replace(exp, mesh=dataclasses.replace(exp.mesh, data=1,
                                                             sequence=spec["sequence"]))
+  if spec.get("fsdp"):  # one sequence per chip, the parameters split over the chips
+    exp = dataclasses.replace(exp, mesh=dataclasses.replace(exp.mesh, data=1,
+                                                            fsdp=spec["fsdp"]))
   return dataclasses.replace(exp, model=exp.model.replace(**changes), seq_len=length,
-                             batch_size=1, grad_accum_steps=1)
+                             batch_size=spec.get("fsdp") or 1, grad_accum_steps=1)
 
 
 def worker(spec):
@@ -142,12 +156,14 @@ def worker(spec):
   return record
 
 
-SPEC_DEFAULTS = {"workarounds": {}, "quick": False, "layers": None, "sequence": None}
+SPEC_DEFAULTS = {"workarounds": {}, "quick": False, "layers": None, "sequence": None,
+                 "fsdp": None}
 
 
 def _key(spec):
   return json.dumps({k: spec.get(k) for k in ("model", "variant", "target", "length",
-                                              "workarounds", "quick", "layers", "sequence")},
+                                              "workarounds", "quick", "layers", "sequence",
+                                              "fsdp")},
                     sort_keys=True)
 
 
@@ -209,11 +225,12 @@ def need_bytes(record):
 
 
 def workaround_settings(names=None):
-  """{setting: xla_cpu.forced choices}: the default (by target), each chosen workaround
-  forced on, each kept one forced off, all forced off, all forced on; `names` selects."""
+  """{setting: xla_cpu.forced choices}: the default (by target), each chosen workaround and
+  each one kept for a CPU only (off by default on a TPU) forced on, each kept one forced
+  off, all forced off, all forced on; `names` selects."""
   from reformer_jax.layers import xla_cpu  # pylint: disable=import-outside-toplevel
   settings = {"default": {}}
-  settings.update({f"{n}:on": {n: True} for n in xla_cpu.WORKAROUNDS})
+  settings.update({f"{n}:on": {n: True} for n in xla_cpu.WORKAROUNDS + xla_cpu.TRACED})
   settings.update({f"{n}:off": {n: False} for n in xla_cpu.KEPT})
   settings["all:off"] = {n: False for n in xla_cpu.WORKAROUNDS + xla_cpu.KEPT}
   settings["all:on"] = {n: True for n in xla_cpu.WORKAROUNDS + xla_cpu.KEPT}
@@ -408,14 +425,23 @@ def main(argv=None):
   base = {"quick": args.quick, "layers": args.layers}
   if args.workarounds:
     settings = workaround_settings(args.settings)
+    if args.fsdp:
+      from reformer_jax.trainer import plan  # pylint: disable=import-outside-toplevel
+      chips = math.prod(plan.target_chips(args.workarounds_target))
+      if chips != args.fsdp:
+        raise SystemExit(f"--fsdp={args.fsdp} must be the {chips} chips of "
+                         f"--workarounds_target={args.workarounds_target}")
+    mesh = f", fsdp={args.fsdp}" if args.fsdp else ""
     for model in args.models:
       for variant in args.variants:
         for name, forced in settings.items():
-          if variant == "float32" and set(forced) == {"bits_moves"}:
-            continue  # no 16-bit arrays to move
+          if variant == "float32" and set(forced) <= SIXTEEN_BIT_ONLY and forced:
+            continue  # no 16-bit arrays
           run = runs.run(dict(base, model=model, variant=variant, length=args.length,
-                              target=args.workarounds_target, workarounds=forced))
-          result["workarounds"].append({"name": f"{model}, {variant}: {name}", "run": run})
+                              target=args.workarounds_target, workarounds=forced,
+                              fsdp=args.fsdp))
+          result["workarounds"].append({"name": f"{model}, {variant}{mesh}: {name}",
+                                        "run": run})
   else:
     for model in args.models:
       for variant in args.variants:

@@ -62,6 +62,17 @@ def test_slice_splits_one_sequence_over_its_chips():
   assert exp.model.resolved_axial_shape == (16384, 1024)
 
 
+def test_workarounds_force_the_cpu_only_ones_on_and_lay_an_fsdp_mesh():
+  settings = accelerator_plan.workaround_settings()
+  assert settings["partitioner_gathers:on"] == {"partitioner_gathers": True}
+  assert settings["float32_accumulation:on"] == {"float32_accumulation": True}
+  exp = accelerator_plan.experiment({"model": "enwik8", "variant": "float32", "length": 2048,
+                                     "fsdp": 8})
+  assert (exp.mesh.data, exp.mesh.fsdp, exp.batch_size) == (1, 8, 8)
+  with pytest.raises(SystemExit):  # --fsdp without --workarounds
+    accelerator_plan.parse_args(["--fsdp", "8"])
+
+
 def test_tables_show_every_cached_run_and_the_refused_ones():
   """The longest-fitting table reads every run in the JSON (not only the last command's),
   and a compile the TPU compiler refused shows the temporaries it asked for."""

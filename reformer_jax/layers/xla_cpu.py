@@ -26,9 +26,8 @@ Compiled for a TPU, each was measured on and off (`experiments/accelerator_plan.
   the block's whole input (`float32_accumulation`: `windowed.can_rebuild` declines the
   fused rebuild); for other platforms the fused rebuild accumulates the rebuilt stream and
   the input gradient in place in the streams' dtype: XLA:CPU upcasts a bfloat16
-  scatter-add through float32 copies (in place, a 2-layer bfloat16 step plans more
-  temporaries on the CPU), where the TPU compiler saves the float32 array as long as the
-  whole input (docs/tpu_planning.md);
+  scatter-add through float32 copies, where the TPU compiler saves the float32 array as
+  long as the whole input (v5e, 2,097,152 tokens: 12.25 -> 6.44 GiB; docs/tpu_planning.md);
 * kept on every platform (`kept`): row maxima and sums as halving trees and products with
   ones (plain reductions of the bfloat16 step crash libtpu 0.0.42's compiler), and NaN-flag
   ties that order XLA's schedule (`reversible._tie`, `chunking.zeros_after`; on a TPU
