@@ -1,6 +1,7 @@
 """Sequence parallelism on 8 fake CPU devices against one device: loss sums, gradients
-(sequence=8, data=2 x sequence=4), three of the trainer's steps (fsdp=2 x sequence=2 x
-tensor=2), the compiled step's collectives and bad input (one subprocess)."""
+(sequence=8, data=2 x sequence=4; bfloat16 streams added to in place), three of the
+trainer's steps (fsdp=2 x sequence=2 x tensor=2), the compiled step's collectives and bad
+input (one subprocess)."""
 import json
 
 import pytest
@@ -11,6 +12,7 @@ _SCRIPT = r"""
 import functools, json, re
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh
+from reformer_jax.layers import xla_cpu
 from reformer_jax.models import ReformerConfig, ReformerLM
 from reformer_jax.parallel.sequence import SequenceParallel
 from reformer_jax.trainer import optim, sharding, steps
@@ -71,6 +73,23 @@ compare("encoder, padding, lsh 2 rounds HF windows, duplicates", ReformerConfig(
     attention_types=("local", "lsh"), causal=False, local_wrap=True, n_hashes=2,
     correct_duplicates=True, lsh_n_chunks_after=1, local_n_chunks_after=1, **TINY),
     "sequence=8", 60, [60, 41])
+
+# bfloat16 streams on slices, added to in place as for a TPU (the CPU's default is float32
+# accumulation), against float32 streams on one device: bfloat16's rounding, no more.
+tokens = jnp.asarray(rng.integers(0, 32, (2, 64)), jnp.int32)
+def loss_and_grads(model, **forced):
+  def loss(p):
+    sums = model.apply({"params": p}, tokens, targets=tokens,
+                       rngs={"hash": jax.random.PRNGKey(2)})
+    return sums["loss"] / sums["weight"]
+  with xla_cpu.forced(**forced):
+    return jax.jit(jax.value_and_grad(loss))(PARAMS)
+config = ReformerConfig(attention_types=("local", "lsh"), **TINY)
+l1, g1 = loss_and_grads(ReformerLM(config))
+l2, g2 = loss_and_grads(SequenceParallel(ReformerLM(config.replace(stream_dtype="bfloat16")),
+                                         MESHES["sequence=8"][0]), float32_accumulation=False)
+out["bfloat16 in place"] = {"loss": relative(l2, l1), "grads": float(np.mean(
+    jax.tree.leaves(jax.tree.map(relative, g2, g1))))}
 print("cases", time.process_time(), flush=True)
 
 # Three training steps of the trainer's step (causal LSH, 1 round, HF windows), and the
@@ -151,6 +170,14 @@ def test_loss_and_gradients_equal_one_device(results, case):
   assert got["weight"][0] == got["weight"][1] > 0
   assert got["loss"] < 1e-5, got
   assert got["grads"] < 1e-4, got
+
+
+def test_bfloat16_streams_added_in_place_on_slices(results):
+  """The mean over parameters of the gradients' relative error to float32 streams: 7.2%
+  (one device's bfloat16 streams: 6.8%; the slices with float32 accumulation: 7.0%); a
+  lost or doubled addition gives O(1)."""
+  got = results["bfloat16 in place"]
+  assert got["loss"] < 1e-2 and got["grads"] < 0.1, got
 
 
 def test_three_training_steps_equal_one_device(results):
