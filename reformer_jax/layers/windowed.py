@@ -357,7 +357,7 @@ def windowed_rebuild_vjp(block_fn: BlockStepFn, x: jnp.ndarray, params: Any,
       position once per head (a permutation, e.g. one hashing round).
     y: `[batch, length, d]`, the stream to rebuild.
     dx: `[batch, length, F]`, the gradient to add to (both added to in place, in their
-      dtypes: one rounding per step that adds to a row, for 16-bit streams).
+      dtypes: for 16-bit streams, one rounding per addition to a row).
     dy: `[batch, length, d]`, the cotangent of F's output.
     rows: where the rows of the positions in `order` are (None: `RowsHere`).
     first, n_queries: the query entries are `order[:, :, first:first + n_queries]`
