@@ -31,12 +31,13 @@ Writes `<out>/recall.{json,md,png}`; workdirs go to `<workdir_root>/<length>/<pa
 import argparse
 import os
 import pathlib
+import re
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 if __package__ in (None, ""):
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -59,6 +60,19 @@ VARIANTS = {
     "mix": ("Local / LSH-4", [_attention("local", "lsh"), "N_HASHES=4"], 4),
     "sqfull": ("Full, shared QK", [_attention("shared_qk_full")], None),
 }
+# What a variant sets; --gin_bindings may not bind them (the variant's label would lie).
+VARIANT_NAMES = ("ATTENTION", "N_HASHES")
+
+
+def variant_spec(name: str) -> Tuple[str, List[str], Optional[int]]:
+  """(label, bindings, rounds) of a variant of `VARIANTS`, or `lsh<k>`: LSH with k rounds."""
+  if name in VARIANTS:
+    return VARIANTS[name]
+  rounds = re.fullmatch(r"lsh([1-9][0-9]*)", name)
+  if not rounds:
+    raise KeyError(name)
+  k = int(rounds.group(1))
+  return f"LSH-{k}", [_attention("lsh"), f"N_HASHES={k}"], k
 
 FULL_RUN = {"lengths": [512, 2048, 8192, 32768], "pairs": [64], "seeds": [0, 1, 2],
             "train_steps": 3000, "tokens_per_step": 16384, "eval_answers": 8192,
@@ -74,8 +88,8 @@ def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
   parser.add_argument("--variants", default=None,
-                      help=f"comma-separated subset of {','.join(VARIANTS)} (default: all; "
-                           "--quick: full,local,lsh1,mix)")
+                      help=f"comma-separated subset of {','.join(VARIANTS)}, or lsh<k> for k "
+                           "rounds (default: all of these; --quick: full,local,lsh1,mix)")
   parser.add_argument("--lengths", default=None, help="e.g. 512,2048 (default: the run's)")
   parser.add_argument("--pairs", default=None, help="e.g. 16,64 (default: the run's)")
   parser.add_argument("--seeds", default=None, help="e.g. 0,1,2 (default: the run's)")
@@ -111,8 +125,19 @@ def parse_args(argv):
       run[name] = getattr(args, name)
   default = "full,local,lsh1,mix" if args.quick else ",".join(VARIANTS)
   args.variants = [v for v in (args.variants or default).split(",") if v]
-  if not args.variants or set(args.variants) - set(VARIANTS):
-    parser.error(f"--variants: use a comma-separated subset of {','.join(VARIANTS)}")
+  unknown = []
+  for name in args.variants:
+    try:
+      variant_spec(name)
+    except KeyError:
+      unknown.append(name)
+  if not args.variants or unknown:
+    parser.error(f"--variants: use a comma-separated subset of {','.join(VARIANTS)} or "
+                 f"lsh<k> (k rounds); got {unknown}")
+  bound = [b for b in args.gin_bindings if b.split("=")[0].strip() in VARIANT_NAMES]
+  if bound:
+    parser.error(f"--gin_bindings {bound}: the variant sets {' and '.join(VARIANT_NAMES)}; "
+                 "choose it with --variants (e.g. lsh16 for 16 rounds)")
   if (not run["lengths"] or not run["pairs"] or not run["seeds"] or min(run["seeds"]) < 0
       or min(run["pairs"]) < 1 or run["train_steps"] < 1 or run["tokens_per_step"] < 1
       or run["eval_answers"] < 1):
@@ -149,7 +174,7 @@ def train_variant(variant: str, bindings: Sequence[str], workdir: str,
   for an LSH model), step time; the same at each length of `eval_at` (`eval_answers`
   answers of `pairs` per sequence, one sequence a batch) under 'at_length'."""
   from reformer_jax import evaluate, train  # pylint: disable=import-outside-toplevel
-  _, variant_bindings, n_hashes = VARIANTS[variant]
+  _, variant_bindings, n_hashes = variant_spec(variant)
   bindings = list(bindings) + variant_bindings
   shutil.rmtree(workdir, ignore_errors=True)
   start = time.perf_counter()
@@ -200,7 +225,7 @@ def summarize(runs: Dict[int, Dict[str, Any]], compiled: Dict[str, Any]) -> Dict
 def markdown(result: Dict[str, Any]) -> str:
   """One table per (length, pairs): accuracy per seed and mean, 8 rounds, time, memory."""
   run = result["run"]
-  first = next(iter(result["settings"].values()))
+  first = next(iter(next(iter(result["settings"].values())).values()))
   model, opt = first["model"], first["optimizer"]
   lines = [
       "# Long-range recall (MQAR) against sequence length", "",
@@ -228,12 +253,12 @@ def markdown(result: Dict[str, Any]) -> str:
       if not row["trained"]:
         why = ("not trained (--memory_only)" if run["memory_only"] else
                f"does not fit (> {run['max_train_gib']:g} GiB)")
-        lines.append(f"| {VARIANTS[variant][0]} | {why} | - | - | {memory} | "
+        lines.append(f"| {variant_spec(variant)[0]} | {why} | - | - | {memory} | "
                      f"{row['params']:,} |")
         continue
       seeds = ", ".join(f"{100 * v:.1f}" for v in row["accuracy_by_seed"])
       eight = row.get(f"accuracy_lsh{EVAL_ROUNDS}")
-      lines.append(f"| {VARIANTS[variant][0]} | {100 * row['accuracy']:.1f}% ({seeds}) | "
+      lines.append(f"| {variant_spec(variant)[0]} | {100 * row['accuracy']:.1f}% ({seeds}) | "
                    f"{'-' if eight is None else f'{100 * eight:.1f}%'} | "
                    f"{1000 * row['step_time_s']:.0f} ms | {memory} | {row['params']:,} |")
     lines.append("")
@@ -245,7 +270,7 @@ def markdown(result: Dict[str, Any]) -> str:
         for at, scores in row["at_length"].items():
           cols = [", ".join(f"{100 * v:.1f}%" for v in scores[k]) if k in scores else "-"
                   for k in ("accuracy", f"accuracy_lsh{EVAL_ROUNDS}")]
-          lines.append(f"| {VARIANTS[variant][0]} | {int(at):,} | {cols[0]} | {cols[1]} |")
+          lines.append(f"| {variant_spec(variant)[0]} | {int(at):,} | {cols[0]} | {cols[1]} |")
       lines.append("")
   return "\n".join(lines)
 
@@ -261,7 +286,7 @@ def plot(result: Dict[str, Any], path: pathlib.Path):
     for variant in result["variants"]:
       lengths = [e["length"] for e in cells]
       rows = [e["rows"][variant] for e in cells]
-      label = f"{VARIANTS[variant][0]}, {pairs} pairs"
+      label = f"{variant_spec(variant)[0]}, {pairs} pairs"
       trained = [(n, r["accuracy"]) for n, r in zip(lengths, rows) if r["trained"]]
       if trained:
         acc_ax.plot(*zip(*trained), marker="o", label=label)
@@ -289,17 +314,20 @@ def main(argv=None):
   for length in run["lengths"]:
     for pairs in run["pairs"]:
       key = f"{length}x{pairs}"
-      result["settings"][key] = common.trainer_setting(
-          GIN_FILE, run_bindings(run, length, pairs, run["seeds"][0]))
+      result["settings"][key] = {  # each variant's trainer settings, as trained
+          variant: common.trainer_setting(GIN_FILE, run_bindings(run, length, pairs,
+                                                                 run["seeds"][0])
+                                          + variant_spec(variant)[1])
+          for variant in args.variants}
       entry = {"length": length, "pairs": pairs, "runs": {}, "rows": {}}
       for variant in args.variants:
         compiled = common.dry_run(GIN_FILE, run_bindings(run, length, pairs, run["seeds"][0])
-                                  + VARIANTS[variant][1])
+                                  + variant_spec(variant)[1])
         fits = (not args.memory_only
                 and compiled["peak_bytes"] <= args.max_train_gib * common.GiB)
         runs = {}
         for seed in run["seeds"] if fits else []:
-          print(f"== length {length}, {pairs} pairs, seed {seed}: {VARIANTS[variant][0]}",
+          print(f"== length {length}, {pairs} pairs, seed {seed}: {variant_spec(variant)[0]}",
                 flush=True)
           init = ([f"Experiment.init_from={args.init_from.format(seed=seed, variant=variant)!r}"]
                   if args.init_from else [])

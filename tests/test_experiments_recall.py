@@ -16,6 +16,8 @@ def test_recall_quick_trains_reports_and_leaves_out_what_does_not_fit(tmp_path):
   assert result["quick"] and result["run"]["power_a"] == 1.0
   (cell,) = result["cells"].values()
   assert (cell["length"], cell["pairs"]) == (32, 4)
+  # The variant's own settings, as trained (not the gin file's default attention, LSH).
+  assert result["settings"]["32x4"]["local"]["model"]["attention_types"] == ["local"]
   run = cell["runs"]["local"]["0"]
   assert run["summary"]["task"] == "mqar" and run["summary"]["step"] == 2
   assert 0 <= run["accuracy"] <= 1 and run["step_time_s"] > 0
@@ -38,7 +40,10 @@ def test_recall_quick_trains_reports_and_leaves_out_what_does_not_fit(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--lengths", "64", "--pairs", "32"], "length >= 4p"),
-    (["--variants", "lsh3"], "subset of full,local,lsh1"),
+    (["--variants", "lsh0"], "subset of full,local,lsh1"),
+    (["--variants", "lsh16,fast"], "got ['fast']"),
+    (["--gin_bindings", "N_HASHES=16"], "choose it with --variants"),
+    (["--gin_bindings", "ATTENTION=('lsh',)"], "the variant sets ATTENTION"),
 ])
 def test_bad_arguments_name_the_fix(argv, message, capsys):
   with pytest.raises(SystemExit):
@@ -50,3 +55,5 @@ def test_the_variants_differ_only_in_attention_and_rounds():
   for name, (_, bindings, n_hashes) in recall.VARIANTS.items():
     assert all(b.startswith(("ATTENTION=", "N_HASHES=")) for b in bindings)
     assert (n_hashes is None) == ("lsh" not in bindings[0]), name
+  assert recall.variant_spec("lsh16") == ("LSH-16", ["ATTENTION=('lsh',)", "N_HASHES=16"], 16)
+
