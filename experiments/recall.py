@@ -52,11 +52,15 @@ def _attention(*types: str) -> str:
   return f"ATTENTION={tuple(types)!r}"
 
 
+def _lsh(k: int) -> Tuple[str, List[str], int]:
+  return f"LSH-{k}", [_attention("lsh"), f"N_HASHES={k}"], k
+
+
 # name -> (label, bindings, hash rounds trained with (None: no LSH layer)).
 VARIANTS = {
     "full": ("Full", [_attention("full")], None),
     "local": ("Local", [_attention("local")], None),
-    **{f"lsh{k}": (f"LSH-{k}", [_attention("lsh"), f"N_HASHES={k}"], k) for k in (1, 2, 4, 8)},
+    **{f"lsh{k}": _lsh(k) for k in (1, 2, 4, 8)},
     "mix": ("Local / LSH-4", [_attention("local", "lsh"), "N_HASHES=4"], 4),
     "sqfull": ("Full, shared QK", [_attention("shared_qk_full")], None),
 }
@@ -71,8 +75,8 @@ def variant_spec(name: str) -> Tuple[str, List[str], Optional[int]]:
   rounds = re.fullmatch(r"lsh([1-9][0-9]*)", name)
   if not rounds:
     raise KeyError(name)
-  k = int(rounds.group(1))
-  return f"LSH-{k}", [_attention("lsh"), f"N_HASHES={k}"], k
+  return _lsh(int(rounds.group(1)))
+
 
 FULL_RUN = {"lengths": [512, 2048, 8192, 32768], "pairs": [64], "seeds": [0, 1, 2],
             "train_steps": 3000, "tokens_per_step": 16384, "eval_answers": 8192,
