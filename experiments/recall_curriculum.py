@@ -124,7 +124,7 @@ def stage_bindings(run: Dict[str, Any], stage: Stage, index: int, track: str, se
           + ([f"Experiment.init_from={init_from!r}"] if init_from else []))
 
 
-def test_bindings(run: Dict[str, Any], rounds: Optional[int]) -> List[str]:
+def final_test_bindings(run: Dict[str, Any], rounds: Optional[int]) -> List[str]:
   """Evaluation-time bindings of the final test: TEST_SEED's split, the run's test_answers
   (one sequence a batch), `rounds` hash rounds (None: as trained)."""
   return ([f"mqar.seed={TEST_SEED}",
@@ -181,7 +181,7 @@ def run_curriculum(job: Tuple[str, int, bool, str]) -> Dict[str, Any]:
     if rounds is not None and rounds == trained_rounds:
       continue
     cpu = common.cpu_seconds()
-    metrics = evaluate.evaluate(init_from, test_bindings(run, rounds), split="test")
+    metrics = evaluate.evaluate(init_from, final_test_bindings(run, rounds), split="test")
     test[str(rounds or trained_rounds or "-")] = {
         "accuracy": metrics["eval_accuracy"], "cpu_s": common.cpu_seconds() - cpu}
     print(f"   test split of mqar.seed={TEST_SEED}, "
