@@ -177,9 +177,8 @@ def run_curriculum(job: Tuple[str, int, bool, str]) -> Dict[str, Any]:
     init_from = str(workdir)
   trained_rounds = recall.variant_spec(stages[-1].variants[track])[2]
   test = {}
-  for rounds in [None] + (list(TEST_ROUNDS) if trained_rounds else []):
-    if rounds is not None and rounds == trained_rounds:
-      continue
+  more_rounds = [r for r in TEST_ROUNDS if trained_rounds and r != trained_rounds]
+  for rounds in [None] + more_rounds:  # None: as trained
     cpu = common.cpu_seconds()
     metrics = evaluate.evaluate(init_from, final_test_bindings(run, rounds), split="test")
     test[str(rounds or trained_rounds or "-")] = {
